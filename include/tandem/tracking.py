@@ -1,0 +1,59 @@
+"""MLflow conventions shared by every cadence: experiment names, tags, run links.
+
+Names are fixed by CONTRACTS: experiments ``tandem-knowledge``, ``tandem-behavior-eval``,
+``tandem-lora-training``; registered model ``tandem-adapter``; tags prefixed ``tandem.``.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from tandem.config import Settings
+
+EXPERIMENT_KNOWLEDGE = "tandem-knowledge"
+EXPERIMENT_EVAL = "tandem-behavior-eval"
+EXPERIMENT_TRAINING = "tandem-lora-training"
+REGISTERED_MODEL = "tandem-adapter"
+ALIAS_CHAMPION, ALIAS_CHALLENGER, ALIAS_PREVIOUS = "champion", "challenger", "previous"
+TAG_PREFIX = "tandem."
+
+
+def tag(name: str) -> str:
+    return name if name.startswith(TAG_PREFIX) else TAG_PREFIX + name
+
+
+def tags(**values: Any) -> dict[str, str]:
+    """``tags(index_version=3)`` -> ``{"tandem.index_version": "3"}``; None values are dropped."""
+    return {tag(k): str(v) for k, v in values.items() if v is not None}
+
+
+def use(settings: Settings, experiment: str):
+    """Point MLflow at the configured server and experiment; returns the experiment."""
+    import mlflow
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    mlflow.set_tracking_uri(settings.mlflow_uri)
+    return mlflow.set_experiment(experiment)
+
+
+def airflow_context_tags(settings: Settings) -> dict[str, str]:
+    """Tags linking an MLflow run to the Airflow task running it (empty outside Airflow)."""
+    try:
+        from airflow.sdk import get_current_context
+
+        ctx = get_current_context()
+    except Exception:  # noqa: BLE001 - not inside an Airflow task
+        return {}
+    dag_run = ctx.get("dag_run")
+    if dag_run is None:
+        return {}
+    from urllib.parse import quote
+
+    url = f"{settings.airflow_url}/dags/{dag_run.dag_id}/runs/{quote(dag_run.run_id, safe='')}"
+    return tags(airflow_dag_id=dag_run.dag_id, airflow_run_id=dag_run.run_id, airflow_run_url=url)
+
+
+def run_url(settings: Settings, experiment_id: str, run_id: str) -> str:
+    base = settings.mlflow_ui_url.rstrip("/")
+    return f"{base}/#/experiments/{experiment_id}/runs/{run_id}" if base else run_id
