@@ -1,0 +1,18 @@
+"""Defaults every Tandem DAG shares: owner, retries, start date, tags."""
+
+from datetime import timedelta
+
+import pendulum
+
+OWNER = "tandem"
+START_DATE = pendulum.datetime(2026, 1, 1, tz="UTC")
+DEFAULT_ARGS = {
+    "owner": OWNER,
+    "retries": 1,
+    "retry_delay": timedelta(minutes=1),
+}
+TAG = "tandem"
+# Queue and pool for training tasks (CONTRACTS): a GPU Celery worker can serve the queue.
+TRAINING_POOL = "training"
+TRAINING_QUEUE = "training"
+KNOWLEDGE_POOL = "knowledge"
