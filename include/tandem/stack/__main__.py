@@ -1,0 +1,5 @@
+import sys
+
+from tandem.stack.cli import main
+
+sys.exit(main())
