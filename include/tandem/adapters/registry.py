@@ -1,0 +1,442 @@
+"""The MLflow registry of adapters: versions of ``tandem-adapter``, their aliases, and local copies.
+
+What a version is: the peft ``save_pretrained`` output ONLY (adapter weights + adapter_config.json +
+``tandem-adapter.json``), logged as artifacts of its training run and registered with
+``MlflowClient.create_model_version``. The base model is a reference (path or hub id) plus the sha256 of
+its weights (tag ``tandem.base_model_sha256``), never a copy: ``mlflow.transformers.log_model`` on a
+PEFT model with a local base logs wrong weights (FIELD-NOTES), so Tandem never uses it.
+
+Aliases (CONTRACTS): ``champion`` is live, ``challenger`` is the latest candidate that was not promoted,
+``previous`` is the champion before the current one. The order of champion changes is kept in the
+registered model's tag ``tandem.champion_history`` so that rollback can walk back more than one step.
+Alias moves are ordered so that ``champion`` always names a complete, registered version: ``previous``
+is set first, then ``champion`` in a single call; a crash in between leaves the old champion live.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from tandem import tracking
+from tandem.config import Settings
+from tandem.errors import JobFailed, ServiceUnavailable, UserError
+from tandem.models import base_model_sha256, weights_sha256
+
+log = logging.getLogger(__name__)
+
+MODEL = tracking.REGISTERED_MODEL
+CHAMPION, CHALLENGER, PREVIOUS = tracking.ALIAS_CHAMPION, tracking.ALIAS_CHALLENGER, tracking.ALIAS_PREVIOUS
+ALIASES = (CHAMPION, CHALLENGER, PREVIOUS)
+ARTIFACT_PATH = "adapter"  # where a training run keeps the adapter folder
+METADATA_FILE = "tandem-adapter.json"  # written beside the adapter: base reference, dataset, params
+HISTORY_TAG = tracking.tag("champion_history")
+STATUS_TAG = tracking.tag("status")
+STATUS_OK, STATUS_FAILED = "ok", "failed"
+METRIC_TAG_PREFIX = tracking.tag("metric.")
+LIST_FIX = "list the versions with `tandem adapters list`"
+_HISTORY_MAX = 50
+
+
+@dataclasses.dataclass(frozen=True)
+class ResolvedAdapter:
+    """What ``resolve`` found. ``version`` None means the base model alone (no adapter)."""
+
+    ref: str
+    version: str | None
+    path: Path | None  # local folder with the adapter files (cached download), or None for base
+    base_sha256: str  # sha256 of the base weights the adapter was trained on (the configured base for "base")
+    base_model: str  # the base reference recorded with the version (the configured base for "base")
+    aliases: tuple[str, ...] = ()
+    tags: dict[str, str] = dataclasses.field(default_factory=dict)
+
+    @property
+    def is_base(self) -> bool:
+        return self.version is None
+
+    @property
+    def label(self) -> str:
+        return "base" if self.version is None else f"v{self.version}"
+
+
+# --- connection
+
+
+def client(settings: Settings):
+    """An MlflowClient for the configured server, after a quick health check (no minutes of retries)."""
+    from mlflow import MlflowClient
+
+    check_server(settings)
+    return MlflowClient(tracking_uri=settings.mlflow_uri, registry_uri=settings.mlflow_uri)
+
+
+def check_server(settings: Settings) -> None:
+    uri = settings.mlflow_uri
+    if not uri.startswith("http"):
+        return
+    import httpx
+
+    try:
+        resp = httpx.get(uri.rstrip("/") + "/health", timeout=5.0)
+        resp.raise_for_status()
+    except httpx.HTTPError as exc:
+        raise ServiceUnavailable(f"the MLflow tracking server at {uri} is not reachable ({type(exc).__name__})",
+                                 fix="start the local stack with `make up`, or set TANDEM_MLFLOW_URI") from None
+
+
+def _not_found(exc: Exception) -> bool:
+    code = getattr(exc, "error_code", "")
+    return code in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND") or "not found" in str(exc).lower()
+
+
+def ensure_registered_model(cl) -> None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        cl.get_registered_model(MODEL)
+    except MlflowException as exc:
+        if not _not_found(exc):
+            raise
+        try:
+            cl.create_registered_model(MODEL, description="Tandem LoRA adapters (adapter weights only; the base "
+                                                          "model is a reference + sha256 in the version tags).")
+        except MlflowException as exc2:  # created concurrently
+            if getattr(exc2, "error_code", "") != "RESOURCE_ALREADY_EXISTS":
+                raise
+
+
+# --- reading
+
+
+def _version(cl, version: str):
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return cl.get_model_version(MODEL, str(version))
+    except MlflowException as exc:
+        if _not_found(exc):
+            raise UserError(f"adapter version {version} does not exist in the MLflow model {MODEL!r}",
+                            fix=LIST_FIX) from None
+        raise
+
+
+def _by_alias(cl, alias: str):
+    """The version holding ``alias``, or None (also when the registered model does not exist yet)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return cl.get_model_version_by_alias(MODEL, alias)
+    except MlflowException as exc:
+        if _not_found(exc) or "alias" in str(exc).lower():
+            return None
+        raise
+
+
+def _is_failed(mv) -> bool:
+    return mv.tags.get(STATUS_TAG) == STATUS_FAILED or str(mv.status) in ("FAILED_REGISTRATION",)
+
+
+def base_ref(settings: Settings) -> tuple[str, str]:
+    """(reference, sha256) of the configured base model."""
+    from tandem.models import resolve_base_model
+
+    ref = resolve_base_model(settings.base_model)
+    return ref, base_model_sha256(ref)
+
+
+def resolve(settings: Settings, ref: str | None = "champion", *, download: bool = True,
+            check_base: bool = True) -> ResolvedAdapter:
+    """Turn ``ref`` ("champion", "base", an alias, or a version number) into a local adapter.
+
+    "champion" with no champion yet means the base model. An unknown version or alias, a version tagged
+    failed, or one trained on another base than the configured one raises ``UserError``.
+    """
+    text = "champion" if ref is None else str(ref).strip()
+    if text.lower().startswith("v") and text[1:].isdigit():
+        text = text[1:]
+    if text in ("", "base", "none"):
+        base, sha = base_ref(settings)
+        return ResolvedAdapter(ref=text or "base", version=None, path=None, base_sha256=sha, base_model=base)
+    cl = client(settings)
+    if text.isdigit():
+        mv = _version(cl, text)
+    elif text in ALIASES:
+        mv = _by_alias(cl, text)
+        if mv is None:
+            if text == CHAMPION:
+                base, sha = base_ref(settings)
+                return ResolvedAdapter(ref=text, version=None, path=None, base_sha256=sha, base_model=base)
+            raise UserError(f"no adapter version has the alias {text!r}", fix=LIST_FIX)
+    else:
+        raise UserError(f"unknown adapter reference {text!r}",
+                        fix="use a version number, 'champion', 'challenger', 'previous' or 'base'; " + LIST_FIX)
+    if _is_failed(mv):
+        raise UserError(f"adapter version {mv.version} is tagged failed and cannot be served",
+                        fix="pick another version; " + LIST_FIX)
+    recorded_sha = mv.tags.get(tracking.tag("base_model_sha256"), "")
+    recorded_base = mv.tags.get(tracking.tag("base_model"), "")
+    if check_base:
+        _, configured_sha = base_ref(settings)
+        if recorded_sha and recorded_sha != configured_sha:
+            raise UserError(
+                f"adapter version {mv.version} was trained on base model {recorded_base} (sha256 {recorded_sha[:12]}), "
+                f"but the configured base model {settings.base_model} has sha256 {configured_sha[:12]}",
+                fix=f"set TANDEM_BASE_MODEL to {recorded_base}, or use the base model alone (--adapter base)")
+    path = download_version(settings, cl, mv) if download else None
+    return ResolvedAdapter(ref=text, version=str(mv.version), path=path, base_sha256=recorded_sha,
+                           base_model=recorded_base, aliases=tuple(sorted(getattr(mv, "aliases", []) or [])),
+                           tags=dict(mv.tags))
+
+
+def download_version(settings: Settings, cl, mv) -> Path:
+    """The version's adapter folder, cached under $TANDEM_HOME/adapters/<version> and checked by sha256."""
+    import mlflow.artifacts
+
+    root = Path(settings.home) / "adapters"
+    dest = root / str(mv.version)
+    expected = mv.tags.get(tracking.tag("adapter_sha256"))
+    if dest.is_dir() and expected and _safe_sha(dest) == expected:
+        return dest
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = root / f".{mv.version}.partial-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    started = time.monotonic()
+    try:
+        got = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{MODEL}/{mv.version}",
+                                                       dst_path=str(tmp), tracking_uri=settings.mlflow_uri))
+        folder = got if (got / "adapter_config.json").exists() else tmp
+        if not (folder / "adapter_config.json").exists():
+            raise JobFailed(f"adapter version {mv.version} has no adapter_config.json in its artifacts",
+                            fix="the version is incomplete: tag it failed and register a new one")
+        if expected and weights_sha256(folder) != expected:
+            raise JobFailed(f"adapter version {mv.version}: downloaded weights do not match tandem.adapter_sha256",
+                            fix="retry; if it persists the artifact store is corrupt")
+        shutil.rmtree(dest, ignore_errors=True)
+        folder.rename(dest)  # appears complete or not at all
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    log.info("downloaded adapter v%s to %s (%.1fs)", mv.version, dest, time.monotonic() - started)
+    return dest
+
+
+def _safe_sha(folder: Path) -> str | None:
+    try:
+        return weights_sha256(folder)
+    except UserError:
+        return None
+
+
+def _history(cl) -> list[str]:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        rm = cl.get_registered_model(MODEL)
+    except MlflowException as exc:
+        if _not_found(exc):
+            return []
+        raise
+    raw = (rm.tags or {}).get(HISTORY_TAG)
+    try:
+        return [str(v) for v in json.loads(raw)] if raw else []
+    except ValueError:
+        return []
+
+
+def _metrics_of(mv) -> dict[str, float]:
+    out = {}
+    for key, value in mv.tags.items():
+        if key.startswith(METRIC_TAG_PREFIX):
+            try:
+                out[key[len(METRIC_TAG_PREFIX):]] = float(value)
+            except ValueError:
+                pass
+    return out
+
+
+def version_info(mv) -> dict[str, Any]:
+    t = mv.tags
+    return {
+        "version": str(mv.version),
+        "aliases": sorted(getattr(mv, "aliases", []) or []),
+        "metrics": _metrics_of(mv),
+        "status": t.get(STATUS_TAG, "unknown"),
+        "gate": t.get(tracking.tag("gate_decision"), ""),
+        "gate_reason": t.get(tracking.tag("gate_reason"), ""),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(mv.creation_timestamp / 1000)),
+        "run_id": mv.run_id,
+        "base_model_sha256": t.get(tracking.tag("base_model_sha256"), ""),
+        "dataset_digest": t.get(tracking.tag("dataset_digest"), ""),
+        "reason": t.get(tracking.tag("trigger_reason"), ""),
+    }
+
+
+def list_versions(settings: Settings) -> list[dict[str, Any]]:
+    """Every version of ``tandem-adapter``, newest first: version, aliases, key metrics, status tags, created."""
+    cl = client(settings)
+    versions = cl.search_model_versions(f"name = '{MODEL}'")
+    rows = []
+    for mv in versions:
+        full = cl.get_model_version(MODEL, mv.version)  # search results may omit aliases
+        rows.append(version_info(full))
+    rows.sort(key=lambda r: int(r["version"]), reverse=True)
+    return rows
+
+
+def champion_version(settings: Settings) -> str | None:
+    mv = _by_alias(client(settings), CHAMPION)
+    return None if mv is None else str(mv.version)
+
+
+# --- writing
+
+
+def register_version(settings: Settings, run_id: str, *, tags: dict[str, str], description: str,
+                     artifact_path: str = ARTIFACT_PATH, adapter_dir: Path | None = None) -> str:
+    """Register the adapter logged by run ``run_id`` as a new version; returns the version number.
+
+    The version gets ``tags`` plus ``tandem.status=ok`` last: if anything fails after the version exists,
+    it is tagged ``failed`` (and never served by ``resolve``) before the error propagates.
+    """
+    from mlflow.exceptions import MlflowException
+
+    cl = client(settings)
+    ensure_registered_model(cl)
+    run = cl.get_run(run_id)
+    source = f"{run.info.artifact_uri.rstrip('/')}/{artifact_path}"
+    mv = cl.create_model_version(MODEL, source=source, run_id=run_id, description=description,
+                                 tags={STATUS_TAG: "registering"})
+    version = str(mv.version)
+    try:
+        for key, value in sorted(tags.items()):
+            cl.set_model_version_tag(MODEL, version, key, str(value)[:5000])
+        cl.set_model_version_tag(MODEL, version, STATUS_TAG, STATUS_OK)
+    except (MlflowException, OSError) as exc:
+        mark_failed(settings, version, f"registration failed: {exc}")
+        raise JobFailed(f"registering adapter version {version} failed: {exc}", fix="retry the run") from None
+    log.info("registered %s version %s from run %s", MODEL, version, run_id)
+    return version
+
+
+def mark_failed(settings: Settings, version: str, reason: str) -> None:
+    """Tag a version failed (best effort: called while handling another error)."""
+    try:
+        cl = client(settings)
+        cl.set_model_version_tag(MODEL, str(version), STATUS_TAG, STATUS_FAILED)
+        cl.set_model_version_tag(MODEL, str(version), tracking.tag("failure"), reason[:5000])
+    except Exception:  # noqa: BLE001 - the original error matters more
+        log.exception("could not tag version %s failed", version)
+
+
+def set_version_tags(settings: Settings, version: str, tags: dict[str, str]) -> None:
+    cl = client(settings)
+    for key, value in sorted(tags.items()):
+        cl.set_model_version_tag(MODEL, str(version), key, str(value)[:5000])
+
+
+def _set_history(cl, history: list[str]) -> None:
+    cl.set_registered_model_tag(MODEL, HISTORY_TAG, json.dumps(history[-_HISTORY_MAX:]))
+
+
+def set_challenger(settings: Settings, version: str, reason: str) -> None:
+    """The candidate was not promoted: alias ``challenger`` and the reason as tags. Champion is untouched."""
+    cl = client(settings)
+    cl.set_registered_model_alias(MODEL, CHALLENGER, str(version))
+    for key, value in {tracking.tag("gate_decision"): "challenger", tracking.tag("gate_reason"): reason}.items():
+        cl.set_model_version_tag(MODEL, str(version), key, value[:5000])
+
+
+def promote(settings: Settings, version: str, *, reason: str, actor: str = "tandem") -> dict[str, Any]:
+    """Make ``version`` the champion ("base": no champion, the base model serves). The old champion
+    becomes ``previous``. Returns {"champion", "previous", "changed"}."""
+    cl = client(settings)
+    target = str(version).strip()
+    if target.lower().startswith("v") and target[1:].isdigit():
+        target = target[1:]
+    current = _by_alias(cl, CHAMPION)
+    current_v = None if current is None else str(current.version)
+    if target == "base":
+        if current_v is None:
+            return {"champion": None, "previous": _alias_version(cl, PREVIOUS), "changed": False}
+        history = _history(cl) or [current_v]
+        cl.set_registered_model_alias(MODEL, PREVIOUS, current_v)
+        cl.delete_registered_model_alias(MODEL, CHAMPION)
+        _set_history(cl, history + ["base"])
+        log.info("champion removed (base model serves); previous=%s (%s)", current_v, reason)
+        return {"champion": None, "previous": current_v, "changed": True}
+    if not target.isdigit():
+        raise UserError(f"not a version number: {version!r}", fix=LIST_FIX + " (or use 'base')")
+    mv = _version(cl, target)
+    if _is_failed(mv):
+        raise UserError(f"adapter version {target} is tagged failed and cannot become champion",
+                        fix="pick another version; " + LIST_FIX)
+    if current_v == target:
+        return {"champion": target, "previous": _alias_version(cl, PREVIOUS), "changed": False}
+    history = _history(cl)
+    if not history or history[-1] != (current_v or "base"):
+        history = history + [current_v or "base"]
+    if current_v is not None:
+        cl.set_registered_model_alias(MODEL, PREVIOUS, current_v)
+    cl.set_registered_model_alias(MODEL, CHAMPION, target)  # the single switch users see
+    if CHALLENGER in (getattr(mv, "aliases", []) or []):
+        cl.delete_registered_model_alias(MODEL, CHALLENGER)
+    _set_history(cl, history + [target])
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    for key, value in {tracking.tag("promoted_at"): now, tracking.tag("promoted_by"): actor,
+                       tracking.tag("promotion_reason"): reason}.items():
+        cl.set_model_version_tag(MODEL, target, key, value[:5000])
+    log.info("champion: %s -> %s (%s)", current_v or "base", target, reason)
+    return {"champion": target, "previous": current_v, "changed": True}
+
+
+def _alias_version(cl, alias: str) -> str | None:
+    mv = _by_alias(cl, alias)
+    return None if mv is None else str(mv.version)
+
+
+def rollback(settings: Settings, *, reason: str = "rollback", actor: str = "tandem") -> dict[str, Any]:
+    """Put the previous champion back (``previous`` -> ``champion``), one step back in the history.
+
+    The rolled-back version is tagged ``tandem.rolled_back_at``; ``previous`` moves one step further back
+    (or is removed when the history has no earlier champion). Raises UserError when there is nothing to
+    roll back to.
+    """
+    cl = client(settings)
+    current_v = _alias_version(cl, CHAMPION)
+    history = _history(cl)
+    if not history or history[-1] != (current_v or "base"):
+        # aliases moved outside Tandem: trust them, rebuild a minimal history
+        prev = _alias_version(cl, PREVIOUS)
+        history = ([prev] if prev else []) + [current_v or "base"]
+    if len(history) < 2:
+        raise UserError("there is no previous champion to roll back to",
+                        fix="promote a version explicitly with `tandem adapters promote VERSION` (or 'base'); " + LIST_FIX)
+    target = history[-2]
+    earlier = history[-3] if len(history) >= 3 else None
+    if target == "base":
+        if current_v is not None:
+            cl.delete_registered_model_alias(MODEL, CHAMPION)
+    else:
+        mv = _version(cl, target)
+        if _is_failed(mv):
+            raise UserError(f"the previous champion (version {target}) is tagged failed", fix=LIST_FIX)
+        cl.set_registered_model_alias(MODEL, CHAMPION, target)  # the switch users see
+    if earlier is not None and earlier != "base":
+        cl.set_registered_model_alias(MODEL, PREVIOUS, earlier)
+    elif _alias_version(cl, PREVIOUS) is not None:
+        cl.delete_registered_model_alias(MODEL, PREVIOUS)
+    _set_history(cl, history[:-1])
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    if current_v is not None:
+        for key, value in {tracking.tag("rolled_back_at"): now, tracking.tag("rolled_back_by"): actor,
+                           tracking.tag("rollback_reason"): reason}.items():
+            cl.set_model_version_tag(MODEL, current_v, key, value[:5000])
+    champion = None if target == "base" else target
+    log.info("rollback: champion %s -> %s", current_v or "base", target)
+    return {"champion": champion, "previous": earlier if earlier != "base" else None,
+            "rolled_back": current_v, "changed": True}
