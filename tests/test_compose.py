@@ -92,7 +92,7 @@ def test_secrets_come_from_env_file():
     # every secret-looking value is a reference to .env, never a literal
     for name, svc in SERVICES.items():
         for key, value in (svc.get("environment") or {}).items():
-            if re.search(r"PASSWORD|SECRET|FERNET", key):
+            if re.search(r"(PASSWORD|SECRET|SECRET_KEY|FERNET_KEY)$", key):
                 assert str(value).startswith("${"), f"{name}: {key} must come from .env"
             if "://" in str(value) and "@" in str(value):
                 assert "${POSTGRES_PASSWORD" in str(value), f"{name}: {key} embeds a literal credential"
