@@ -1,0 +1,90 @@
+"""The promotion gate: does the candidate go live?
+
+A candidate is promoted only if
+1. it meets every threshold of the behavior spec (``thresholds: {metric: minimum}``),
+2. it beats the incumbent (the champion, or the base model when there is no champion yet) on the spec's
+   primary metric by at least ``promotion_margin``, and
+3. no other metric the two share drops more than ``regression_tolerance`` below the incumbent's.
+
+Otherwise it becomes ``challenger`` and the reasons are recorded as the tag ``tandem.gate_reason``.
+Pure functions: nothing here touches MLflow or Airflow.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+# Metrics where lower is better (all others: higher is better).
+LOWER_IS_BETTER = frozenset({"latency_p50_s", "latency_p95_s", "latency_s", "hallucination_rate", "error_rate"})
+
+
+@dataclasses.dataclass(frozen=True)
+class Decision:
+    promote: bool
+    checks: tuple[dict, ...]  # {"check", "metric", "value", "bound", "ok"}
+    primary: str
+
+    @property
+    def failed(self) -> list[dict]:
+        return [c for c in self.checks if not c["ok"]]
+
+    @property
+    def reason(self) -> str:
+        if self.promote:
+            ok = next((c for c in self.checks if c["check"] == "margin"), None)
+            return (f"passed the gate: {self.primary} {ok['value']:.3f} >= {ok['bound']:.3f}" if ok
+                    else "passed the gate")
+        return "; ".join(_describe(c) for c in self.failed)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"promote": self.promote, "primary": self.primary, "reason": self.reason, "checks": list(self.checks)}
+
+
+def _describe(check: dict) -> str:
+    value = "missing" if check["value"] is None else f"{check['value']:.3f}"
+    op = "<=" if check["metric"] in LOWER_IS_BETTER else ">="
+    names = {"threshold": "below the spec threshold", "margin": "does not beat the incumbent by the margin",
+             "regression": "regressed beyond tolerance"}
+    return f"{check['metric']} {value} {names[check['check']]} (needs {op} {check['bound']:.3f})"
+
+
+def _better_or_equal(metric: str, value: float, bound: float) -> bool:
+    return value <= bound + 1e-12 if metric in LOWER_IS_BETTER else value >= bound - 1e-12
+
+
+def decide(candidate: dict[str, float], incumbent: dict[str, float] | None, *, thresholds: dict[str, float],
+           primary: str, margin: float, tolerance: float) -> Decision:
+    """The gate's verdict with every check it made (see the module docstring)."""
+    checks: list[dict] = []
+    for metric, bound in sorted(thresholds.items()):
+        value = candidate.get(metric)
+        checks.append({"check": "threshold", "metric": metric, "value": value, "bound": float(bound),
+                       "ok": value is not None and _better_or_equal(metric, value, float(bound))})
+    if incumbent is not None:
+        if primary in incumbent:
+            sign = -1 if primary in LOWER_IS_BETTER else 1
+            bound = incumbent[primary] + sign * margin
+            value = candidate.get(primary)
+            checks.append({"check": "margin", "metric": primary, "value": value, "bound": bound,
+                           "ok": value is not None and _better_or_equal(primary, value, bound)})
+        for metric in sorted(set(incumbent) & set(candidate) - {primary}):
+            sign = 1 if metric in LOWER_IS_BETTER else -1
+            bound = incumbent[metric] + sign * tolerance
+            checks.append({"check": "regression", "metric": metric, "value": candidate[metric], "bound": bound,
+                           "ok": _better_or_equal(metric, candidate[metric], bound)})
+    return Decision(promote=all(c["ok"] for c in checks), checks=tuple(checks), primary=primary)
+
+
+def spec_gate(spec: Any) -> tuple[dict[str, float], str]:
+    """(thresholds, primary metric) of a behavior spec (an object with attributes, or a dict)."""
+    def get(name, default=None):
+        if isinstance(spec, dict):
+            return spec.get(name, default)
+        return getattr(spec, name, default)
+
+    thresholds = dict(get("thresholds") or {})
+    primary = get("primary_metric")
+    if not primary:
+        primary = next(iter(thresholds), "")
+    return {k: float(v) for k, v in thresholds.items()}, str(primary)

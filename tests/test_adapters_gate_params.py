@@ -1,0 +1,78 @@
+"""The promotion gate's decisions and the retrain parameter validation (pure functions)."""
+
+from __future__ import annotations
+
+import pytest
+
+from tandem.adapters import gate, params
+from tandem.errors import UserError
+
+THRESHOLDS = {"schema_valid_rate": 0.95, "citation_validity": 0.9}
+
+
+def test_gate_promotes_only_a_better_candidate_meeting_every_threshold():
+    base = {"schema_valid_rate": 0.2, "citation_validity": 0.1, "refusal_accuracy": 0.5}
+    good = {"schema_valid_rate": 1.0, "citation_validity": 0.95, "refusal_accuracy": 0.6}
+    d = gate.decide(good, base, thresholds=THRESHOLDS, primary="schema_valid_rate", margin=0.02, tolerance=0.02)
+    assert d.promote and "passed" in d.reason
+
+    below = dict(good, citation_validity=0.8)
+    d = gate.decide(below, base, thresholds=THRESHOLDS, primary="schema_valid_rate", margin=0.02, tolerance=0.02)
+    assert not d.promote and "citation_validity 0.800 below the spec threshold" in d.reason
+
+    champion = {"schema_valid_rate": 0.99, "citation_validity": 0.95, "refusal_accuracy": 0.6}
+    d = gate.decide(good, champion, thresholds=THRESHOLDS, primary="schema_valid_rate", margin=0.02, tolerance=0.02)
+    assert not d.promote and "does not beat the incumbent" in d.reason
+
+    regress = dict(good, refusal_accuracy=0.3)
+    d = gate.decide(regress, base, thresholds=THRESHOLDS, primary="schema_valid_rate", margin=0.02, tolerance=0.02)
+    assert not d.promote and "refusal_accuracy 0.300 regressed" in d.reason
+
+    missing = {"schema_valid_rate": 1.0}
+    d = gate.decide(missing, None, thresholds=THRESHOLDS, primary="schema_valid_rate", margin=0.0, tolerance=0.0)
+    assert not d.promote and "citation_validity missing" in d.reason
+
+
+def test_gate_lower_is_better_metrics():
+    d = gate.decide({"latency_p95_s": 3.0, "x": 1.0}, {"latency_p95_s": 1.0, "x": 0.5}, thresholds={},
+                    primary="x", margin=0.1, tolerance=0.5)
+    assert not d.promote and "latency_p95_s" in d.reason
+
+
+def test_params_defaults_and_validation():
+    p = params.validate({})
+    assert p.lora_r == 8 and p.target_modules == ("q_proj", "k_proj", "v_proj", "o_proj")
+    p = params.validate({"max_steps": 3, "target_modules": "q_proj, v_proj", "auto_promote": False})
+    assert p.max_steps == 3 and p.target_modules == ("q_proj", "v_proj") and p.auto_promote is False
+    bad = [
+        ({"lora_r": 0}, "lora_r=0"),
+        ({"learning_rate": 0.5}, "learning_rate=0.5"),
+        ({"batch_size": "four"}, "batch_size"),
+        ({"target_modules": []}, "target_modules"),
+        ({"target_modules": ["q_proj; rm -rf"]}, "target_modules"),
+        ({"no_such_param": 1}, "no_such_param"),
+        ({"max_seq_len": 10}, "max_seq_len=10"),
+    ]
+    for values, needle in bad:
+        with pytest.raises(UserError) as err:
+            params.validate(values)
+        assert needle in str(err.value) and "fix:" in str(err.value), values
+    assert params.parse_assignment("max_steps=5") == ("max_steps", 5)
+    assert params.parse_assignment("reason=nightly drift") == ("reason", "nightly drift")
+    assert params.parse_assignment("target_modules=q_proj,v_proj") == ("target_modules", ["q_proj", "v_proj"])
+    with pytest.raises(UserError):
+        params.parse_assignment("max_steps")
+
+
+def test_airflow_params_refuse_invalid_values():
+    from airflow.sdk import Param  # noqa: F401 - the real Param class validates the JSON schema
+    from airflow.sdk.definitions.param import ParamsDict
+
+    form = ParamsDict(params.airflow_params())
+    assert form.validate() is not None  # defaults are valid
+    for name, value in (("lora_r", 0), ("lora_dropout", 0.9), ("target_modules", []), ("auto_promote", "yes")):
+        bad = ParamsDict(params.airflow_params())
+        with pytest.raises(Exception) as err:
+            bad[name] = value
+            bad.validate()
+        assert "ParamValidationError" in type(err.value).__name__ or "valid" in str(err.value).lower()
