@@ -1,0 +1,32 @@
+"""Airflow glue: connections become Tandem settings inside tasks; assets carry the contract names."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+from tandem.airflow.assets import BEHAVIOR_ADAPTER, KNOWLEDGE_INDEX
+from tandem.airflow.settings import db_url_from_connection
+from tandem.config import Settings
+from tandem.stack.airflow_init import connection_specs
+
+
+def test_assets_match_contracts():
+    assert (KNOWLEDGE_INDEX.name, KNOWLEDGE_INDEX.uri) == ("knowledge_index", "tandem://knowledge/index")
+    assert (BEHAVIOR_ADAPTER.name, BEHAVIOR_ADAPTER.uri) == ("behavior_adapter", "tandem://behavior/adapter")
+
+
+def test_socket_and_tcp_connections_round_trip(tmp_path):
+    settings = Settings.load(home=tmp_path)
+    spec = connection_specs(settings)["tandem_db"]
+    conn = SimpleNamespace(login=spec["login"], password=spec["password"], schema=spec["schema"],
+                           host=spec["host"], port=spec["port"])
+    assert db_url_from_connection(conn) == settings.db_url
+
+    tcp = SimpleNamespace(login="tandem", password="s3cret", schema="tandem", host="postgres", port=5432)
+    assert db_url_from_connection(tcp) == "postgresql://tandem:s3cret@postgres:5432/tandem"
+
+
+def test_mlflow_connection_spec_matches_setting(tmp_path):
+    settings = Settings.load(home=tmp_path, mlflow_port=5123)
+    spec = connection_specs(settings)["tandem_mlflow"]
+    assert (spec["schema"], spec["host"], spec["port"]) == ("http", "127.0.0.1", 5123)
