@@ -1,0 +1,55 @@
+"""The ``behavior_adapter`` asset event from outside Airflow (``tandem adapters promote|rollback``).
+
+Inside Airflow the promoting task declares the asset as an outlet and Airflow records the event. The CLI
+posts the event to Airflow's REST API (``POST /api/v2/assets/events``) so that the DAGs scheduled on the
+asset see CLI promotions too. Credentials: ``TANDEM_AIRFLOW_USER`` / ``TANDEM_AIRFLOW_PASSWORD`` when set,
+else the local stack's admin password file ($TANDEM_HOME/airflow/passwords.json).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+from tandem.config import Settings
+from tandem.errors import TandemError
+
+log = logging.getLogger(__name__)
+
+ASSET_URI = "tandem://behavior/adapter"  # = tandem.airflow.assets.BEHAVIOR_ADAPTER.uri (CONTRACTS)
+
+
+def _credentials(settings: Settings) -> tuple[str, str] | None:
+    user = os.environ.get("TANDEM_AIRFLOW_USER", "admin")
+    password = os.environ.get("TANDEM_AIRFLOW_PASSWORD")
+    if password:
+        return user, password
+    pwfile = settings.airflow_home / "passwords.json"
+    try:
+        return user, json.loads(pwfile.read_text())[user]
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def emit_adapter_event(settings: Settings, extra: dict) -> str | None:
+    """Record an asset event for ``behavior_adapter``. Returns None on success, else why it was not recorded."""
+    from tandem.airflow.rest import AirflowClient
+
+    creds = _credentials(settings)
+    if creds is None:
+        return (f"no Airflow credentials (set TANDEM_AIRFLOW_PASSWORD, or run `make up` to create "
+                f"{settings.airflow_home / 'passwords.json'})")
+    try:
+        client = AirflowClient(settings.airflow_url, creds[0], creds[1], timeout=10)
+        found = client.request("GET", "/api/v2/assets?uri_pattern=" + ASSET_URI.replace("://", "%3A%2F%2F") + "&limit=10")
+        ids = [a["id"] for a in (found or {}).get("assets", []) if a.get("uri") == ASSET_URI]
+        if not ids:
+            return f"Airflow does not know the asset {ASSET_URI} yet (no DAG declaring it has been parsed)"
+        client.request("POST", "/api/v2/assets/events", {"asset_id": ids[0], "extra": extra})
+    except TandemError as exc:
+        return str(exc).splitlines()[0]
+    except Exception as exc:  # noqa: BLE001 - the alias move already happened; report, do not crash
+        return f"{type(exc).__name__}: {exc}"
+    log.info("asset event %s recorded: %s", ASSET_URI, extra)
+    return None

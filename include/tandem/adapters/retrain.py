@@ -1,0 +1,381 @@
+"""The retrain pipeline, step by step. The ``lora_retrain`` DAG runs one step per task; the CLI
+(``tandem adapters retrain``) runs them all in one process. Steps pass a JSON-able ``state`` dict
+(Airflow XCom): the MLflow run id is the handle, and artifacts travel through MLflow, so each step can run
+on another worker (training on a GPU worker of the ``training`` queue).
+
+1. ``prepare``   validate params, build the RAFT dataset, open the MLflow run in ``tandem-lora-training``,
+                 log params, the dataset (``mlflow.log_input``: digest + counts) and its snapshot artifact;
+2. ``train``     LoRA training, per-step loss/lr to MLflow, the adapter folder logged as ``adapter/``;
+3. ``evaluate``  candidate, champion and base on the holdout split with behavior_eval's scorers;
+                 metrics per model and the three-way table in MLflow;
+4. ``register``  a new ``tandem-adapter`` version (adapter only + base reference), tags, model card;
+5. ``gate``      promote / wait for approval / challenger (with the reason as a tag);
+6. ``promote``   move the aliases (``previous`` <- old champion, ``champion`` <- candidate).
+
+Failure safety: nothing touches ``champion`` before step 6, and step 6 re-checks that the champion is
+still the one the candidate was compared with. No version exists before step 4; a failure during or after
+registration tags the version ``failed`` (``fail``), and ``resolve``/``promote`` refuse failed versions.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable
+
+from tandem import tracking
+from tandem.adapters import params as params_mod
+from tandem.adapters import registry
+from tandem.config import Settings
+from tandem.errors import JobFailed, UserError
+
+log = logging.getLogger(__name__)
+
+SNAPSHOT_ARTIFACT = "dataset"
+EVAL_TABLE = "eval/three_way.json"
+
+
+def _effective(settings: Settings, p) -> Settings:
+    changes = {}
+    if p.base_model:
+        changes["base_model"] = p.base_model
+    if p.dataset:
+        changes["train_set_path"] = p.dataset
+    return settings.replace(**changes) if changes else settings
+
+
+def workdir(settings: Settings, run_id: str) -> Path:
+    path = Path(settings.home) / "retrain" / run_id
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@contextmanager
+def _resume(settings: Settings, run_id: str):
+    """Re-open the retrain's MLflow run; an exception marks it FAILED (and re-raises)."""
+    import mlflow
+
+    tracking.use(settings, tracking.EXPERIMENT_TRAINING)
+    with mlflow.start_run(run_id=run_id) as run:
+        try:
+            yield run
+        except BaseException as exc:
+            mlflow.set_tags(tracking.tags(status="failed", failure=f"{type(exc).__name__}: {exc}"[:5000]))
+            raise
+
+
+def _flat_params(p) -> dict[str, str]:
+    out = {}
+    for key, value in p.as_dict().items():
+        out[key] = ",".join(value) if isinstance(value, list) else str(value)
+    return out
+
+
+# --- 1. prepare
+
+
+def prepare(settings: Settings, values: dict | None, *, progress: Callable[[int], None] | None = None) -> dict:
+    import mlflow
+    import pandas as pd
+
+    from tandem.adapters import dataset
+    from tandem.behavior.spec import load_spec
+    from tandem.models import base_model_sha256, resolve_base_model
+
+    p = params_mod.validate(values)
+    settings = _effective(settings, p)
+    base = resolve_base_model(settings.base_model)
+    base_sha = base_model_sha256(base)
+    spec = load_spec(settings.spec_path)
+    examples = dataset.load_examples(settings.train_set_path)
+    source = dataset.IndexSource(settings)
+    index_version = source.version()
+    started = time.monotonic()
+    rows = dataset.build_rows(examples, source, spec, distractors=p.distractors,
+                              no_oracle_fraction=p.no_oracle_fraction, holdout_fraction=p.holdout_fraction,
+                              seed=p.seed, progress=progress)
+    digest = dataset.digest(rows)
+    counts = dataset.counts(rows)
+    if not counts.get("train") or not counts.get("holdout"):
+        raise UserError(f"the dataset split is degenerate: {counts}",
+                        fix="use at least 2 examples and a holdout_fraction that leaves both splits non-empty")
+    log.info("RAFT dataset: %s (digest %s) in %.1fs", counts, digest[:12], time.monotonic() - started)
+    spec_version = str(getattr(spec, "version", "") or "")
+
+    tracking.use(settings, tracking.EXPERIMENT_TRAINING)
+    run_tags = {
+        **tracking.tags(status="running", dataset_digest=digest, base_model=base, base_model_sha256=base_sha,
+                        spec_version=spec_version, index_version=index_version, trigger_reason=p.reason,
+                        eval_run_id=p.eval_run_id or None),
+        **tracking.airflow_context_tags(settings),
+    }
+    with mlflow.start_run(run_name=f"retrain-{time.strftime('%Y%m%d-%H%M%S')}", tags=run_tags) as run:
+        run_id = run.info.run_id
+        mlflow.log_params(_flat_params(p))
+        with tempfile.TemporaryDirectory() as tmp:
+            snap = dataset.write_snapshot(rows, Path(tmp) / dataset.SNAPSHOT_FILE)
+            mlflow.log_artifact(str(snap), SNAPSHOT_ARTIFACT)
+        for side in ("train", "holdout"):
+            part = [r for r in rows if r["split"] == side]
+            frame = pd.DataFrame([{"id": r["id"], "kind": r["kind"], "question": r["question"],
+                                   "contexts": json.dumps([c["chunk_id"] for c in r["contexts"]]),
+                                   "target": json.dumps(r["target"], sort_keys=True)} for r in part])
+            ds = mlflow.data.from_pandas(frame, source=f"{settings.train_set_path}", name=f"tandem-raft-{side}",
+                                         digest=digest[:36])
+            mlflow.log_input(ds, context=side, tags={"rows": str(len(part)), "dataset_digest": digest})
+        mlflow.log_metrics({f"dataset_{k}": float(v) for k, v in counts.items()})
+    return {"run_id": run_id, "params": p.as_dict(), "base_model": base, "base_sha256": base_sha,
+            "dataset_digest": digest, "counts": counts, "index_version": index_version,
+            "spec_version": spec_version, "airflow": tracking.airflow_context_tags(settings)}
+
+
+def _snapshot(settings: Settings, state: dict) -> list[dict]:
+    import mlflow.artifacts
+
+    from tandem.adapters import dataset
+
+    local = workdir(settings, state["run_id"]) / dataset.SNAPSHOT_FILE
+    if not local.exists():
+        got = mlflow.artifacts.download_artifacts(run_id=state["run_id"],
+                                                  artifact_path=f"{SNAPSHOT_ARTIFACT}/{dataset.SNAPSHOT_FILE}",
+                                                  dst_path=str(local.parent / ".dl"), tracking_uri=settings.mlflow_uri)
+        Path(got).rename(local)
+    rows = dataset.read_snapshot(local)
+    if dataset.digest(rows) != state["dataset_digest"]:
+        raise JobFailed("the dataset snapshot does not match its digest", fix="re-run the retrain from the start")
+    return rows
+
+
+# --- 2. train
+
+
+def train(settings: Settings, state: dict, *, on_step: Callable[[int, int, float], None] | None = None) -> dict:
+    import mlflow
+
+    from tandem.adapters import train as train_mod
+    from tandem.behavior.spec import load_spec
+    from tandem.models import weights_sha256
+
+    p = params_mod.validate(state["params"])
+    settings = _effective(settings, p)
+    with _resume(settings, state["run_id"]):
+        rows = [r for r in _snapshot(settings, state) if r["split"] == "train"]
+        spec = load_spec(settings.spec_path)
+        out_dir = workdir(settings, state["run_id"]) / "adapter"
+        shutil.rmtree(out_dir, ignore_errors=True)
+
+        def log_metrics(metrics: dict, step: int) -> None:
+            mlflow.log_metrics(metrics, step=step)
+
+        summary, _, _ = train_mod.train(settings, rows, spec, p, out_dir, base_model=state["base_model"],
+                                        base_sha256=state["base_sha256"], dataset_digest=state["dataset_digest"],
+                                        log_metrics=log_metrics, on_step=on_step)
+        adapter_sha = weights_sha256(out_dir)
+        mlflow.log_artifacts(str(out_dir), registry.ARTIFACT_PATH)
+        mlflow.log_metrics({k: float(v) for k, v in summary.items() if isinstance(v, (int, float))})
+        mlflow.set_tags(tracking.tags(status="trained", adapter_sha256=adapter_sha, device=summary["device"]))
+    log.info("trained: %s", summary)
+    return {**state, "training": summary, "adapter_sha256": adapter_sha}
+
+
+def _adapter_dir(settings: Settings, state: dict) -> Path:
+    """The run's adapter folder (downloaded from MLflow when this worker did not train it)."""
+    import mlflow.artifacts
+
+    from tandem.models import weights_sha256
+
+    local = workdir(settings, state["run_id"]) / "adapter"
+    if local.is_dir() and (local / "adapter_config.json").exists():
+        try:
+            if weights_sha256(local) == state["adapter_sha256"]:
+                return local
+        except UserError:
+            pass
+    shutil.rmtree(local, ignore_errors=True)
+    tmp = local.with_name("adapter.dl")
+    shutil.rmtree(tmp, ignore_errors=True)
+    got = Path(mlflow.artifacts.download_artifacts(run_id=state["run_id"], artifact_path=registry.ARTIFACT_PATH,
+                                                   dst_path=str(tmp), tracking_uri=settings.mlflow_uri))
+    got.rename(local)
+    shutil.rmtree(tmp, ignore_errors=True)
+    if weights_sha256(local) != state["adapter_sha256"]:
+        raise JobFailed("the downloaded adapter does not match the trained one (sha256)", fix="re-run the retrain")
+    return local
+
+
+# --- 3. evaluate
+
+
+def evaluate(settings: Settings, state: dict, *, limit: int | None = None,
+             progress: Callable[[str, int, int], None] | None = None) -> dict:
+    import mlflow
+
+    from tandem.adapters import compare, gate
+    from tandem.behavior.spec import load_spec
+
+    p = params_mod.validate(state["params"])
+    settings = _effective(settings, p)
+    with _resume(settings, state["run_id"]):
+        holdout = [r for r in _snapshot(settings, state) if r["split"] == "holdout"][: limit or None]
+        spec = load_spec(settings.spec_path)
+        champion = registry.resolve(settings, "champion")
+        candidates = {"candidate": _adapter_dir(settings, state), "base": None}
+        if champion.version is not None:
+            candidates["champion"] = champion.path
+        result = compare.three_way(settings, spec, holdout, candidates, base_model=state["base_model"],
+                                   progress=progress)
+        thresholds, primary = gate.spec_gate(spec)
+        for name, scores in result["models"].items():
+            mlflow.log_metrics({f"{name}.{m}": float(v) for m, v in scores.items() if isinstance(v, (int, float))})
+        mlflow.log_table(result["table"], artifact_file=EVAL_TABLE)
+        mlflow.set_tags(tracking.tags(status="evaluated", champion_version=champion.version or "base"))
+    evaluation = {"models": result["models"], "champion_version": champion.version, "primary": primary,
+                  "thresholds": thresholds, "n": len(holdout)}
+    log.info("three-way evaluation on %d holdout rows: %s", len(holdout), result["models"])
+    return {**state, "evaluation": evaluation}
+
+
+# --- 4. register
+
+
+def register(settings: Settings, state: dict) -> dict:
+    from tandem.adapters import card
+
+    p = params_mod.validate(state["params"])
+    settings = _effective(settings, p)
+    evaluation = state["evaluation"]
+    cand = evaluation["models"]["candidate"]
+    tags = tracking.tags(
+        base_model=state["base_model"], base_model_sha256=state["base_sha256"], adapter_sha256=state["adapter_sha256"],
+        dataset_digest=state["dataset_digest"], spec_version=state.get("spec_version") or None,
+        index_version=state.get("index_version") or None, trigger_reason=p.reason,
+        eval_run_id=p.eval_run_id or None, training_run_id=state["run_id"],
+        compared_with=evaluation["champion_version"] or "base", holdout_rows=evaluation["n"],
+    )
+    tags.update(state.get("airflow") or {})
+    tags.update({registry.METRIC_TAG_PREFIX + m: f"{v:.6g}" for m, v in cand.items() if isinstance(v, (int, float))})
+    description = card.render(base_model=state["base_model"], base_sha256=state["base_sha256"], params=state["params"],
+                              dataset={"digest": state["dataset_digest"], "counts": state["counts"],
+                                       "source": settings.train_set_path, "index_version": state.get("index_version")},
+                              training=state["training"], evaluation=evaluation,
+                              context={"training run": state["run_id"], "trigger reason": p.reason,
+                                       "triggering eval run": p.eval_run_id,
+                                       "airflow run": (state.get("airflow") or {}).get(tracking.tag("airflow_run_url"))})
+    version = registry.register_version(settings, state["run_id"], tags=tags, description=description)
+    with _resume(settings, state["run_id"]):
+        import mlflow
+
+        mlflow.set_tags(tracking.tags(status="registered", adapter_version=version))
+    return {**state, "version": version}
+
+
+# --- 5. gate
+
+
+def gate(settings: Settings, state: dict) -> dict:
+    """Decide. Returns state with ``decision`` and ``action``: "promote", "approve" or "challenger"."""
+    from tandem.adapters import gate as gate_mod
+
+    p = params_mod.validate(state["params"])
+    settings = _effective(settings, p)
+    ev = state["evaluation"]
+    incumbent = ev["models"].get("champion") or ev["models"]["base"]
+    decision = gate_mod.decide(ev["models"]["candidate"], incumbent, thresholds=ev["thresholds"],
+                               primary=ev["primary"], margin=p.promotion_margin, tolerance=p.regression_tolerance)
+    version = state["version"]
+    if not decision.promote:
+        action, reason = "challenger", decision.reason
+    elif not p.auto_promote:
+        action, reason = "challenger", f"{decision.reason}; auto_promote is off: promote with `tandem adapters promote {version}`"
+    elif p.require_approval:
+        action, reason = "approve", f"{decision.reason}; waiting for approval in the Airflow UI"
+    else:
+        action, reason = "promote", decision.reason
+    if action != "promote":
+        registry.set_challenger(settings, version, reason)  # champion untouched
+    registry.set_version_tags(settings, version, {tracking.tag("gate_decision"): action,
+                                                  tracking.tag("gate_reason"): reason,
+                                                  tracking.tag("gate_checks"): json.dumps(list(decision.checks))})
+    with _resume(settings, state["run_id"]):
+        import mlflow
+
+        mlflow.set_tags(tracking.tags(status="gated", gate_decision=action, gate_reason=reason))
+    log.info("gate for version %s: %s (%s)", version, action, reason)
+    return {**state, "decision": decision.as_dict(), "action": action, "reason": reason}
+
+
+# --- 6. promote
+
+
+def promote(settings: Settings, state: dict, *, actor: str = "lora_retrain") -> dict:
+    """Make the candidate champion, unless the champion changed since the evaluation (then: challenger)."""
+    p = params_mod.validate(state["params"])
+    settings = _effective(settings, p)
+    version = state["version"]
+    compared = state["evaluation"]["champion_version"]
+    current = registry.champion_version(settings)
+    if current != compared:
+        reason = (f"the champion changed during the run (compared with {compared or 'base'}, now {current or 'base'}); "
+                  f"re-run the retrain or promote with `tandem adapters promote {version}`")
+        registry.set_challenger(settings, version, reason)
+        return {**state, "promoted": False, "reason": reason}
+    out = registry.promote(settings, version, reason=state.get("reason") or "gate passed", actor=actor)
+    registry.set_version_tags(settings, version, {tracking.tag("gate_decision"): "promoted"})
+    return {**state, "promoted": bool(out["changed"]), "aliases": out}
+
+
+# --- failure
+
+
+def fail(settings: Settings, state: dict | None, run_id: str | None, error: str) -> None:
+    """Mark a partial run: the MLflow run FAILED + tagged, its version (if any) tagged failed."""
+    from mlflow import MlflowClient
+
+    run_id = run_id or (state or {}).get("run_id")
+    version = (state or {}).get("version")
+    if version and not (state or {}).get("promoted"):
+        current = None
+        try:
+            current = registry.champion_version(settings)
+        except Exception:  # noqa: BLE001
+            pass
+        if current != str(version):
+            registry.mark_failed(settings, version, error)
+    if run_id:
+        try:
+            cl = MlflowClient(tracking_uri=settings.mlflow_uri)
+            cl.set_tag(run_id, tracking.tag("status"), "failed")
+            cl.set_tag(run_id, tracking.tag("failure"), error[:5000])
+            cl.set_terminated(run_id, status="FAILED")
+        except Exception:  # noqa: BLE001 - best effort while handling the real error
+            log.exception("could not mark run %s failed", run_id)
+
+
+# --- all steps in one process (CLI, benchmark)
+
+
+def run_all(settings: Settings, values: dict | None, *, on_step=None, progress=None, limit: int | None = None,
+            approve: bool = False) -> dict:
+    """prepare -> train -> evaluate -> register -> gate -> promote. With require_approval, the CLI
+    cannot wait for a human: the version stays challenger unless ``approve`` is set."""
+    state: dict[str, Any] = {}
+    try:
+        state = prepare(settings, values)
+        state = train(settings, state, on_step=on_step)
+        state = evaluate(settings, state, limit=limit, progress=progress)
+        state = register(settings, state)
+        state = gate(settings, state)
+        if state["action"] == "promote" or (state["action"] == "approve" and approve):
+            state = promote(settings, state, actor="tandem adapters retrain")
+        else:
+            state["promoted"] = False
+    except BaseException as exc:
+        if state.get("run_id"):
+            fail(settings, state, None, f"{type(exc).__name__}: {exc}")
+        raise
+    return state
