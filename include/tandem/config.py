@@ -139,6 +139,17 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("trigger_reindex_on_knowledge_failure", False, _bool,
             "behavior_eval triggers knowledge_reindex when knowledge failures dominate."),
     Setting("eval_cron", "0 6 * * *", str, "behavior_eval schedule (cron)."),
+    # --- serving (`tandem ask`, the Airflow plugin)
+    Setting("refusal_min_similarity", 0.3, _fraction,
+            "`tandem ask` answers the spec's refusal, without generating, when the best retrieved chunk's "
+            "cosine similarity to the question is under this."),
+    Setting("champion_check_seconds", 30, _nonneg_int,
+            "The answer path re-checks the MLflow `champion` alias at most this often (0: on every request)."),
+    Setting("ask_max_question_chars", 1000, _pos_int, "Longest question `tandem ask` and the API accept."),
+    Setting("ask_max_k", 20, _pos_int, "Largest k (chunks retrieved) `tandem ask` and the API accept."),
+    Setting("ask_max_new_tokens", 160, _pos_int, "Token budget of one generated answer."),
+    Setting("serve_base_without_champion", False, _bool,
+            "With no champion adapter yet, serve the base model (true) or answer 503 with what to run (false)."),
 )
 
 _BY_NAME = {s.name: s for s in SETTINGS}

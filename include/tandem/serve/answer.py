@@ -1,0 +1,241 @@
+"""The answer path: the one function behind `tandem ask`, ``POST /tandem/api/ask`` and (where they want it)
+the evals.
+
+1. Check the input (``validation``), and which adapter version the reference names (``adapter_cache``),
+   before anything is loaded: bad input is a UserError, a missing index or champion a ServiceUnavailable.
+2. Hybrid retrieval from the live index (``tandem.knowledge.search``), recording the index version.
+3. If the best chunk's cosine similarity to the question is under ``refusal_min_similarity`` (or nothing
+   was retrieved), answer the spec's refusal and generate nothing.
+4. Otherwise build the prompt with the chunks and their doc ids (``tandem.behavior.prompt``), generate with
+   base + adapter (``tandem.behavior.generate`` via the cache), and validate the output against the
+   contract (``tandem.behavior.scoring``).
+
+The result always has the contract's shape (``answer``, ``citations``, ``confidence``). Model output that
+breaks the contract is not hidden: ``valid`` is false and ``violations`` says how, and the contract object
+is repaired conservatively (invented citations dropped, a non-JSON answer kept as text with
+``confidence: low``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from tandem.config import Settings
+from tandem.serve import validation
+from tandem.serve.adapter_cache import AdapterCache
+
+log = logging.getLogger(__name__)
+
+CONFIDENCE = ("high", "medium", "low")
+MAX_RAW_CHARS = 4000  # raw model output kept in a response (the budget is bounded anyway)
+
+_generate_lock = threading.Lock()  # one generation at a time per process: the CPU is the bottleneck
+_spec_cache: dict[str, tuple[float, Any]] = {}
+_spec_lock = threading.Lock()
+
+
+@dataclasses.dataclass
+class Answer:
+    """An answer in the contract, plus where it came from and how long it took."""
+
+    question: str
+    contract: dict[str, Any]  # {"answer": str, "citations": [doc_id], "confidence": "high"|"medium"|"low"}
+    sources: list[dict[str, str]]  # the cited documents: doc_id, title, uri (in citation order)
+    adapter: str  # "base" or "v<version>"
+    index_version: str | None
+    refused: bool  # answered with the spec's refusal without generating (similarity under the threshold)
+    best_similarity: float | None
+    threshold: float
+    valid: bool  # the generated output met the contract as it was (a refusal is valid)
+    violations: list[str]
+    retrieved: list[dict[str, Any]]  # doc_id, chunk_id, title, uri, score, vector_similarity
+    timings: dict[str, float]  # retrieval_ms, generation_ms, adapter_load_ms, total_ms
+    raw_output: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The contract object first, then the rest (``--json`` and the API)."""
+        return {**self.contract, "sources": self.sources, "timings": self.timings, "adapter": self.adapter,
+                "index_version": self.index_version, "refused": self.refused,
+                "best_similarity": self.best_similarity, "threshold": self.threshold, "valid": self.valid,
+                "violations": self.violations, "retrieved": self.retrieved, "raw_output": self.raw_output,
+                "question": self.question}
+
+    def text(self) -> str:
+        """The human form: the answer, then numbered citations with title and URI."""
+        lines = [self.contract["answer"], ""]
+        if self.sources:
+            lines.append("Citations:")
+            for i, src in enumerate(self.sources, 1):
+                lines.append(f"  [{i}] {src['title'] or src['doc_id']} ({src['doc_id']})")
+                lines.append(f"      {src['uri']}")
+        else:
+            lines.append("Citations: none")
+        meta = [f"adapter {self.adapter}", f"index {self.index_version}",
+                f"confidence {self.contract['confidence']}",
+                f"retrieval {self.timings['retrieval_ms']:.0f} ms", f"generation {self.timings['generation_ms']:.0f} ms"]
+        if self.refused:
+            meta.append(f"refused: best similarity {_fmt(self.best_similarity)} < {self.threshold}")
+        if not self.valid:
+            meta.append("output broke the contract: " + "; ".join(self.violations))
+        lines += ["", "(" + ", ".join(meta) + ")"]
+        return "\n".join(lines)
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+# --- the refusal threshold
+
+
+def refusal_decision(hits: Sequence[Any], threshold: float) -> tuple[bool, float | None]:
+    """(refuse, best similarity): refuse when nothing was retrieved or the best chunk is under ``threshold``.
+
+    Hits without a similarity do not count; if none has one, the threshold cannot apply and nothing is refused.
+    """
+    if not hits:
+        return True, None
+    sims = [h.vector_similarity for h in hits if h.vector_similarity is not None]
+    if not sims:
+        return False, None
+    best = max(sims)
+    return best < threshold, best
+
+
+# --- the spec (cached by path and mtime: the API re-reads it only when the file changes)
+
+
+def load_spec(settings: Settings):
+    from tandem.behavior.spec import load_spec as _load
+
+    path = str(settings.spec_path)
+    try:
+        mtime = Path(path).stat().st_mtime
+    except OSError:
+        mtime = -1.0
+    with _spec_lock:
+        cached = _spec_cache.get(path)
+        if cached and cached[0] == mtime:
+            return cached[1]
+        spec = _load(path)
+        _spec_cache[path] = (mtime, spec)
+        return spec
+
+
+def refusal_text(spec) -> str:
+    return spec.refusal_text
+
+
+# --- validation of generated output against the contract
+
+
+def check_output(raw: str, spec, shown_ids: Sequence[str]) -> tuple[dict[str, Any], bool, list[str]]:
+    """(contract object, valid, violations) for a model output; never raises on bad output.
+
+    The verdicts come from the behavior cadence's scorer; the repair keeps only what the contract allows.
+    """
+    from tandem.behavior import scoring
+
+    verdict = scoring.check_output(raw, spec, list(shown_ids))
+    violations = list(verdict.violations)
+    parsed = verdict.parsed if isinstance(verdict.parsed, dict) else None
+    shown = set(shown_ids)
+    if parsed is None:
+        text = " ".join(str(raw).split())[:MAX_RAW_CHARS]
+        return {"answer": text, "citations": [], "confidence": "low"}, False, violations
+    answer = parsed.get("answer")
+    answer = answer if isinstance(answer, str) else json.dumps(answer) if answer is not None else ""
+    citations = parsed.get("citations") if isinstance(parsed.get("citations"), list) else []
+    kept = []
+    for cid in citations:
+        if isinstance(cid, str) and cid in shown and cid not in kept:
+            kept.append(cid)
+    confidence = parsed.get("confidence") if parsed.get("confidence") in CONFIDENCE else "low"
+    return {"answer": answer, "citations": kept, "confidence": confidence}, verdict.valid, violations
+
+
+# --- the answer path
+
+
+def answer(settings: Settings, question: str, k: int = 5, adapter: str | None = "champion", *,
+           cache: AdapterCache | None = None, progress: Callable[[str], None] | None = None) -> Answer:
+    """Answer ``question`` from the live index with base + the ``adapter`` reference (see the module doc).
+
+    Raises UserError for bad input or an unknown adapter version, ServiceUnavailable when the index, the
+    champion, Postgres or MLflow is missing.
+    """
+    from tandem.knowledge import search as knowledge_search
+
+    step = progress or (lambda _stage: None)
+    started = time.perf_counter()
+    question = validation.question(settings, question)
+    k = validation.k(settings, k)
+    ref = validation.adapter(adapter)
+    spec = load_spec(settings)  # a broken spec is the operator's error: UserError naming the file
+    cache = cache or AdapterCache(settings)
+
+    step("resolve adapter")
+    key = cache.key_for(ref)  # unknown version -> UserError; no champion / MLflow down -> ServiceUnavailable
+
+    step("retrieve")
+    t0 = time.perf_counter()
+    index_version = knowledge_search.live_index_version(settings)
+    if index_version is None:
+        from tandem.errors import ServiceUnavailable
+
+        raise ServiceUnavailable(f"the knowledge index {settings.index_name!r} is empty: there is nothing to answer from",
+                                 fix="run `tandem reindex` (or trigger the knowledge_reindex DAG) first")
+    hits = knowledge_search.search(settings, question, k=k)
+    retrieval_ms = (time.perf_counter() - t0) * 1000
+    retrieved = [{"doc_id": h.doc_id, "chunk_id": h.chunk_id, "title": h.title, "uri": h.uri,
+                  "score": round(h.score, 6),
+                  "vector_similarity": None if h.vector_similarity is None else round(h.vector_similarity, 4)}
+                 for h in hits]
+    threshold = float(settings.refusal_min_similarity)
+    refuse, best = refusal_decision(hits, threshold)
+    label = "base" if key == "base" else f"v{key}"
+    timings = {"retrieval_ms": round(retrieval_ms, 1), "generation_ms": 0.0, "adapter_load_ms": 0.0}
+
+    if refuse:
+        log.info("refusing %r: best similarity %s < %s", question[:80], _fmt(best), threshold)
+        timings["total_ms"] = round((time.perf_counter() - started) * 1000, 1)
+        return Answer(question=question, contract={"answer": refusal_text(spec), "citations": [], "confidence": "low"},
+                      sources=[], adapter=label, index_version=index_version, refused=True, best_similarity=best,
+                      threshold=threshold, valid=True, violations=[], retrieved=retrieved, timings=timings)
+
+    if not cache.is_loaded(key):
+        step("load model")
+    t0 = time.perf_counter()
+    loaded = cache.load(key)
+    if time.perf_counter() - t0 > 0.05:
+        timings["adapter_load_ms"] = round((time.perf_counter() - t0) * 1000, 1)
+
+    step("generate")
+    from tandem.behavior.prompt import build_messages
+
+    messages = build_messages(question, hits, spec)
+    t0 = time.perf_counter()
+    with _generate_lock:
+        raw = loaded.generator.generate([messages], max_new_tokens=settings.ask_max_new_tokens, batch_size=1)[0]
+    timings["generation_ms"] = round((time.perf_counter() - t0) * 1000, 1)
+
+    step("validate")
+    shown_ids = list(dict.fromkeys(h.doc_id for h in hits))
+    contract, valid, violations = check_output(raw, spec, shown_ids)
+    first_hit = {}
+    for h in hits:
+        first_hit.setdefault(h.doc_id, h)
+    sources = [{"doc_id": cid, "title": first_hit[cid].title, "uri": first_hit[cid].uri} for cid in contract["citations"]]
+    timings["total_ms"] = round((time.perf_counter() - started) * 1000, 1)
+    if not valid:
+        log.warning("output of %s broke the contract: %s", loaded.label, "; ".join(violations))
+    return Answer(question=question, contract=contract, sources=sources, adapter=loaded.label,
+                  index_version=index_version, refused=False, best_similarity=best, threshold=threshold,
+                  valid=valid, violations=violations, retrieved=retrieved, timings=timings,
+                  raw_output=str(raw)[:MAX_RAW_CHARS])

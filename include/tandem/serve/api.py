@@ -1,0 +1,226 @@
+"""The Tandem HTTP app, mounted by the Airflow plugin under the api-server at ``/tandem``.
+
+Routes (all behind the Airflow UI's authentication: a JWT bearer header, or the UI's ``_token`` cookie):
+
+- ``POST /tandem/api/ask``: the answer contract plus sources and timings (``tandem.serve.answer``).
+- ``GET /tandem/api/status``: the state of both cadences as JSON (``tandem.serve.status``).
+- ``GET /tandem/``: the status page, server-rendered (``tandem.serve.page``).
+- ``GET /tandem/openapi.json``: the OpenAPI schema (served without a login, like Airflow's own).
+
+Errors are JSON ``{"error", "fix"}``: bad input 400/422, unauthenticated 401, a missing index or champion
+(or Postgres/MLflow down) 503 with what to run. Never a 500 for a user's mistake.
+
+Importing this module is cheap (FastAPI and pydantic only): Airflow imports the plugin in every component.
+Settings are read on the first request; the models load on the first question that needs them.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any, Callable, Literal
+
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
+
+from tandem.errors import ServiceUnavailable, TandemError, UserError
+
+log = logging.getLogger(__name__)
+
+_bearer = HTTPBearer(auto_error=False, description="An Airflow JWT (POST /auth/token), or the Airflow UI's cookie.")
+
+
+async def require_user(request: Request,
+                       credentials: HTTPAuthorizationCredentials | None = Depends(_bearer)) -> Any:
+    """Airflow's own authentication dependency (``get_user``): the bearer token, else the UI cookie.
+
+    Imported on the first request, not at plugin import: the security module pulls in Airflow's ORM
+    models (seconds), which the scheduler and workers that also import plugins never need.
+    """
+    from airflow.api_fastapi.core_api.security import get_user
+
+    return await get_user(request=request, _oauth_token=None, bearer_credentials=credentials)
+
+
+# --- request and response models (they document the API in the OpenAPI schema)
+
+
+class AskRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={
+        "examples": [{"question": "What does the Pro plan cost?", "k": 5, "adapter": "champion"}]})
+
+    question: str = Field(description="The question (1 to TANDEM_ASK_MAX_QUESTION_CHARS characters, default 1000).")
+    k: StrictInt = Field(5, description="How many chunks to retrieve (1 to TANDEM_ASK_MAX_K, default 20).")
+    adapter: str | None = Field(None, description="'champion' (default), 'base', 'challenger', 'previous', "
+                                                  "or a version number of the tandem-adapter model.")
+
+
+class Source(BaseModel):
+    doc_id: str
+    title: str
+    uri: str
+
+
+class Retrieved(BaseModel):
+    doc_id: str
+    chunk_id: str
+    title: str
+    uri: str
+    score: float
+    vector_similarity: float | None
+
+
+class AskResponse(BaseModel):
+    answer: str = Field(description="The answer (the spec's refusal text when the context lacks it).")
+    citations: list[str] = Field(description="Doc ids of the context the answer cites (a subset of `retrieved`).")
+    confidence: Literal["high", "medium", "low"]
+    sources: list[Source] = Field(description="The cited documents with title and URI, in citation order.")
+    timings: dict[str, float] = Field(description="retrieval_ms, generation_ms, adapter_load_ms, total_ms")
+    adapter: str = Field(description="The adapter that answered: 'base' or 'v<version>'.")
+    index_version: str | None
+    refused: bool = Field(description="True: refused without generating (best similarity under the threshold).")
+    best_similarity: float | None
+    threshold: float
+    valid: bool = Field(description="Whether the model's output met the contract as generated.")
+    violations: list[str]
+    retrieved: list[Retrieved]
+    raw_output: str | None
+    question: str
+
+
+class ErrorBody(BaseModel):
+    error: str
+    fix: str | None = None
+
+
+ERRORS = {400: {"model": ErrorBody, "description": "bad input (names the input and the fix)"},
+          401: {"model": ErrorBody, "description": "not authenticated (log in to Airflow, or send a bearer token)"},
+          422: {"model": ErrorBody, "description": "the request body does not match the schema"},
+          503: {"model": ErrorBody, "description": "no index, no champion, or Postgres/MLflow down: says what to run"}}
+
+
+class _State:
+    """Settings and the adapter cache, created on first use (thread-safe)."""
+
+    def __init__(self, settings=None, cache=None, settings_factory: Callable[[], Any] | None = None):
+        self._settings, self._cache, self._factory = settings, cache, settings_factory
+        self._lock = threading.Lock()
+
+    @property
+    def settings(self):
+        with self._lock:
+            if self._settings is None:
+                if self._factory is not None:
+                    self._settings = self._factory()
+                else:
+                    from tandem.config import Settings
+
+                    self._settings = Settings.load()
+            return self._settings
+
+    @property
+    def cache(self):
+        settings = self.settings
+        with self._lock:
+            if self._cache is None:
+                from tandem.serve.adapter_cache import AdapterCache
+
+                self._cache = AdapterCache(settings)
+            return self._cache
+
+
+def _error(status: int, message: str, fix: str | None = None, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse({"error": message, "fix": fix}, status_code=status, headers=headers)
+
+
+def create_app(settings=None, *, cache=None, settings_factory: Callable[[], Any] | None = None) -> FastAPI:
+    """The FastAPI app. ``settings``/``cache`` default to ``Settings.load()`` and a new AdapterCache on first use."""
+    app = FastAPI(
+        title="Tandem",
+        summary="Ask the live model (index + champion adapter) and see the state of both cadences.",
+        description=__doc__,
+        version="1",
+        docs_url=None,  # Swagger UI / ReDoc fetch their assets from a CDN: nothing is fetched from the internet
+        redoc_url=None,
+    )
+    app.state.tandem = _State(settings, cache, settings_factory)
+
+    @app.exception_handler(UserError)
+    async def _user_error(_request: Request, exc: UserError):
+        return _error(400, exc.message, exc.fix)
+
+    @app.exception_handler(ServiceUnavailable)
+    async def _unavailable(_request: Request, exc: ServiceUnavailable):
+        return _error(503, exc.message, exc.fix, headers={"Retry-After": "60"})
+
+    @app.exception_handler(TandemError)
+    async def _tandem_error(_request: Request, exc: TandemError):
+        log.error("tandem error: %s", exc)
+        return _error(500, exc.message, exc.fix)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_request: Request, exc: RequestValidationError):
+        problems = []
+        for err in exc.errors():
+            where = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "body"
+            problems.append(f"{where}: {err.get('msg')}")
+        return JSONResponse({"error": "invalid request: " + "; ".join(problems),
+                             "fix": 'send JSON like {"question": "What does the Pro plan cost?", "k": 5}'},
+                            status_code=422)
+
+    @app.exception_handler(HTTPException)
+    async def _http(_request: Request, exc: HTTPException):
+        fix = None
+        if exc.status_code in (401, 403):
+            fix = "log in to the Airflow UI, or send 'Authorization: Bearer <token>' (POST /auth/token)"
+        return _error(exc.status_code, str(exc.detail), fix, headers=getattr(exc, "headers", None))
+
+    def state(request: Request) -> _State:
+        return request.app.state.tandem
+
+    @app.post("/api/ask", response_model=AskResponse, responses=ERRORS, tags=["ask"],
+              summary="Answer a question from the live index with the champion adapter")
+    def ask(body: AskRequest, request: Request, _user=Depends(require_user)) -> dict:
+        from tandem.serve.answer import answer
+
+        st = state(request)
+        return answer(st.settings, body.question, k=body.k, adapter=body.adapter, cache=st.cache).to_dict()
+
+    @app.get("/api/status", responses=ERRORS, tags=["status"],
+             summary="The state of both cadences (index, adapters, evals, anti-flap, links)")
+    def api_status(request: Request, _user=Depends(require_user)) -> dict:
+        from tandem.serve.status import collect
+
+        st = state(request)
+        return collect(st.settings, cache=st.cache)
+
+    @app.get("/", response_class=HTMLResponse, tags=["status"], summary="The status page (HTML)")
+    def page(request: Request, _user=Depends(_page_user)) -> HTMLResponse:
+        if isinstance(_user, RedirectResponse):
+            return _user
+        from tandem.serve.page import render
+        from tandem.serve.status import collect
+
+        st = state(request)
+        return HTMLResponse(render(collect(st.settings, cache=st.cache)))
+
+    return app
+
+
+async def _page_user(request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(_bearer)) -> Any:
+    """Like ``require_user``, but a browser without a session is sent to the Airflow login and back."""
+    try:
+        return await require_user(request, credentials)
+    except HTTPException as exc:
+        if exc.status_code != 401 or credentials is not None or "text/html" not in request.headers.get("accept", ""):
+            raise
+        try:
+            from airflow.api_fastapi.app import get_auth_manager
+
+            login = get_auth_manager().get_url_login(next_url=str(request.url))
+        except Exception:  # noqa: BLE001 - no auth manager configured: plain 401
+            raise exc from None
+        return RedirectResponse(login, status_code=307)
