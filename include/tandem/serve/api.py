@@ -192,20 +192,20 @@ def create_app(settings=None, *, cache=None, settings_factory: Callable[[], Any]
     @app.get("/api/status", responses=ERRORS, tags=["status"],
              summary="The state of both cadences (index, adapters, evals, anti-flap, links)")
     def api_status(request: Request, _user=Depends(require_user)) -> dict:
-        from tandem.serve.status import collect
+        from tandem.serve.status import airflow_dag_runs, collect
 
         st = state(request)
-        return collect(st.settings, cache=st.cache)
+        return collect(st.settings, cache=st.cache, dag_runs=airflow_dag_runs)
 
     @app.get("/", response_class=HTMLResponse, tags=["status"], summary="The status page (HTML)")
     def page(request: Request, _user=Depends(_page_user)) -> HTMLResponse:
         if isinstance(_user, RedirectResponse):
             return _user
         from tandem.serve.page import render
-        from tandem.serve.status import collect
+        from tandem.serve.status import airflow_dag_runs, collect
 
         st = state(request)
-        return HTMLResponse(render(collect(st.settings, cache=st.cache)))
+        return HTMLResponse(render(collect(st.settings, cache=st.cache, dag_runs=airflow_dag_runs)))
 
     return app
 
