@@ -126,6 +126,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("mass_delete_fraction", 0.2, _fraction,
             "A run that would delete more than this fraction of documents fails unless allow_mass_delete is set."),
     Setting("hnsw_ef_search", 64, _pos_int, "pgvector hnsw.ef_search for queries."),
+    Setting("lock_wait_seconds", 0, _nonneg_int,
+            "A reindex that finds another one running waits this long for it, then exits with a message (0: exit at once)."),
+    Setting("lock_stale_seconds", 1800, _pos_int,
+            "A reindex lease whose holder sent no heartbeat for this long (a killed worker) can be taken over."),
     Setting("canary_path", lambda s: str(DATA_DIR / "demo" / "golden_retrieval.jsonl"), str,
             "Golden retrieval set (JSONL: query -> expected doc ids) for the canary."),
     Setting("canary_k", 5, _pos_int, "k for the canary's hit@k."),
@@ -147,7 +151,6 @@ SETTINGS: tuple[Setting, ...] = (
             "The answer path re-checks the MLflow `champion` alias at most this often (0: on every request)."),
     Setting("ask_max_question_chars", 1000, _pos_int, "Longest question `tandem ask` and the API accept."),
     Setting("ask_max_k", 20, _pos_int, "Largest k (chunks retrieved) `tandem ask` and the API accept."),
-    Setting("ask_max_new_tokens", 160, _pos_int, "Token budget of one generated answer."),
     Setting("serve_base_without_champion", False, _bool,
             "With no champion adapter yet, serve the base model (true) or answer 503 with what to run (false)."),
 )

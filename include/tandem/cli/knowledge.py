@@ -1,0 +1,130 @@
+"""Knowledge verbs: ``reindex``, ``search``, ``index rollback``, ``index status``."""
+
+from __future__ import annotations
+
+import sys
+
+from tandem.cli import emit
+from tandem.errors import UserError
+
+
+def register(sub) -> None:
+    p = sub.add_parser("reindex", help="incrementally reindex the knowledge sources into pgvector")
+    p.add_argument("--source", action="append", metavar="PATH_OR_URI", dest="sources",
+                   help="a source root (name=path_or_uri or path_or_uri); repeatable; overrides TANDEM_SOURCES")
+    p.add_argument("--full", action="store_true", help="re-embed every document (the diff is ignored)")
+    p.add_argument("--dry-run", action="store_true", help="report the plan (counts and ids per class); write nothing")
+    p.add_argument("--allow-mass-delete", action="store_true",
+                   help="allow deleting more than TANDEM_MASS_DELETE_FRACTION of the documents")
+    p.add_argument("--wait", type=int, metavar="SECONDS", default=None,
+                   help="wait this long for another running reindex (default TANDEM_LOCK_WAIT_SECONDS)")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(func=cmd_reindex)
+
+    p = sub.add_parser("search", help="hybrid search (vector + keyword, reciprocal-rank fusion) of the live index")
+    p.add_argument("query")
+    p.add_argument("-k", type=int, default=5, help="number of hits (default 5)")
+    p.add_argument("--mode", choices=("hybrid", "vector", "keyword"), default="hybrid")
+    p.add_argument("--filter", action="append", default=[], metavar="FIELD=VALUE",
+                   help="metadata filter: source, doc_id, doc_id_prefix, title, format (repeatable)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("index", help="the knowledge index: status, rollback")
+    isub = p.add_subparsers(dest="index_command", metavar="ACTION")
+    isub.required = True
+    r = isub.add_parser("rollback", help="make the previous embedding space live again")
+    r.add_argument("--json", action="store_true")
+    r.set_defaults(func=cmd_rollback)
+    s = isub.add_parser("status", help="index version, counts, last run, quarantine, canary history")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_status)
+
+
+def _settings(**changes):
+    from tandem.config import Settings
+
+    settings = Settings.load()
+    return settings.replace(**changes) if changes else settings
+
+
+def cmd_reindex(args) -> int:
+    from tandem.knowledge import reindex, summary
+
+    changes = {}
+    if args.wait is not None:
+        if args.wait < 0:
+            raise UserError(f"--wait must be >= 0, got {args.wait}", fix="give seconds, for example --wait 600")
+        changes["lock_wait_seconds"] = args.wait
+    settings = _settings(**changes)
+    result = reindex.run(settings, sources=args.sources, full=args.full, dry_run=args.dry_run,
+                         allow_mass_delete=args.allow_mass_delete, progress=sys.stderr.isatty() or not args.json)
+    emit(result, args.json, summary.text(result))
+    return 0
+
+
+def _filters(items: list[str]) -> dict | None:
+    out: dict = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"bad filter {item!r}", fix="write filters as FIELD=VALUE, for example --filter source=acme")
+        key = key.strip()
+        if key in out:
+            out[key] = (out[key] if isinstance(out[key], list) else [out[key]]) + [value]
+        else:
+            out[key] = value
+    return out or None
+
+
+def cmd_search(args) -> int:
+    from tandem.knowledge.search import search
+
+    hits = search(_settings(), args.query, k=args.k, filters=_filters(args.filter), mode=args.mode)
+    if args.json:
+        emit([h.to_dict() for h in hits], True)
+        return 0
+    if not hits:
+        print("no hits")
+    for i, h in enumerate(hits, start=1):
+        where = f" > {h.heading_path}" if h.heading_path else ""
+        print(f"{i}. {h.title}{where}  [score {h.score:.4f}, similarity {h.vector_similarity:.3f}]")
+        print(f"   {h.uri}  ({h.doc_id})")
+        print(f"   {h.snippet}")
+    return 0
+
+
+def cmd_rollback(args) -> int:
+    from tandem.knowledge import reindex
+
+    result = reindex.rollback(_settings())
+    emit(result, args.json, f"rolled back: index version {result['index_version']} (fingerprint "
+                            f"{result['fingerprint']}) is live; {result['rolled_back_version']} was rolled back")
+    return 0
+
+
+def cmd_status(args) -> int:
+    from tandem.knowledge.status import index_status
+
+    st = index_status(_settings())
+    if args.json:
+        emit(st, True)
+        return 0
+    lines = [f"index {st['index']!r}: version {st['index_version'] or '(nothing indexed yet)'}",
+             f"  documents {st['documents']} . chunks {st['chunks']} . failed {st['failed_documents']} . "
+             f"quarantined {len(st['quarantined'])}"]
+    for key in ("live", "previous", "building"):
+        sp = st.get(key)
+        if sp:
+            lines.append(f"  {key}: space {sp['no']} fingerprint {sp['fingerprint']} ({sp['table']}, {sp['dim']}-d)")
+    if st["last_run"]:
+        lr = st["last_run"]
+        lines.append(f"  last run {lr['run_id']}: {lr['status']} ({lr['mode']}) finished {lr['finished_at']}")
+    if st["running"]:
+        lines.append(f"  running now: {st['running']['owner']} since {st['running']['since']}")
+    for q in st["quarantined"]:
+        lines.append(f"  quarantined {q['doc_id']}: {q['reason']} ({q['attempts']} attempts)")
+    for c in st["canary_history"][:5]:
+        lines.append(f"  canary {c['run_id']}: {c['status']} hit@{c['k']} {c['hit_at_k']} MRR {c['mrr']}")
+    print("\n".join(lines))
+    return 0

@@ -1,0 +1,508 @@
+"""Orchestration of a reindex: ``plan`` -> ``process_batch`` (once per batch) -> ``finalize``.
+
+The CLI runs the three in one process (``run``); the DAG runs ``plan`` as one task, the batches as
+dynamically-mapped tasks (pool ``knowledge``) and ``finalize`` as the last task. State between them lives in
+Postgres (the run's row and its documents), so any task can run on any worker and be retried.
+
+1. plan: take the lease, pick the target embedding space (the live one, or a shadow when the fingerprint
+   changed), scan the sources, stage the scan with COPY and classify it in SQL, check the mass-delete brake,
+   persist the plan (documents of each class, batches of ``reindex_batch_docs``).
+2. batches: read, extract, chunk and embed each new/changed document; write each one atomically.
+3. finalize: apply deletes, run the canary, switch a shadow space in when it passed, bump the index version,
+   record and log the summary, give the lease back. Raises JobFailed when the run failed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+import uuid
+
+from psycopg import sql
+
+from tandem import db
+from tandem.config import Settings
+from tandem.db import ident
+from tandem.errors import JobFailed, UserError
+from tandem.knowledge import canary, diff, fingerprint, lock, spaces, store
+from tandem.knowledge import summary as summaries
+from tandem.knowledge.progress import Progress
+
+log = logging.getLogger("tandem.knowledge")
+
+MAX_LISTED_ERRORS = 100
+
+
+def new_run_id(prefix: str = "cli") -> str:
+    return f"{prefix}-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
+
+
+def _r(x: float) -> float:
+    return round(float(x), 3)
+
+
+def _json(value) -> str:
+    import json
+
+    return json.dumps(value, default=str, sort_keys=True)
+
+
+def acquire_lease(settings: Settings, owner: str, *, keep_connection: bool) -> lock.Lease:
+    n = store.names(settings.index_name)
+    with db.connection(settings.db_url) as conn:
+        store.ensure_schema(conn, n)
+    return lock.acquire(settings.db_url, n, owner, wait_s=settings.lock_wait_seconds,
+                        stale_s=settings.lock_stale_seconds, keep_connection=keep_connection)
+
+
+# --------------------------------------------------------------------------------------------- plan
+def plan(settings: Settings, *, run_id: str, owner: str | None, sources=None, full: bool = False,
+         dry_run: bool = False, allow_mass_delete: bool = False, progress: bool = False) -> dict:
+    """Scan and diff. Writes the plan (not for dry runs) and returns it; raises JobFailed at the delete brake."""
+    from tandem.knowledge import scan, sources as src
+
+    started = time.monotonic()
+    n = store.names(settings.index_name)
+    source_list = src.parse_sources(sources if sources else settings.sources)
+    canary.load_golden(settings.canary_path)  # a malformed golden set fails now, before anything is written
+    fp, spec, info, _chunk_cfg = fingerprint.current(settings)
+    dim = info.dim
+    if not dim:  # a hub model: only loading tells the dimension
+        from tandem.knowledge.embedding import get_embedder
+
+        dim = get_embedder(info.ref, settings.torch_threads).dim
+        spec = {**spec, "dim": dim}
+        fp = fingerprint.fingerprint_of(spec)
+    base = {"run_id": run_id, "index": n.index, "dry_run": dry_run, "full": full,
+            "sources": [f"{s.name}={s.root}" for s in source_list], "fingerprint": fp}
+    with db.connection(settings.db_url) as conn:
+        if not dry_run:
+            store.ensure_schema(conn, n)
+        live = spaces.live(conn, n)
+        space, mode = spaces.target(conn, n, fp, spec, dim, full=full, create=not dry_run)
+        conn.commit()
+        space_no = space.space_no if space else None
+        t_scan = time.monotonic()
+        with Progress("scan", None, bar=progress) as pr:
+            with conn.transaction():
+                staged = diff.stage(conn, scan.scan(source_list, settings.include_globs, settings.exclude_globs,
+                                                    settings.max_file_bytes, progress=pr))
+                scan_s = time.monotonic() - t_scan
+                t_diff = time.monotonic()
+                counts = diff.counts(conn, n, space_no, full)
+                scan_errors = diff.failures(conn)
+                brake = _brake(settings, counts, allow_mass_delete)
+                result = {
+                    **base, "mode": mode, "space_no": space_no, "table": space.table if space else None,
+                    "target_rev": (space.rev + 1) if space else 1,
+                    "live_version": live.version if live else None,
+                    **{c: counts[c] for c in diff.CLASSES}, "scanned": staged, "delete_brake": brake,
+                    "errors": [{"doc_id": d, "reason": e} for d, e in scan_errors[:MAX_LISTED_ERRORS]],
+                    "phases": {"scan": _r(scan_s)},
+                }
+                if dry_run:
+                    result["ids"] = diff.ids_by_class(conn, n, space_no, full)
+                    result["phases"] = {"scan": _r(scan_s), "diff": _r(time.monotonic() - t_diff)}
+                    result["index_version"] = live.version if live else None
+                    result["status"] = "dry_run"
+                    result["seconds"] = _r(time.monotonic() - started)
+                    return result
+                if brake["blocked"]:
+                    result["status"] = "failed"
+                    result["message"] = brake["message"]
+                    result["phases"] = {"scan": _r(scan_s), "diff": _r(time.monotonic() - t_diff)}
+                    result["seconds"] = _r(time.monotonic() - started)
+                    result["index_version"] = live.version if live else None
+                    blocked = result
+                else:
+                    blocked = None
+                    _record(conn, n, run_id, space_no, mode, owner, full, settings, result, t_diff)
+        if blocked is not None:
+            with conn.transaction():
+                _insert_run(conn, n, run_id, space_no, mode, "failed", owner, blocked)
+                conn.execute(sql.SQL("UPDATE {r} SET finished_at = now(), summary = %s WHERE run_id = %s")
+                             .format(r=ident(n.runs)), (_json(blocked), run_id))
+            raise _Brake(blocked)
+    log.info("plan %s: %s new, %s changed, %s unchanged, %s deleted, %s failed, %s quarantined; %d batches (%s)",
+             run_id, result["new"], result["changed"], result["unchanged"], result["deleted"], result["failed"],
+             result["quarantined"], len(result["batches"]), mode)
+    return result
+
+
+def _record(conn, n, run_id, space_no, mode, owner, full, settings, result, t_diff) -> None:
+    lock.check(conn, n, owner)
+    conn.execute(sql.SQL("UPDATE {r} SET status = 'abandoned', finished_at = now() WHERE status = 'running'")
+                 .format(r=ident(n.runs)))
+    diff.record_plan(conn, n, run_id, space_no, full, settings.reindex_batch_docs, settings.max_attempts)
+    result["batches"] = [r[0] for r in conn.execute(sql.SQL("""
+        SELECT DISTINCT batch_no FROM {rd} WHERE run_id = %s AND batch_no IS NOT NULL ORDER BY 1""")
+        .format(rd=ident(n.run_docs)), (run_id,))]
+    result["phases"] = {**result.get("phases", {}), "diff": _r(time.monotonic() - t_diff)}
+    _insert_run(conn, n, run_id, space_no, mode, "running", owner, result)
+
+
+class _Brake(JobFailed):
+    def __init__(self, result: dict):
+        super().__init__(result["message"], fix="if the deletions are intended, rerun with --allow-mass-delete "
+                         "(DAG param allow_mass_delete); if a mount is missing, fix it", summary=result)
+
+
+def _brake(settings: Settings, counts: dict, allow: bool) -> dict:
+    total, deleting = counts["indexed_total"], counts["indexed_deleted"]
+    fraction = deleting / total if total else 0.0
+    over = total > 0 and fraction > settings.mass_delete_fraction
+    out = {"deleting": deleting, "indexed": total, "fraction": round(fraction, 4),
+           "limit": settings.mass_delete_fraction, "blocked": bool(over and not allow), "allowed": bool(over and allow)}
+    if over:
+        out["message"] = (f"the run would delete {deleting} of {total} indexed documents ({fraction:.0%} > "
+                          f"{settings.mass_delete_fraction:.0%}); " +
+                          ("allowed by allow_mass_delete" if allow else "nothing was deleted or changed"))
+    return out
+
+
+def _insert_run(conn, n, run_id, space_no, mode, status, owner, plan_dict) -> None:
+    plan_small = {k: v for k, v in plan_dict.items() if k not in ("ids", "errors")}
+    conn.execute(sql.SQL("""
+        INSERT INTO {r} (run_id, space_no, mode, status, owner, target_rev, params, plan)
+        VALUES (%s, %s, %s, %s, %s, %s, %s, %s)
+        ON CONFLICT (run_id) DO UPDATE SET status = EXCLUDED.status, plan = EXCLUDED.plan, owner = EXCLUDED.owner
+        """).format(r=ident(n.runs)),
+        (run_id, space_no, mode, status, owner or "", plan_dict.get("target_rev"),
+         _json({"full": plan_dict.get("full"), "sources": plan_dict.get("sources")}), _json(plan_small)))
+
+
+# --------------------------------------------------------------------------------------------- batches
+def process_batch(settings: Settings, the_plan: dict, batch_no: int, *, owner: str, progress=None) -> dict:
+    """Embed and write the not-yet-done documents of one batch. Safe to retry."""
+    import numpy as np
+
+    from tandem.knowledge import scan, sources as src, writer
+    from tandem.knowledge.chunking import ChunkConfig, chunk_document
+    from tandem.knowledge.embedding import get_embedder
+
+    n = store.names(settings.index_name)
+    run_id = the_plan["run_id"]
+    started = time.monotonic()
+    times = {"read": 0.0, "chunk": 0.0, "embed": 0.0, "write": 0.0}
+    stats = {"batch_no": batch_no, "docs": 0, "written": 0, "failed": 0, "quarantined": 0, "chunks_embedded": 0}
+    _, _spec, info, chunk_cfg = fingerprint.current(settings)
+    if the_plan.get("fingerprint") != _fingerprint_of(settings):
+        raise JobFailed("the embedding settings changed between the plan and this batch",
+                        fix="rerun the reindex; settings must not change during a run")
+    embedder = get_embedder(info.ref, settings.torch_threads)
+    chunk_cfg = ChunkConfig(chunk_size=chunk_cfg.chunk_size, chunk_overlap=chunk_cfg.chunk_overlap,
+                            max_seq_length=min(chunk_cfg.max_seq_length, embedder.max_seq_length),
+                            model_ref=info.ref)
+    reader = src.Reader()
+    index_version = spaces.version(the_plan["space_no"], the_plan["target_rev"])
+    group_chunks = max(settings.embed_batch_size * 4, 64)
+    lease = lock.Lease(settings.db_url, n, owner, None)
+    with db.connection(settings.db_url) as conn:
+        with conn.cursor() as cur:
+            docs = cur.execute(sql.SQL("""
+                SELECT doc_id, uri, source FROM {rd}
+                WHERE run_id = %s AND batch_no = %s AND outcome IS NULL ORDER BY doc_id""")
+                .format(rd=ident(n.run_docs)), (run_id, batch_no)).fetchall()
+        conn.commit()
+        stats["docs"] = len(docs)
+        if embedder.dim != _space_dim(conn, n, the_plan["space_no"]):
+            raise JobFailed(f"the embedding model gives {embedder.dim}-d vectors but the index space expects "
+                            f"{_space_dim(conn, n, the_plan['space_no'])}", fix="check TANDEM_EMBED_MODEL")
+
+        def fail(doc_id, uri, source, marker, reason):
+            status, attempts = writer.record_failure(
+                conn, n, space_no=the_plan["space_no"], owner=owner, run_id=run_id, doc_id=doc_id, source=source,
+                uri=uri, failed_hash=marker, error=reason, max_attempts=settings.max_attempts)
+            stats["failed"] += 1
+            stats["quarantined"] += status == "quarantined"
+            log.warning("document %s failed (attempt %d%s): %s", doc_id, attempts,
+                        ", quarantined" if status == "quarantined" else "", reason)
+
+        def flush(pending):
+            if not pending:
+                return
+            texts = [c.embed_text for w in pending for c in w.chunks]
+            t0 = time.monotonic()
+            try:
+                vectors = embedder.encode(texts, batch_size=settings.embed_batch_size)
+            except Exception:  # noqa: BLE001 - isolate the document that breaks the model
+                vectors = None
+            times["embed"] += time.monotonic() - t0
+            offset = 0
+            for w in pending:
+                if vectors is not None:
+                    w.vectors = vectors[offset:offset + len(w.chunks)]
+                    offset += len(w.chunks)
+                else:
+                    try:
+                        w.vectors = embedder.encode([c.embed_text for c in w.chunks],
+                                                    batch_size=settings.embed_batch_size)
+                    except Exception as exc:  # noqa: BLE001
+                        fail(w.doc_id, w.uri, w.source, w.content_hash, f"embedding failed: {exc}")
+                        continue
+                t1 = time.monotonic()
+                try:
+                    writer.write_document(conn, n, table=the_plan["table"], space_no=the_plan["space_no"],
+                                          owner=owner, run_id=run_id, doc=w, fingerprint=the_plan["fingerprint"],
+                                          index_version=index_version)
+                    stats["written"] += 1
+                    stats["chunks_embedded"] += len(w.chunks)
+                except lock.LeaseLost:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - the document fails; its previous version stays
+                    conn.rollback()
+                    fail(w.doc_id, w.uri, w.source, w.content_hash, f"write failed: {type(exc).__name__}: {exc}")
+                times["write"] += time.monotonic() - t1
+                if progress is not None:
+                    progress.update()
+            lease.heartbeat(every_s=30)
+
+        pending: list = []
+        pending_chunks = 0
+        for doc_id, uri, source in docs:
+            t0 = time.monotonic()
+            doc, marker, error = scan.load(reader, doc_id, uri, settings.max_file_bytes)
+            times["read"] += time.monotonic() - t0
+            if error is not None:
+                fail(doc_id, uri, source, marker, error)
+                if progress is not None:
+                    progress.update()
+                continue
+            t0 = time.monotonic()
+            try:
+                chunks = chunk_document(doc_id, doc, chunk_cfg)
+                if not chunks:
+                    raise ValueError("no text to index")
+            except Exception as exc:  # noqa: BLE001
+                times["chunk"] += time.monotonic() - t0
+                fail(doc_id, uri, source, marker, f"chunking failed: {exc}")
+                if progress is not None:
+                    progress.update()
+                continue
+            times["chunk"] += time.monotonic() - t0
+            pending.append(writer.DocWrite(doc_id=doc_id, source=source, uri=uri, title=doc.title,
+                                           content_hash=doc.content_hash, fmt=doc.fmt, chunks=chunks,
+                                           vectors=np.zeros((0,))))
+            pending_chunks += len(chunks)
+            if pending_chunks >= group_chunks:
+                flush(pending)
+                pending, pending_chunks = [], 0
+        flush(pending)
+    stats["seconds"] = {k: _r(v) for k, v in times.items()}
+    stats["wall"] = _r(time.monotonic() - started)
+    log.info("batch %s: %d docs, %d written, %d failed, %d chunks in %.1fs (%.1f chunks/s)", batch_no, stats["docs"],
+             stats["written"], stats["failed"], stats["chunks_embedded"], stats["wall"],
+             stats["chunks_embedded"] / max(stats["wall"], 1e-9))
+    return stats
+
+
+def _fingerprint_of(settings: Settings) -> str:
+    return fingerprint.current(settings)[0]
+
+
+def _space_dim(conn, n, space_no: int) -> int:
+    row = conn.execute(sql.SQL("SELECT dim FROM {s} WHERE space_no = %s").format(s=ident(n.spaces)),
+                       (space_no,)).fetchone()
+    conn.commit()
+    return row[0]
+
+
+# --------------------------------------------------------------------------------------------- finalize
+def finalize(settings: Settings, the_plan: dict, batch_stats: list[dict], *, owner: str,
+             log_mlflow: bool = True) -> dict:
+    """Deletes, canary, switch, version, summary. Returns the summary; raises JobFailed when the run failed."""
+    from tandem.knowledge import writer
+    from tandem.knowledge.search import embedder_for
+
+    n = store.names(settings.index_name)
+    run_id = the_plan["run_id"]
+    phases = dict(the_plan.get("phases") or {})
+    for key in ("read", "chunk", "embed", "write"):
+        phases[key] = _r(sum((b.get("seconds") or {}).get(key, 0.0) for b in batch_stats))
+    batch_wall = sum(b.get("wall", 0.0) for b in batch_stats)
+    written = sum(b.get("written", 0) for b in batch_stats)
+    chunks = sum(b.get("chunks_embedded", 0) for b in batch_stats)
+    message = None
+    status = "succeeded"
+    switched = False
+    with db.connection(settings.db_url) as conn:
+        space = spaces.by_fingerprint(conn, n, the_plan["fingerprint"])
+        conn.commit()
+        # deletes
+        t0 = time.monotonic()
+        deleted = writer.delete_documents(conn, n, table=the_plan["table"], space_no=the_plan["space_no"],
+                                          owner=owner, run_id=run_id)
+        phases["delete"] = _r(time.monotonic() - t0)
+        outcome = dict(conn.execute(sql.SQL("""
+            SELECT coalesce(outcome, 'pending'), count(*) FROM {rd} WHERE run_id = %s AND class IN ('new', 'changed')
+            GROUP BY 1""").format(rd=ident(n.run_docs)), (run_id,)).fetchall())
+        failed_now = conn.execute(sql.SQL("""
+            SELECT r.doc_id, m.last_error FROM {rd} r JOIN {m} m ON m.space_no = %s AND m.doc_id = r.doc_id
+            WHERE r.run_id = %s AND (r.class = 'failed' OR r.outcome IN ('failed', 'quarantined'))
+            ORDER BY r.doc_id""").format(rd=ident(n.run_docs), m=ident(n.manifest)),
+            (the_plan["space_no"], run_id)).fetchall()
+        quarantined_docs = conn.execute(sql.SQL("""
+            SELECT doc_id, last_error, attempts FROM {m} WHERE space_no = %s AND status = 'quarantined'
+            ORDER BY doc_id""").format(m=ident(n.manifest)), (the_plan["space_no"],)).fetchall()
+        # a shadow space may not lose documents the live space serves: failed there but indexed in the live one
+        still_failing = conn.execute(sql.SQL("""
+            SELECT count(*) FROM {m} s WHERE s.space_no = %s AND s.status = 'failed' AND EXISTS (
+                SELECT 1 FROM {m} l JOIN {sp} sp ON sp.space_no = l.space_no AND sp.status = 'live'
+                WHERE l.doc_id = s.doc_id AND l.space_no <> s.space_no AND l.content_hash IS NOT NULL)
+            """).format(m=ident(n.manifest), sp=ident(n.spaces)), (the_plan["space_no"],)).fetchone()[0]
+        conn.commit()
+        pending = outcome.get("pending", 0)
+        if pending:
+            status, message = "failed", f"{pending} planned documents were not processed (a batch did not finish)"
+        wrote = written > 0 or deleted > 0
+        # canary
+        t0 = time.monotonic()
+        items, golden_sha, skip = canary.load_golden(settings.canary_path)
+        will_switch = the_plan["mode"] == "build"
+        if skip:
+            canary_result = {"status": "skipped", "reason": skip}
+        else:
+            base = canary.baseline(conn, n, golden_sha, settings.canary_k)
+            conn.commit()
+            if not wrote and not will_switch and base is not None:
+                canary_result = {k: base[k] for k in ("hit_at_k", "mrr", "k", "queries") if k in base}
+                canary_result.update(status="unchanged", reason=f"index unchanged since run {base['run_id']}: "
+                                                                f"metrics carried over")
+            else:
+                embedder = embedder_for(settings, space)
+                measured = canary.evaluate(conn, the_plan["table"], embedder, items, settings.canary_k,
+                                           settings.hnsw_ef_search)
+                canary_result = canary.judge(measured, base, settings.canary_max_drop)
+        if golden_sha:
+            canary_result.update(golden_sha256=golden_sha, k=settings.canary_k, path=str(settings.canary_path))
+        phases["canary"] = _r(time.monotonic() - t0)
+        if canary_result.get("status") == "failed" and status != "failed":
+            status = "failed"
+            message = ("retrieval canary regressed: " + canary_result.get("reason", "") +
+                       ("; the new embedding space was NOT switched in" if will_switch else
+                        "; the knowledge_index asset is not emitted"))
+        if will_switch and status != "failed" and still_failing:
+            status = "failed"
+            message = (f"the new embedding space failed {still_failing} documents that the live space serves: not "
+                       "switched in (the live index is unchanged); the next run retries them (after max_attempts "
+                       "they are quarantined and the switch goes ahead)")
+        # switch / version
+        rev = space.rev
+        drop: list[str] = []
+        with conn.transaction():
+            lock.check(conn, n, owner)
+            if status != "failed" and will_switch:
+                rev = the_plan["target_rev"]
+                drop = spaces.activate(conn, n, space, rev)
+                switched = True
+            elif wrote and the_plan["mode"] == "incremental":
+                rev = the_plan["target_rev"]
+                spaces.bump(conn, n, space, rev)
+        if drop:
+            spaces.drop_tables(conn, drop)
+        live = spaces.live(conn, n)
+        conn.commit()
+        total = conn.execute(sql.SQL("SELECT extract(epoch FROM now() - started_at) FROM {r} WHERE run_id = %s")
+                             .format(r=ident(n.runs)), (run_id,)).fetchone()[0]
+        conn.commit()
+        summary = {
+            "run_id": run_id, "index": n.index, "status": status, "mode": the_plan["mode"], "dry_run": False,
+            "full": the_plan.get("full"), "sources": the_plan.get("sources"),
+            "new": the_plan["new"], "changed": the_plan["changed"], "unchanged": the_plan["unchanged"],
+            "deleted": deleted, "failed": len(failed_now), "quarantined": len(quarantined_docs),
+            "written": written, "chunks_embedded": chunks,
+            "index_version": live.version if live else None,
+            "space": {"no": space.space_no, "fingerprint": space.fingerprint, "switched": switched,
+                      "version": spaces.version(space.space_no, rev), "model": space.spec.get("model_ref", "")},
+            "seconds": _r(total), "phases": phases,
+            "docs_per_s": _r((written + sum(b.get("failed", 0) for b in batch_stats)) / batch_wall) if batch_wall else 0.0,
+            "chunks_per_s": _r(chunks / batch_wall) if batch_wall else 0.0,
+            "delete_brake": the_plan.get("delete_brake"),
+            "canary": canary_result,
+            "errors": [{"doc_id": d, "reason": e or ""} for d, e in failed_now[:MAX_LISTED_ERRORS]],
+            "quarantined_docs": [{"doc_id": d, "reason": e or "", "attempts": a}
+                                 for d, e, a in quarantined_docs[:MAX_LISTED_ERRORS]],
+        }
+        if message:
+            summary["message"] = message
+        if log_mlflow:
+            tracked = summaries.log_to_mlflow(settings, summary)
+            if "run_id" in tracked:
+                summary["mlflow_run_id"], summary["mlflow_run_url"] = tracked["run_id"], tracked["url"]
+            else:
+                summary["mlflow"] = tracked
+        with conn.transaction():
+            conn.execute(sql.SQL("""
+                UPDATE {r} SET status = %s, summary = %s, canary = %s, finished_at = now() WHERE run_id = %s""")
+                         .format(r=ident(n.runs)), (status, _json(summary), _json(canary_result), run_id))
+            conn.execute(sql.SQL("""
+                DELETE FROM {rd} WHERE run_id NOT IN (SELECT run_id FROM {r} ORDER BY started_at DESC LIMIT 5)""")
+                         .format(rd=ident(n.run_docs), r=ident(n.runs)))
+    summary = summaries.jsonable(summary)
+    log.info("reindex %s %s: version %s, %s new, %s changed, %s deleted, %s failed, %s chunks in %.1fs",
+             run_id, status, summary["index_version"], summary["new"], summary["changed"], summary["deleted"],
+             summary["failed"], chunks, summary["seconds"])
+    if status == "failed":
+        raise JobFailed(message or "the reindex failed", summary=summary)
+    return summary
+
+
+def mark_failed(settings: Settings, run_id: str, message: str) -> None:
+    """Record a run that stopped before finalize (a batch raised, the process is going down)."""
+    n = store.names(settings.index_name)
+    try:
+        with db.connection(settings.db_url) as conn:
+            conn.execute(sql.SQL("""
+                UPDATE {r} SET status = 'failed', finished_at = now(),
+                    summary = coalesce(summary, plan) || jsonb_build_object('status', 'failed', 'message', %s::text)
+                WHERE run_id = %s AND status = 'running'""").format(r=ident(n.runs)), (message[:2000], run_id))
+            conn.commit()
+    except Exception as exc:  # noqa: BLE001 - best effort while failing
+        log.warning("could not record run %s as failed: %s", run_id, exc)
+
+
+# --------------------------------------------------------------------------------------------- one process
+def run(settings: Settings, *, sources=None, full: bool = False, dry_run: bool = False,
+        allow_mass_delete: bool = False, progress: bool = True) -> dict:
+    """The whole reindex in this process (the CLI). Returns the summary; raises JobFailed when the run failed."""
+    run_id = new_run_id("cli")
+    if dry_run:
+        return summaries.jsonable(plan(settings, run_id=run_id, owner=None, sources=sources, full=full,
+                                       dry_run=True, allow_mass_delete=allow_mass_delete, progress=progress))
+    owner = lock.new_owner("cli")
+    lease = acquire_lease(settings, owner, keep_connection=True)
+    try:
+        try:
+            the_plan = plan(settings, run_id=run_id, owner=owner, sources=sources, full=full,
+                            allow_mass_delete=allow_mass_delete, progress=progress)
+        except _Brake as exc:
+            raise JobFailed(str(exc.message), fix=exc.fix, summary=summaries.jsonable(exc.summary)) from None
+        todo = the_plan["new"] + the_plan["changed"]
+        stats = []
+        try:
+            with Progress("embed", todo, bar=progress) as pr:
+                for batch_no in the_plan["batches"]:
+                    stats.append(process_batch(settings, the_plan, batch_no, owner=owner, progress=pr))
+            return finalize(settings, the_plan, stats, owner=owner)
+        except JobFailed:
+            raise
+        except BaseException as exc:
+            mark_failed(settings, run_id, f"{type(exc).__name__}: {exc}")
+            raise
+    finally:
+        lease.release()
+
+
+def rollback(settings: Settings) -> dict:
+    """``tandem index rollback``: the previous embedding space becomes live again (under the lease)."""
+    n = store.names(settings.index_name)
+    owner = lock.new_owner("rollback")
+    with acquire_lease(settings, owner, keep_connection=True):
+        with db.connection(settings.db_url) as conn:
+            result = spaces.rollback(conn, n)
+    log.info("rolled back index %s to version %s", n.index, result["index_version"])
+    return result
+
+
+__all__ = ["run", "plan", "process_batch", "finalize", "rollback", "acquire_lease", "new_run_id", "UserError"]

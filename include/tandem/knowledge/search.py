@@ -1,0 +1,213 @@
+"""Hybrid retrieval over the live index: vector (HNSW, cosine) + keyword (tsvector), fused with reciprocal-rank
+fusion (RRF: score = sum over lists of 1 / (60 + rank)). Not concatenation: a chunk found by both lists
+ranks above one found by either alone.
+
+- The query is embedded with the model of the *live* space (its fingerprint), so queries never mix spaces.
+- Keyword hits: ``websearch_to_tsquery`` (all words, quotes, -exclusions); when that finds fewer than the
+  candidate count, the remaining candidates come from an any-word query.
+- Every returned hit carries ``vector_similarity`` (cosine similarity of the chunk to the query), also hits
+  found only by keywords, so callers can apply a refusal threshold.
+- Filters: ``source``, ``doc_id`` (a value or a list), ``doc_id_prefix``, ``title``, ``format``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from tandem import db
+from tandem.config import Settings
+from tandem.db import ident
+from tandem.errors import ServiceUnavailable, UserError
+from tandem.knowledge import spaces, store
+from tandem.knowledge.spaces import Space
+
+RRF_K = 60
+MODES = ("hybrid", "vector", "keyword")
+FILTER_KEYS = ("source", "doc_id", "doc_id_prefix", "title", "format")
+MAX_K = 100
+
+
+@dataclasses.dataclass
+class Hit:
+    doc_id: str
+    chunk_id: str
+    title: str
+    uri: str
+    heading_path: str
+    text: str
+    score: float  # the fused score (RRF in hybrid mode; cosine similarity in vector mode; ts_rank in keyword mode)
+    vector_similarity: float | None = None
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @property
+    def snippet(self) -> str:
+        text = " ".join(self.text.split())
+        return text if len(text) <= 240 else text[:237] + "..."
+
+
+# --- connections: one per thread and URL, reused across queries (a query is a few milliseconds)
+_local = threading.local()
+
+
+def _conn(url: str) -> psycopg.Connection:
+    pool = getattr(_local, "conns", None)
+    if pool is None:
+        pool = _local.conns = {}
+    conn = pool.get(url)
+    if conn is None or conn.closed or conn.broken:
+        conn = pool[url] = db.connect(url)
+    return conn
+
+
+def live_index_version(settings: Settings) -> str | None:
+    """``<space>.<rev>`` of the live index, or None when nothing is indexed yet."""
+    n = store.names(settings.index_name)
+    conn = _conn(settings.db_url)
+    try:
+        space = spaces.live(conn, n)
+    finally:
+        conn.rollback()
+    return space.version if space else None
+
+
+def _validate(query: Any, k: Any, mode: Any, filters: Any) -> None:
+    if not isinstance(query, str) or not query.strip():
+        raise UserError("the search query is empty", fix="give a question or keywords, for example: tandem search \"pricing\"")
+    if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= MAX_K:
+        raise UserError(f"k must be an integer between 1 and {MAX_K}, got {k!r}", fix="use -k 5")
+    if mode not in MODES:
+        raise UserError(f"unknown search mode {mode!r}", fix=f"use one of: {', '.join(MODES)}")
+    if filters is not None:
+        if not isinstance(filters, dict):
+            raise UserError("filters must be a mapping of field -> value", fix=f"fields: {', '.join(FILTER_KEYS)}")
+        unknown = sorted(set(filters) - set(FILTER_KEYS))
+        if unknown:
+            raise UserError(f"unknown filter field(s): {', '.join(unknown)}", fix=f"use: {', '.join(FILTER_KEYS)}")
+
+
+def _where(filters: dict | None) -> tuple[sql.Composable, list]:
+    clauses: list[sql.Composable] = []
+    params: list = []
+    for key in sorted(filters or {}):
+        value = filters[key]
+        if key == "doc_id_prefix":
+            clauses.append(sql.SQL("starts_with(doc_id, %s)"))
+            params.append(str(value))
+        elif key == "format":
+            clauses.append(sql.SQL("metadata->>'format' = %s"))
+            params.append(str(value))
+        elif isinstance(value, (list, tuple, set)):
+            clauses.append(sql.SQL("{} = ANY(%s)").format(sql.Identifier(key)))
+            params.append([str(v) for v in value])
+        else:
+            clauses.append(sql.SQL("{} = %s").format(sql.Identifier(key)))
+            params.append(str(value))
+    if not clauses:
+        return sql.SQL("TRUE"), []
+    return sql.SQL(" AND ").join(clauses), params
+
+
+def embedder_for(settings: Settings, space: Space):
+    """The embedding model of ``space``: the configured one when its fingerprint matches, else the space's own."""
+    from pathlib import Path
+
+    from tandem.knowledge.embedding import get_embedder, model_info
+    from tandem.models import embedding_model_path
+
+    wanted = space.spec.get("model", {})
+    candidates = [embedding_model_path(settings.embed_model)]
+    if space.spec.get("model_ref"):
+        candidates.append(space.spec["model_ref"])
+    for ref in candidates:
+        if Path(ref).is_dir() or not ref.startswith("/"):
+            info = model_info(ref)
+            if info.weights_sha256 == wanted.get("weights_sha256") and info.config_sha256 == wanted.get("config_sha256"):
+                return get_embedder(ref, settings.torch_threads)
+    raise ServiceUnavailable(
+        f"the live index (space {space.space_no}) was embedded with a model that is not available here "
+        f"(weights sha256 {str(wanted.get('weights_sha256'))[:12]}...)",
+        fix="set TANDEM_EMBED_MODEL to that model, or rebuild the index with the configured model (`tandem reindex`)")
+
+
+def search_space(conn: psycopg.Connection, table: str, query: str, vector, *, k: int, mode: str = "hybrid",
+                 filters: dict | None = None, ef_search: int = 64, candidates: int | None = None) -> list[Hit]:
+    """Search one chunk table with an already computed query vector (used by ``search`` and the canary)."""
+    t = ident(table)
+    n_cand = candidates or max(20, 4 * k)
+    where, wparams = _where(filters)
+    ranked: list[list[str]] = []
+    own_score: dict[str, float] = {}
+    conn.execute("SELECT set_config('hnsw.ef_search', %s, true)", (str(max(ef_search, n_cand)),))
+    if filters:
+        conn.execute("SELECT set_config('hnsw.iterative_scan', 'relaxed_order', true)")
+    if mode in ("hybrid", "vector"):
+        rows = conn.execute(sql.SQL("""
+            SELECT chunk_id, embedding <=> %s AS dist FROM {t} WHERE {w} ORDER BY embedding <=> %s LIMIT %s
+            """).format(t=t, w=where), [vector, *wparams, vector, n_cand]).fetchall()
+        if filters:  # relaxed_order may return slightly out of order: order exactly
+            rows.sort(key=lambda r: (r[1], r[0]))
+        ranked.append([r[0] for r in rows])
+        if mode == "vector":
+            own_score = {r[0]: 1.0 - float(r[1]) for r in rows}
+    if mode in ("hybrid", "keyword"):
+        rows = conn.execute(sql.SQL("""
+            SELECT chunk_id, ts_rank_cd(tsv, q) AS rank FROM {t}, websearch_to_tsquery('english', %s) q
+            WHERE tsv @@ q AND {w} ORDER BY rank DESC, chunk_id LIMIT %s
+            """).format(t=t, w=where), [query, *wparams, n_cand]).fetchall()
+        if len(rows) < n_cand:  # too few documents have every word: fill up with any-word matches
+            seen = [r[0] for r in rows]
+            more = conn.execute(sql.SQL("""
+                SELECT chunk_id, ts_rank_cd(tsv, q) AS rank
+                FROM {t}, CAST(NULLIF(replace(plainto_tsquery('english', %s)::text, ' & ', ' | '), '') AS tsquery) q
+                WHERE tsv @@ q AND NOT (chunk_id = ANY(%s)) AND {w} ORDER BY rank DESC, chunk_id LIMIT %s
+                """).format(t=t, w=where), [query, seen, *wparams, n_cand - len(rows)]).fetchall()
+            rows += more
+        ranked.append([r[0] for r in rows])
+        if mode == "keyword":
+            own_score = {r[0]: float(r[1]) for r in rows}
+    if mode == "hybrid":
+        fused: dict[str, float] = {}
+        for lst in ranked:
+            for rank, cid in enumerate(lst, start=1):
+                fused[cid] = fused.get(cid, 0.0) + 1.0 / (RRF_K + rank)
+    else:
+        fused = own_score
+    top = sorted(fused.items(), key=lambda kv: (-kv[1], kv[0]))[:k]
+    if not top:
+        return []
+    rows = conn.execute(sql.SQL("""
+        SELECT chunk_id, doc_id, title, uri, heading_path, text, 1 - (embedding <=> %s) FROM {t}
+        WHERE chunk_id = ANY(%s)""").format(t=t), (vector, [cid for cid, _ in top])).fetchall()
+    by_id = {r[0]: r for r in rows}
+    hits = []
+    for cid, score in top:
+        r = by_id.get(cid)
+        if r is None:
+            continue
+        hits.append(Hit(doc_id=r[1], chunk_id=cid, title=r[2], uri=r[3], heading_path=r[4], text=r[5],
+                        score=float(score), vector_similarity=float(r[6])))
+    return hits
+
+
+def search(settings: Settings, query: str, k: int = 5, filters: dict | None = None, mode: str = "hybrid") -> list[Hit]:
+    """The top ``k`` chunks of the live index for ``query``. Raises ServiceUnavailable when nothing is indexed."""
+    _validate(query, k, mode, filters)
+    n = store.names(settings.index_name)
+    conn = _conn(settings.db_url)
+    try:
+        space = spaces.live(conn, n)
+        if space is None:
+            raise ServiceUnavailable(f"the knowledge index {settings.index_name!r} is empty (nothing indexed yet)",
+                                     fix="run `tandem reindex` (or the knowledge_reindex DAG) first")
+        vector = embedder_for(settings, space).encode([query])[0]
+        return search_space(conn, space.table, query, vector, k=k, mode=mode, filters=filters,
+                            ef_search=settings.hnsw_ef_search)
+    finally:
+        conn.rollback()  # read-only: end the transaction (drops the SET LOCALs)

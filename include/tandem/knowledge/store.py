@@ -1,0 +1,194 @@
+"""Table names and schema of a knowledge index.
+
+Every table of index ``NAME`` is prefixed ``kn_NAME_``:
+
+- ``kn_NAME_spaces``: one row per embedding space (fingerprint -> chunk table, status, content revision).
+  Exactly one space is ``live``; the one before it is ``previous`` (kept for rollback); a space being
+  built beside the live one is ``building``.
+- ``kn_NAME_chunks_<space_no>``: the chunks of one space (text, context, embedding, tsvector).
+- ``kn_NAME_live``: a view over the live chunk table (switched atomically with the spaces row).
+- ``kn_NAME_manifest``: one row per (space, document): uri, content hash, chunk count, status, attempts,
+  last error, index version, timestamps. The diff joins the scan against it.
+- ``kn_NAME_runs`` / ``kn_NAME_run_docs``: each run's plan (document classes and batches), summary and
+  canary metrics.
+- ``kn_NAME_lease``: who is running a reindex of this index (see ``lock``).
+
+All identifiers go through ``tandem.db.ident``; all values are parameters.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import psycopg
+from psycopg import sql
+
+from tandem.db import ident
+from tandem.errors import UserError
+
+PREFIX = "kn_"
+MAX_INDEX_NAME = 30
+
+
+@dataclasses.dataclass(frozen=True)
+class Names:
+    index: str
+
+    def _t(self, suffix: str) -> str:
+        return f"{PREFIX}{self.index}_{suffix}"
+
+    @property
+    def spaces(self) -> str:
+        return self._t("spaces")
+
+    @property
+    def manifest(self) -> str:
+        return self._t("manifest")
+
+    @property
+    def runs(self) -> str:
+        return self._t("runs")
+
+    @property
+    def run_docs(self) -> str:
+        return self._t("run_docs")
+
+    @property
+    def lease(self) -> str:
+        return self._t("lease")
+
+    @property
+    def live_view(self) -> str:
+        return self._t("live")
+
+    def chunks(self, space_no: int) -> str:
+        return self._t(f"chunks_{int(space_no)}")
+
+    def id(self, name: str) -> sql.Identifier:
+        return ident(name)
+
+
+def names(index_name: str) -> Names:
+    if not isinstance(index_name, str) or not index_name or len(index_name) > MAX_INDEX_NAME:
+        raise UserError(f"invalid index name {index_name!r}",
+                        fix=f"set TANDEM_INDEX_NAME to 1..{MAX_INDEX_NAME} lowercase letters, digits or underscores")
+    ident(PREFIX + index_name)  # validates the characters
+    return Names(index_name)
+
+
+def exists(conn: psycopg.Connection, table: str) -> bool:
+    return conn.execute("SELECT to_regclass(%s) IS NOT NULL", (table,)).fetchone()[0]
+
+
+def ensure_schema(conn: psycopg.Connection, n: Names) -> None:
+    """Create the index's bookkeeping tables if missing (idempotent; commits)."""
+    i = n.id
+    # concurrent first runs would race on CREATE ... IF NOT EXISTS (pg_type unique violations)
+    conn.execute("SELECT pg_advisory_xact_lock(hashtext('tandem-knowledge-schema'))")
+    conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
+    conn.execute(sql.SQL("""
+        CREATE TABLE IF NOT EXISTS {spaces} (
+            space_no      serial PRIMARY KEY,
+            fingerprint   text NOT NULL UNIQUE,
+            spec          jsonb NOT NULL,
+            table_name    text NOT NULL,
+            dim           integer NOT NULL,
+            status        text NOT NULL CHECK (status IN ('building', 'live', 'previous', 'retired', 'rolled_back')),
+            rev           integer NOT NULL DEFAULT 0,
+            created_at    timestamptz NOT NULL DEFAULT now(),
+            activated_at  timestamptz
+        )""").format(spaces=i(n.spaces)))
+    conn.execute(sql.SQL("""
+        CREATE UNIQUE INDEX IF NOT EXISTS {idx} ON {spaces} (status) WHERE status = 'live'
+        """).format(idx=i(n.spaces + "_one_live"), spaces=i(n.spaces)))
+    conn.execute(sql.SQL("""
+        CREATE TABLE IF NOT EXISTS {manifest} (
+            space_no      integer NOT NULL,
+            doc_id        text NOT NULL,
+            source        text NOT NULL,
+            uri           text NOT NULL,
+            title         text,
+            content_hash  text,
+            chunk_count   integer NOT NULL DEFAULT 0,
+            status        text NOT NULL CHECK (status IN ('indexed', 'failed', 'quarantined')),
+            attempts      integer NOT NULL DEFAULT 0,
+            last_error    text,
+            failed_hash   text,
+            index_version text,
+            first_seen_at timestamptz NOT NULL DEFAULT now(),
+            updated_at    timestamptz NOT NULL DEFAULT now(),
+            indexed_at    timestamptz,
+            PRIMARY KEY (space_no, doc_id)
+        )""").format(manifest=i(n.manifest)))
+    conn.execute(sql.SQL("""
+        CREATE TABLE IF NOT EXISTS {runs} (
+            run_id        text PRIMARY KEY,
+            space_no      integer,
+            mode          text NOT NULL,
+            status        text NOT NULL,
+            owner         text NOT NULL,
+            target_rev    integer,
+            params        jsonb NOT NULL DEFAULT '{{}}',
+            plan          jsonb NOT NULL DEFAULT '{{}}',
+            summary       jsonb,
+            canary        jsonb,
+            started_at    timestamptz NOT NULL DEFAULT now(),
+            finished_at   timestamptz
+        )""").format(runs=i(n.runs)))
+    conn.execute(sql.SQL("""
+        CREATE TABLE IF NOT EXISTS {run_docs} (
+            run_id        text NOT NULL,
+            doc_id        text NOT NULL,
+            class         text NOT NULL,
+            uri           text NOT NULL,
+            source        text NOT NULL,
+            batch_no      integer,
+            outcome       text,
+            PRIMARY KEY (run_id, doc_id)
+        )""").format(run_docs=i(n.run_docs)))
+    conn.execute(sql.SQL("""
+        CREATE TABLE IF NOT EXISTS {lease} (
+            index_name    text PRIMARY KEY,
+            owner         text,
+            backend_pid   integer,
+            acquired_at   timestamptz,
+            heartbeat_at  timestamptz
+        )""").format(lease=i(n.lease)))
+    conn.commit()
+
+
+def create_chunk_table(conn: psycopg.Connection, n: Names, space_no: int, dim: int) -> str:
+    """The chunk table of a space: HNSW (cosine) on the embedding, GIN on the tsvector. Returns its name."""
+    table = n.chunks(space_no)
+    t = ident(table)
+    conn.execute(sql.SQL("""
+        CREATE TABLE IF NOT EXISTS {t} (
+            chunk_id      text PRIMARY KEY,
+            doc_id        text NOT NULL,
+            ordinal       integer NOT NULL,
+            doc_hash      text NOT NULL,
+            source        text NOT NULL,
+            uri           text NOT NULL,
+            title         text NOT NULL,
+            heading_path  text NOT NULL,
+            text          text NOT NULL,
+            metadata      jsonb NOT NULL DEFAULT '{{}}',
+            fingerprint   text NOT NULL,
+            embedding     vector({dim}) NOT NULL,
+            tsv           tsvector GENERATED ALWAYS AS (
+                              setweight(to_tsvector('english', title), 'A') ||
+                              setweight(to_tsvector('english', heading_path), 'B') ||
+                              to_tsvector('english', text)) STORED,
+            created_at    timestamptz NOT NULL DEFAULT now()
+        )""").format(t=t, dim=sql.Literal(int(dim))))
+    conn.execute(sql.SQL("CREATE INDEX IF NOT EXISTS {i} ON {t} (doc_id)").format(i=ident(table + "_doc"), t=t))
+    conn.execute(sql.SQL("CREATE INDEX IF NOT EXISTS {i} ON {t} USING hnsw (embedding vector_cosine_ops)")
+                 .format(i=ident(table + "_hnsw"), t=t))
+    conn.execute(sql.SQL("CREATE INDEX IF NOT EXISTS {i} ON {t} USING gin (tsv)").format(i=ident(table + "_tsv"), t=t))
+    return table
+
+
+def point_live_view(conn: psycopg.Connection, n: Names, table: str) -> None:
+    """Re-point the stable view at ``table`` (in the caller's transaction: atomic with the spaces update)."""
+    conn.execute(sql.SQL("DROP VIEW IF EXISTS {v}").format(v=ident(n.live_view)))
+    conn.execute(sql.SQL("CREATE VIEW {v} AS SELECT * FROM {t}").format(v=ident(n.live_view), t=ident(table)))

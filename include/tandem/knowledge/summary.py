@@ -1,0 +1,134 @@
+"""The run summary: its text form for the CLI, and its MLflow run (experiment ``tandem-knowledge``)."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from tandem.config import Settings
+
+log = logging.getLogger(__name__)
+
+CONTRACT_KEYS = ("new", "changed", "unchanged", "deleted", "failed", "chunks_embedded", "index_version", "seconds")
+
+
+def text(summary: dict) -> str:
+    s = summary
+    head = f"knowledge index {s.get('index')!r}: "
+    if s.get("dry_run"):
+        head += f"DRY RUN (nothing written) - would {'build a new embedding space' if s.get('mode') == 'build' else 'update'} " \
+                f"version {s.get('index_version') or '(none yet)'}"
+    else:
+        head += f"{s.get('status', '?').upper()} - index version {s.get('index_version') or '(none)'} ({s.get('mode')})"
+    lines = [head,
+             "  documents: " + " . ".join(f"{k} {s.get(k, 0)}" for k in
+                                          ("new", "changed", "unchanged", "deleted", "failed", "quarantined"))]
+    if not s.get("dry_run"):
+        lines.append(f"  chunks embedded {s.get('chunks_embedded', 0)} . {s.get('docs_per_s', 0)} docs/s . "
+                     f"{s.get('chunks_per_s', 0)} chunks/s . total {s.get('seconds', 0)}s")
+    phases = s.get("phases") or {}
+    if phases:
+        lines.append("  phases: " + " . ".join(f"{k} {v}s" for k, v in phases.items()))
+    if s.get("space", {}).get("switched"):
+        lines.append(f"  switched to embedding space {s['space']['no']} (fingerprint {s['space']['fingerprint']}); "
+                     f"previous kept for `tandem index rollback`")
+    brake = s.get("delete_brake") or {}
+    if brake.get("blocked"):
+        lines.append(f"  MASS DELETE BLOCKED: {brake.get('message')}")
+    canary = s.get("canary") or {}
+    if canary:
+        if canary.get("status") in ("skipped", None) or "hit_at_k" not in canary:
+            lines.append(f"  canary: {canary.get('status')} - {canary.get('reason', '')}")
+        else:
+            base = canary.get("baseline")
+            extra = f" (baseline hit@k {base['hit_at_k']}, MRR {base['mrr']})" if base else ""
+            lines.append(f"  canary: {canary['status']} - hit@{canary.get('k')} {canary['hit_at_k']}, "
+                         f"MRR {canary['mrr']}{extra}; {canary.get('reason', '')}")
+    if s.get("dry_run"):
+        for cls in ("new", "changed", "deleted", "failed", "quarantined"):
+            ids = (s.get("ids") or {}).get(cls) or []
+            if ids:
+                lines.append(f"  {cls}:")
+                lines.extend(f"    {d}" for d in ids[:50])
+                if len(ids) > 50:
+                    lines.append(f"    ... and {len(ids) - 50} more (--json lists all)")
+    errors = s.get("errors") or []
+    if errors:
+        lines.append("  errors (previous versions kept):")
+        lines.extend(f"    {e['doc_id']}: {e['reason']}" for e in errors[:50])
+    quarantined = s.get("quarantined_docs") or []
+    if quarantined:
+        lines.append("  quarantined (skipped until the file changes):")
+        lines.extend(f"    {q['doc_id']}: {q['reason']} ({q['attempts']} attempts)" for q in quarantined[:50])
+    if s.get("mlflow_run_url"):
+        lines.append(f"  mlflow: {s['mlflow_run_url']}")
+    elif (s.get("mlflow") or {}).get("error"):
+        lines.append(f"  mlflow: not logged ({s['mlflow']['error']})")
+    if s.get("message"):
+        lines.append(f"  {s['message']}")
+    return "\n".join(lines)
+
+
+def log_to_mlflow(settings: Settings, summary: dict) -> dict:
+    """One MLflow run per reindex with counts, rates, phase seconds and canary metrics. Never fails the reindex:
+    returns {"run_id", "url"} or {"error"}."""
+    reachable = _reachable(settings.mlflow_uri)
+    if reachable is not None:
+        log.warning("not logging the reindex to MLflow: %s", reachable)
+        return {"error": reachable}
+    try:
+        import mlflow
+
+        from tandem import tracking
+
+        exp = tracking.use(settings, tracking.EXPERIMENT_KNOWLEDGE)
+        run_tags = {**tracking.tags(index_version=summary.get("index_version"), index=summary.get("index"),
+                                    reindex_run_id=summary.get("run_id"), mode=summary.get("mode"),
+                                    status=summary.get("status"),
+                                    fingerprint=(summary.get("space") or {}).get("fingerprint")),
+                    **tracking.airflow_context_tags(settings)}
+        with mlflow.start_run(experiment_id=exp.experiment_id, run_name=f"reindex {summary.get('run_id')}",
+                              tags=run_tags) as run:
+            mlflow.log_params({
+                "sources": ",".join(summary.get("sources") or [])[:500],
+                "full": summary.get("full"), "chunk_size": settings.chunk_size,
+                "chunk_overlap": settings.chunk_overlap, "embed_batch_size": settings.embed_batch_size,
+                "embed_model": (summary.get("space") or {}).get("model", "")[:250],
+            })
+            metrics = {k: float(summary.get(k) or 0) for k in
+                       ("new", "changed", "unchanged", "deleted", "failed", "quarantined", "chunks_embedded",
+                        "seconds", "docs_per_s", "chunks_per_s")}
+            metrics.update({f"seconds_{k}": float(v) for k, v in (summary.get("phases") or {}).items()})
+            canary = summary.get("canary") or {}
+            if "hit_at_k" in canary:
+                metrics["canary_hit_at_k"] = float(canary["hit_at_k"])
+                metrics["canary_mrr"] = float(canary["mrr"])
+            mlflow.log_metrics(metrics)
+            mlflow.log_dict(summary, "summary.json")
+            if summary.get("status") == "failed":
+                mlflow.set_tag(tracking.tag("failure"), str(summary.get("message", ""))[:500])
+        client = mlflow.MlflowClient()
+        if summary.get("status") == "failed":
+            client.set_terminated(run.info.run_id, status="FAILED")
+        return {"run_id": run.info.run_id, "url": tracking.run_url(settings, exp.experiment_id, run.info.run_id)}
+    except Exception as exc:  # noqa: BLE001 - tracking must not break indexing; the summary says it failed
+        log.warning("could not log the reindex to MLflow at %s: %s", settings.mlflow_uri, exc)
+        return {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]}
+
+
+def _reachable(uri: str) -> str | None:
+    """None when the tracking server answers /health (file stores always do); else the reason. Avoids MLflow's
+    minutes of retries against a server that is down."""
+    if not uri.startswith(("http://", "https://")):
+        return None
+    import httpx
+
+    try:
+        httpx.get(uri.rstrip("/") + "/health", timeout=5.0).raise_for_status()
+    except Exception as exc:  # noqa: BLE001
+        return f"MLflow server {uri} is not reachable ({type(exc).__name__})"
+    return None
+
+
+def jsonable(summary: dict) -> dict:
+    return json.loads(json.dumps(summary, default=str))

@@ -1,0 +1,130 @@
+"""Per-document atomic writes, failures with retry and quarantine, and deletes.
+
+One transaction per document: check the lease, insert the new chunks, delete the document's other
+chunks, update its manifest row. A failure anywhere rolls all of it back: the previous version stays fully
+in place, and the manifest records the attempt (``failed``; ``quarantined`` after ``max_attempts`` failures
+of the same content). A document is never missing, duplicated or mixed across versions.
+
+Fault injection for tests (environment, read per call): ``TANDEM_TEST_FAIL_WRITE`` (comma-separated doc ids
+whose write fails inside the transaction, after the new chunks were inserted) and
+``TANDEM_TEST_CRASH_AFTER_DOCS`` (the process exits abruptly after that many committed documents).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+import psycopg
+from psycopg import sql
+
+from tandem.db import ident
+from tandem.knowledge import lock
+from tandem.knowledge.chunking import Chunk
+from tandem.knowledge.store import Names
+
+_committed = 0
+
+
+class InjectedFault(RuntimeError):
+    pass
+
+
+@dataclasses.dataclass
+class DocWrite:
+    doc_id: str
+    source: str
+    uri: str
+    title: str
+    content_hash: str
+    fmt: str
+    chunks: list[Chunk]
+    vectors: object  # numpy array (len(chunks), dim)
+
+
+def write_document(conn: psycopg.Connection, n: Names, *, table: str, space_no: int, owner: str, run_id: str,
+                   doc: DocWrite, fingerprint: str, index_version: str) -> None:
+    global _committed
+    t = ident(table)
+    with conn.transaction():
+        lock.check(conn, n, owner)
+        rel = doc.doc_id.split("/", 1)[1] if "/" in doc.doc_id else doc.doc_id
+        metadata = json.dumps({"format": doc.fmt, "path": rel})
+        with conn.cursor() as cur:
+            cur.executemany(sql.SQL("""
+                INSERT INTO {t} (chunk_id, doc_id, ordinal, doc_hash, source, uri, title, heading_path, text,
+                                 metadata, fingerprint, embedding)
+                VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+                ON CONFLICT (chunk_id) DO UPDATE SET
+                    ordinal = EXCLUDED.ordinal, doc_hash = EXCLUDED.doc_hash, source = EXCLUDED.source,
+                    uri = EXCLUDED.uri, title = EXCLUDED.title, heading_path = EXCLUDED.heading_path,
+                    text = EXCLUDED.text, metadata = EXCLUDED.metadata, fingerprint = EXCLUDED.fingerprint,
+                    embedding = EXCLUDED.embedding""").format(t=t),
+                [(c.chunk_id, doc.doc_id, c.ordinal, doc.content_hash, doc.source, doc.uri, c.title,
+                  c.heading_path, c.text, metadata, fingerprint, vec)
+                 for c, vec in zip(doc.chunks, doc.vectors)])
+        fail = {x.strip() for x in os.environ.get("TANDEM_TEST_FAIL_WRITE", "").split(",") if x.strip()}
+        if doc.doc_id in fail:
+            raise InjectedFault(f"injected write failure for {doc.doc_id} (TANDEM_TEST_FAIL_WRITE)")
+        conn.execute(sql.SQL("DELETE FROM {t} WHERE doc_id = %s AND NOT (chunk_id = ANY(%s))").format(t=t),
+                     (doc.doc_id, [c.chunk_id for c in doc.chunks]))
+        conn.execute(sql.SQL("""
+            INSERT INTO {m} (space_no, doc_id, source, uri, title, content_hash, chunk_count, status, attempts,
+                             last_error, failed_hash, index_version, updated_at, indexed_at)
+            VALUES (%s, %s, %s, %s, %s, %s, %s, 'indexed', 0, NULL, NULL, %s, now(), now())
+            ON CONFLICT (space_no, doc_id) DO UPDATE SET
+                source = EXCLUDED.source, uri = EXCLUDED.uri, title = EXCLUDED.title,
+                content_hash = EXCLUDED.content_hash, chunk_count = EXCLUDED.chunk_count, status = 'indexed',
+                attempts = 0, last_error = NULL, failed_hash = NULL, index_version = EXCLUDED.index_version,
+                updated_at = now(), indexed_at = now()""").format(m=ident(n.manifest)),
+            (space_no, doc.doc_id, doc.source, doc.uri, doc.title, doc.content_hash, len(doc.chunks), index_version))
+        conn.execute(sql.SQL("UPDATE {rd} SET outcome = 'written' WHERE run_id = %s AND doc_id = %s")
+                     .format(rd=ident(n.run_docs)), (run_id, doc.doc_id))
+    _committed += 1
+    crash_after = os.environ.get("TANDEM_TEST_CRASH_AFTER_DOCS")
+    if crash_after and _committed >= int(crash_after):
+        os._exit(70)  # an abrupt crash: no cleanup, no lease release, no finally blocks
+
+
+def record_failure(conn: psycopg.Connection, n: Names, *, space_no: int, owner: str, run_id: str, doc_id: str,
+                   source: str, uri: str, failed_hash: str, error: str, max_attempts: int) -> tuple[str, int]:
+    """Count a failed attempt (the previous version, if any, stays). Returns (status, attempts)."""
+    with conn.transaction():
+        lock.check(conn, n, owner)
+        row = conn.execute(sql.SQL("""
+            INSERT INTO {m} AS m (space_no, doc_id, source, uri, status, attempts, last_error, failed_hash, updated_at)
+            VALUES (%(space)s, %(doc)s, %(source)s, %(uri)s,
+                    CASE WHEN 1 >= %(max)s THEN 'quarantined' ELSE 'failed' END, 1, %(error)s, %(hash)s, now())
+            ON CONFLICT (space_no, doc_id) DO UPDATE SET
+                attempts = CASE WHEN m.failed_hash = EXCLUDED.failed_hash THEN m.attempts + 1 ELSE 1 END,
+                status = CASE WHEN (CASE WHEN m.failed_hash = EXCLUDED.failed_hash THEN m.attempts + 1 ELSE 1 END)
+                                   >= %(max)s THEN 'quarantined' ELSE 'failed' END,
+                last_error = EXCLUDED.last_error, failed_hash = EXCLUDED.failed_hash, updated_at = now()
+            RETURNING status, attempts""").format(m=ident(n.manifest)),
+            {"space": space_no, "doc": doc_id, "source": source, "uri": uri, "max": max_attempts,
+             "error": error[:2000], "hash": failed_hash}).fetchone()
+        conn.execute(sql.SQL("UPDATE {rd} SET outcome = %s WHERE run_id = %s AND doc_id = %s")
+                     .format(rd=ident(n.run_docs)), (row[0], run_id, doc_id))
+    return row[0], row[1]
+
+
+def delete_documents(conn: psycopg.Connection, n: Names, *, table: str, space_no: int, owner: str,
+                     run_id: str) -> int:
+    """Remove the run's ``deleted`` documents (chunks and manifest rows) in one transaction."""
+    with conn.transaction():
+        lock.check(conn, n, owner)
+        conn.execute(sql.SQL("""
+            DELETE FROM {t} c USING {rd} r
+            WHERE r.run_id = %s AND r.class = 'deleted' AND r.outcome IS NULL AND c.doc_id = r.doc_id
+            """).format(t=ident(table), rd=ident(n.run_docs)), (run_id,))
+        cur = conn.execute(sql.SQL("""
+            DELETE FROM {m} m USING {rd} r
+            WHERE r.run_id = %s AND r.class = 'deleted' AND r.outcome IS NULL
+              AND m.space_no = %s AND m.doc_id = r.doc_id
+            """).format(m=ident(n.manifest), rd=ident(n.run_docs)), (run_id, space_no))
+        deleted = cur.rowcount
+        conn.execute(sql.SQL("""
+            UPDATE {rd} SET outcome = 'deleted' WHERE run_id = %s AND class = 'deleted' AND outcome IS NULL
+            """).format(rd=ident(n.run_docs)), (run_id,))
+    return deleted
