@@ -129,55 +129,72 @@ def load_spec(settings: Settings):
 
 
 def refusal_text(spec) -> str:
-    return spec.refusal_text
+    return spec.style.refusal_text
 
 
 # --- validation of generated output against the contract
+
+# The scorer's verdicts that a served answer must meet (the others need gold data, which serving lacks).
+CONTRACT_VERDICTS = ("json_valid", "schema_valid", "citations_valid", "style_max_words", "style_forbidden_phrases")
 
 
 def check_output(raw: str, spec, shown_ids: Sequence[str]) -> tuple[dict[str, Any], bool, list[str]]:
     """(contract object, valid, violations) for a model output; never raises on bad output.
 
-    The verdicts come from the behavior cadence's scorer; the repair keeps only what the contract allows.
+    The verdicts come from the behavior cadence's scorer (``tandem.behavior.scoring``), so an answer is
+    judged here exactly as the evals judge it; the repair keeps only what the contract allows.
     """
     from tandem.behavior import scoring
 
-    verdict = scoring.check_output(raw, spec, list(shown_ids))
-    violations = list(verdict.violations)
-    parsed = verdict.parsed if isinstance(verdict.parsed, dict) else None
-    shown = set(shown_ids)
+    score = scoring.score_output(raw, answerable=True, gold_doc_ids=[], gold_facts=[], shown_ids=shown_ids,
+                                 spec=spec)
+    violations = []
+    for name in CONTRACT_VERDICTS:
+        if score.verdicts.get(name) is False:
+            detail = {"json_valid": score.parse_error,
+                      "schema_valid": "; ".join(score.schema_errors[:3]),
+                      "citations_valid": ("cites ids that were not shown: " + ", ".join(score.invented_citations))
+                      if score.invented_citations else "citations is not a list of doc ids",
+                      "style_max_words": f"{score.words} words > {spec.style.max_words}",
+                      "style_forbidden_phrases": "uses " + ", ".join(repr(p) for p in score.forbidden_found)}[name]
+            violations.append(f"{name}: {detail}" if detail else name)
+    parsed, _error = scoring.parse_output(raw)
     if parsed is None:
         text = " ".join(str(raw).split())[:MAX_RAW_CHARS]
         return {"answer": text, "citations": [], "confidence": "low"}, False, violations
-    answer = parsed.get("answer")
-    answer = answer if isinstance(answer, str) else json.dumps(answer) if answer is not None else ""
-    citations = parsed.get("citations") if isinstance(parsed.get("citations"), list) else []
-    kept = []
-    for cid in citations:
+    answer_value = parsed.get("answer")
+    if not isinstance(answer_value, str):
+        answer_value = "" if answer_value is None else json.dumps(answer_value, ensure_ascii=False)
+    shown = set(shown_ids)
+    kept: list[str] = []
+    for cid in parsed.get("citations") if isinstance(parsed.get("citations"), list) else []:
         if isinstance(cid, str) and cid in shown and cid not in kept:
             kept.append(cid)
     confidence = parsed.get("confidence") if parsed.get("confidence") in CONFIDENCE else "low"
-    return {"answer": answer, "citations": kept, "confidence": confidence}, verdict.valid, violations
+    if scoring.is_refusal(answer_value, spec.style.refusal_text):
+        kept = []  # the refusal form has no citations
+    return {"answer": answer_value, "citations": kept, "confidence": confidence}, not violations, violations
 
 
 # --- the answer path
 
 
-def answer(settings: Settings, question: str, k: int = 5, adapter: str | None = "champion", *,
+def answer(settings: Settings, question: str, k: int | None = None, adapter: str | None = "champion", *,
            cache: AdapterCache | None = None, progress: Callable[[str], None] | None = None) -> Answer:
     """Answer ``question`` from the live index with base + the ``adapter`` reference (see the module doc).
 
-    Raises UserError for bad input or an unknown adapter version, ServiceUnavailable when the index, the
-    champion, Postgres or MLflow is missing.
+    ``k`` defaults to the spec's ``retrieval.k`` (what the evals measure); the token budget is the spec's
+    ``generation.max_new_tokens``. Raises UserError for bad input or an unknown adapter version,
+    ServiceUnavailable when the index, the champion, Postgres or MLflow is missing.
     """
     from tandem.knowledge import search as knowledge_search
 
     step = progress or (lambda _stage: None)
     started = time.perf_counter()
     question = validation.question(settings, question)
-    k = validation.k(settings, k)
     ref = validation.adapter(adapter)
     spec = load_spec(settings)  # a broken spec is the operator's error: UserError naming the file
+    k = validation.k(settings, spec.retrieval_k if k is None else k)
     cache = cache or AdapterCache(settings)
 
     step("resolve adapter")
@@ -217,16 +234,16 @@ def answer(settings: Settings, question: str, k: int = 5, adapter: str | None = 
         timings["adapter_load_ms"] = round((time.perf_counter() - t0) * 1000, 1)
 
     step("generate")
-    from tandem.behavior.prompt import build_messages
+    from tandem.behavior.prompt import build_messages, shown_doc_ids
 
     messages = build_messages(question, hits, spec)
     t0 = time.perf_counter()
     with _generate_lock:
-        raw = loaded.generator.generate([messages], max_new_tokens=settings.ask_max_new_tokens, batch_size=1)[0]
+        raw = loaded.generator.generate([messages], max_new_tokens=spec.max_new_tokens, batch_size=1)[0]
     timings["generation_ms"] = round((time.perf_counter() - t0) * 1000, 1)
 
     step("validate")
-    shown_ids = list(dict.fromkeys(h.doc_id for h in hits))
+    shown_ids = shown_doc_ids(hits)
     contract, valid, violations = check_output(raw, spec, shown_ids)
     first_hit = {}
     for h in hits:

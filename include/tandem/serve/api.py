@@ -53,7 +53,8 @@ class AskRequest(BaseModel):
         "examples": [{"question": "What does the Pro plan cost?", "k": 5, "adapter": "champion"}]})
 
     question: str = Field(description="The question (1 to TANDEM_ASK_MAX_QUESTION_CHARS characters, default 1000).")
-    k: StrictInt = Field(5, description="How many chunks to retrieve (1 to TANDEM_ASK_MAX_K, default 20).")
+    k: StrictInt | None = Field(None, description="How many chunks to retrieve (1 to TANDEM_ASK_MAX_K, default 20); "
+                                                   "default: the behavior spec's retrieval.k, as in the evals.")
     adapter: str | None = Field(None, description="'champion' (default), 'base', 'challenger', 'previous', "
                                                   "or a version number of the tandem-adapter model.")
 
@@ -130,6 +131,11 @@ class _State:
 
                 self._cache = AdapterCache(settings)
             return self._cache
+
+
+def configure(app: FastAPI, *, settings=None, cache=None) -> None:
+    """Point an app (e.g. the plugin's) at explicit settings and an adapter cache (tests, benchmarks)."""
+    app.state.tandem = _State(settings, cache)
 
 
 def _error(status: int, message: str, fix: str | None = None, headers: dict | None = None) -> JSONResponse:
