@@ -1,0 +1,85 @@
+"""Score a model on a set of items: generate answers for (example, contexts) pairs, score, diagnose, aggregate.
+
+``evaluate(spec, generator, items)`` is what the eval run uses over retrieved contexts, and what lora_retrain
+uses over a holdout split with fixed contexts. ``score_items`` scores outputs that already exist.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from typing import Any, Callable, Sequence
+
+from tandem.behavior.diagnosis import class_counts, class_rates, diagnose
+from tandem.behavior.evalset import Example
+from tandem.behavior.metrics import FAILURE_CLASSES, VERDICTS
+from tandem.behavior.prompt import build_messages, shown_doc_ids
+from tandem.behavior.scoring import aggregate, applicable_counts, score_output
+
+log = logging.getLogger(__name__)
+
+Item = tuple[Example, Sequence[Any]]  # (example, contexts with .doc_id/.title/.text)
+
+
+@dataclasses.dataclass
+class EvalResult:
+    rows: list[dict]  # one per example, in input order
+    metrics: dict[str, float]  # verdict rates, pass_rate, class_<name> rates
+    counts: dict[str, int]  # examples per diagnosis class (pass, knowledge, behavior, model_capability)
+    applicable: dict[str, int]  # examples each verdict applied to
+    stats: dict[str, float] = dataclasses.field(default_factory=dict)  # generation timing
+
+    @property
+    def n(self) -> int:
+        return len(self.rows)
+
+    def failures(self, diagnosis: str) -> list[dict]:
+        return [row for row in self.rows if row["diagnosis"] == diagnosis]
+
+    def missing_docs(self) -> dict[str, list[str]]:
+        """For knowledge failures: example id -> gold doc ids that were not retrieved."""
+        return {row["id"]: row["missing_docs"] for row in self.failures("knowledge")}
+
+
+def score_items(spec, items: Sequence[Item], outputs: Sequence[str]) -> EvalResult:
+    """Score existing outputs (one per item)."""
+    if len(items) != len(outputs):
+        raise ValueError(f"{len(items)} items but {len(outputs)} outputs")
+    rows = []
+    for (example, contexts), raw in zip(items, outputs):
+        shown = shown_doc_ids(contexts)
+        score = score_output(raw, answerable=example.answerable, gold_doc_ids=example.gold_doc_ids,
+                             gold_facts=example.gold_facts, shown_ids=shown, spec=spec)
+        diagnosis = diagnose(score.verdicts, example.answerable)
+        rows.append({
+            "id": example.id, "question": example.question, "answerable": example.answerable,
+            "gold_doc_ids": list(example.gold_doc_ids), "retrieved_ids": shown, "raw_output": raw,
+            "answer": score.answer, "citations": score.citations, **score.verdicts, "passed": score.passed,
+            "diagnosis": diagnosis, "failed_rules": score.failed_rules(), "missing_docs": score.missing_docs,
+            "missing_facts": score.missing_facts, "invented_citations": score.invented_citations,
+            "forbidden_found": score.forbidden_found, "parse_error": score.parse_error,
+            "schema_errors": score.schema_errors, "words": score.words,
+        })
+    verdict_rows = [{name: row[name] for name in VERDICTS} for row in rows]
+    diagnoses = [row["diagnosis"] for row in rows]
+    metrics = {**aggregate(verdict_rows), **class_rates(diagnoses)}
+    return EvalResult(rows=rows, metrics=metrics, counts=class_counts(diagnoses),
+                      applicable=applicable_counts(verdict_rows))
+
+
+def evaluate(spec, generator, items: Sequence[Item], *, max_new_tokens: int | None = None,
+             batch_size: int | None = None, progress: Callable[[int], None] | None = None) -> EvalResult:
+    """Generate an answer for every item with ``generator`` (a ``Generator``), then score and diagnose."""
+    conversations = [build_messages(example.question, contexts, spec) for example, contexts in items]
+    started = time.monotonic()
+    outputs = generator.generate(conversations, max_new_tokens=max_new_tokens or spec.max_new_tokens,
+                                 batch_size=batch_size or spec.batch_size, progress=progress)
+    seconds = time.monotonic() - started
+    result = score_items(spec, items, outputs)
+    result.stats = {"generation_s": seconds, "examples_per_s": len(items) / seconds if seconds else 0.0,
+                    **{k: v for k, v in (getattr(generator, "last_stats", {}) or {}).items()
+                       if k in ("new_tokens", "prompt_tokens")}}
+    log.info("scored %d examples: pass_rate %.3f, %s", result.n, result.metrics["pass_rate"],
+             ", ".join(f"{name} {result.counts[name]}" for name in FAILURE_CLASSES))
+    return result

@@ -1,0 +1,106 @@
+"""Batched greedy generation with the base LLM (plus an optional LoRA adapter).
+
+Prompts go through the model's chat template, are sorted by length and batched with left padding, and are
+decoded greedily with a bounded number of new tokens, so that the same inputs always give the same outputs.
+CPU (fp32) by default; CUDA (bf16) when a GPU is available.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+from tandem.errors import UserError
+from tandem.models import resolve_base_model
+
+log = logging.getLogger(__name__)
+
+SEED = 0
+
+
+class Generator:
+    """Loads the model once; ``generate`` answers many chat prompts in batches."""
+
+    def __init__(self, base_model: str, adapter_path: str | None = None, *, device: str | None = None,
+                 threads: int = 0, merge_adapter: bool = True):
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        source = resolve_base_model(base_model)
+        if adapter_path is not None and not (Path(adapter_path).expanduser() / "adapter_config.json").is_file():
+            raise UserError(f"adapter folder {adapter_path} has no adapter_config.json",
+                            fix="point at a PEFT adapter folder (as saved by lora_retrain)")
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        if threads and threads > 0:
+            torch.set_num_threads(threads)
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        dtype = torch.bfloat16 if self.device.startswith("cuda") else torch.float32
+        started = time.monotonic()
+        self.tokenizer = AutoTokenizer.from_pretrained(source)
+        self.tokenizer.padding_side = "left"
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
+        if adapter_path is not None:
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(model, str(Path(adapter_path).expanduser()))
+            if merge_adapter:
+                model = model.merge_and_unload()  # same greedy outputs up to float rounding, faster on CPU
+        self.model = model.to(self.device).eval()
+        self.base_model = source
+        self.adapter_path = adapter_path
+        self.last_stats: dict = {}
+        log.info("loaded %s%s on %s (%s) in %.1fs", source, f" + adapter {adapter_path}" if adapter_path else "",
+                 self.device, str(dtype).replace("torch.", ""), time.monotonic() - started)
+
+    def render(self, messages: Sequence[dict]) -> str:
+        """The prompt text for one conversation (chat template, assistant turn opened)."""
+        return self.tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
+
+    def generate(self, conversations: Sequence[Sequence[dict]], max_new_tokens: int = 96, batch_size: int = 8,
+                 progress: Callable[[int], None] | None = None) -> list[str]:
+        """Greedy answers, one per conversation, in input order. ``progress(n)`` is called after each batch."""
+        import torch
+
+        if max_new_tokens < 1 or batch_size < 1:
+            raise UserError("max_new_tokens and batch_size must be >= 1", fix="pass positive values")
+        texts = [self.render(messages) for messages in conversations]
+        lengths = [len(ids) for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
+        order = sorted(range(len(texts)), key=lambda i: (lengths[i], i))  # less padding per batch, stable
+        outputs: list[str] = [""] * len(texts)
+        eos = self.tokenizer.eos_token_id
+        started = time.monotonic()
+        new_tokens = 0
+        done = 0
+        torch.manual_seed(SEED)
+        for start in range(0, len(order), batch_size):
+            idx = order[start:start + batch_size]
+            enc = self.tokenizer([texts[i] for i in idx], return_tensors="pt", padding=True,
+                                 add_special_tokens=False).to(self.device)
+            with torch.inference_mode():
+                out = self.model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+                                          pad_token_id=self.tokenizer.pad_token_id, eos_token_id=eos)
+            gen = out[:, enc["input_ids"].shape[1]:]
+            for row, i in enumerate(idx):
+                ids = gen[row].tolist()
+                if eos in ids:
+                    ids = ids[:ids.index(eos)]
+                new_tokens += len(ids)
+                outputs[i] = self.tokenizer.decode(ids, skip_special_tokens=True).strip()
+            done += len(idx)
+            elapsed = time.monotonic() - started
+            log.info("generated %d/%d answers (%.2f examples/s, %d prompt tokens max in batch)", done, len(texts),
+                     done / elapsed if elapsed else 0.0, enc["input_ids"].shape[1])
+            if progress is not None:
+                progress(len(idx))
+        seconds = time.monotonic() - started
+        self.last_stats = {"examples": len(texts), "seconds": seconds, "new_tokens": new_tokens,
+                           "prompt_tokens": sum(lengths),
+                           "examples_per_s": len(texts) / seconds if seconds else 0.0}
+        return outputs

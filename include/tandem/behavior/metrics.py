@@ -1,0 +1,40 @@
+"""The metric names an eval produces, and the group each belongs to.
+
+Every per-output verdict is a metric (the rate of outputs that pass it, over the outputs it applies to).
+Groups drive the decision: only *behavior* metrics under threshold can trigger a retrain.
+"""
+
+from __future__ import annotations
+
+BEHAVIOR = "behavior"
+CONTENT = "content"
+RETRIEVAL = "retrieval"
+OVERALL = "overall"
+
+# verdict name -> (group, what it checks)
+VERDICTS: dict[str, tuple[str, str]] = {
+    "json_valid": (BEHAVIOR, "the output is one JSON object (an optional ```json fence is allowed)"),
+    "schema_valid": (BEHAVIOR, "the JSON object satisfies the spec's output contract schema"),
+    "citations_valid": (BEHAVIOR, "every cited doc id was shown in the context"),
+    "grounded": (BEHAVIOR, "answerable, context holds a gold doc: the answer cites at least one gold doc"),
+    "style_max_words": (BEHAVIOR, "the answer has at most style.max_words words"),
+    "style_forbidden_phrases": (BEHAVIOR, "the answer contains none of style.forbidden_phrases"),
+    "refusal_correct": (BEHAVIOR, "unanswerable: the answer is the refusal text, with no citations"),
+    "no_false_refusal": (BEHAVIOR, "answerable, context holds a gold doc: the answer is not a refusal"),
+    "answer_correct": (CONTENT, "answerable: the answer contains every gold fact"),
+    "retrieval_hit": (RETRIEVAL, "answerable: at least one gold doc was in the context"),
+}
+PASS_RATE = "pass_rate"  # share of examples whose applicable behavior and content verdicts all hold
+
+METRIC_GROUPS: dict[str, str] = {**{name: group for name, (group, _) in VERDICTS.items()}, PASS_RATE: OVERALL}
+THRESHOLD_METRICS = tuple(METRIC_GROUPS)  # what a spec may set a threshold on
+BEHAVIOR_VERDICTS = tuple(name for name, (group, _) in VERDICTS.items() if group == BEHAVIOR)
+
+# failure classes (diagnosis)
+KNOWLEDGE, BEHAVIOR_CLASS, CAPABILITY, PASS = "knowledge", "behavior", "model_capability", "pass"
+FAILURE_CLASSES = (KNOWLEDGE, BEHAVIOR_CLASS, CAPABILITY)
+
+
+def class_metric(name: str) -> str:
+    """MLflow metric name of a diagnosis class rate: ``class_knowledge`` ..."""
+    return f"class_{name}"

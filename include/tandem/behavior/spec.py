@@ -1,0 +1,202 @@
+"""The behavior spec: one versioned YAML file, the single place a team says how answers must look.
+
+It holds the output contract (a JSON schema), the style rules (max words, forbidden phrases, the refusal
+text), a threshold per metric and the primary metric, the anti-flap policy, and the prompt/generation
+bounds. ``load_spec`` validates all of it and names the file and the field of the first problem, before any
+model is loaded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from pathlib import Path
+from typing import Any
+
+from tandem.behavior.metrics import PASS_RATE, THRESHOLD_METRICS
+from tandem.errors import UserError
+
+DEFAULT_SYSTEM = (
+    "You answer questions using only the documents in the context. Reply with one JSON object and nothing "
+    'else: {{"answer": "...", "citations": ["<doc id>", ...], "confidence": "high" | "medium" | "low"}}. '
+    "Cite the doc ids of the documents you used. Use at most {max_words} words in the answer. "
+    'If the context does not contain the answer, reply {{"answer": "{refusal_text}", "citations": [], '
+    '"confidence": "low"}}.'
+)
+
+_TOP_KEYS = {"version", "description", "output_contract", "style", "thresholds", "primary_metric", "anti_flap",
+             "decision", "prompt", "retrieval", "generation"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Style:
+    max_words: int
+    forbidden_phrases: tuple[str, ...]
+    refusal_text: str
+
+
+@dataclasses.dataclass(frozen=True)
+class AntiFlap:
+    consecutive_failures: int = 2  # failing evals in a row (this one included) before a retrain
+    min_hours_between_retrains: float = 24.0
+    max_retrains_per_week: int = 2
+
+
+@dataclasses.dataclass(frozen=True)
+class Spec:
+    version: str
+    path: str
+    digest: str  # sha256 of the file
+    output_schema: dict
+    style: Style
+    thresholds: dict[str, float]
+    primary_metric: str
+    anti_flap: AntiFlap
+    dominance: float  # share of failures a class needs to dominate
+    system_prompt: str  # with {max_words} and {refusal_text} filled in
+    max_context_chars: int  # per context chunk shown to the model
+    retrieval_k: int
+    max_new_tokens: int
+    batch_size: int
+
+
+class _Fields:
+    """Typed access to a YAML mapping that names the file and the dotted field in every error."""
+
+    def __init__(self, path: Path, data: dict, prefix: str = ""):
+        self.path, self.data, self.prefix = path, data, prefix
+
+    def error(self, field: str, problem: str, fix: str) -> UserError:
+        return UserError(f"behavior spec {self.path}: field `{self.prefix}{field}`: {problem}", fix=fix)
+
+    def section(self, key: str, required: bool = True) -> "_Fields":
+        value = self.data.get(key)
+        if value is None and not required:
+            return _Fields(self.path, {}, f"{self.prefix}{key}.")
+        if not isinstance(value, dict):
+            raise self.error(key, "missing" if value is None else f"must be a mapping, got {type(value).__name__}",
+                             f"add a `{self.prefix}{key}:` mapping (see include/tandem/data/demo/behavior_spec.yaml)")
+        return _Fields(self.path, value, f"{self.prefix}{key}.")
+
+    def get(self, key: str, kind, default: Any = dataclasses.MISSING, *, minimum=None, maximum=None):
+        if key not in self.data or self.data[key] is None:
+            if default is dataclasses.MISSING:
+                raise self.error(key, "missing", f"set `{self.prefix}{key}`")
+            return default
+        value = self.data[key]
+        ok = isinstance(value, kind) and not (kind is not bool and isinstance(value, bool))
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value, ok = float(value), True
+        if not ok:
+            name = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
+            raise self.error(key, f"must be a {name}, got {value!r}", f"set `{self.prefix}{key}` to a {name}")
+        if minimum is not None and value < minimum:
+            raise self.error(key, f"must be >= {minimum}, got {value}", f"raise `{self.prefix}{key}`")
+        if maximum is not None and value > maximum:
+            raise self.error(key, f"must be <= {maximum}, got {value}", f"lower `{self.prefix}{key}`")
+        return value
+
+    def unknown(self, allowed: set[str]) -> None:
+        extra = sorted(set(self.data) - allowed)
+        if extra:
+            raise self.error(extra[0], "unknown field", f"remove it or use one of: {', '.join(sorted(allowed))}")
+
+
+def load_spec(path: str | Path) -> Spec:
+    """Read and validate a behavior spec. Raises UserError naming the file and field of the first problem."""
+    import jsonschema
+    import yaml
+
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise UserError(f"behavior spec {path} does not exist",
+                        fix="set TANDEM_SPEC_PATH to a behavior spec YAML (the demo's is "
+                            "include/tandem/data/demo/behavior_spec.yaml)")
+    raw = path.read_bytes()
+    try:
+        data = yaml.safe_load(raw.decode("utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        where = getattr(exc, "problem_mark", None)
+        line = f" line {where.line + 1}" if where is not None else ""
+        raise UserError(f"behavior spec {path}{line}: not valid YAML: {getattr(exc, 'problem', exc)}",
+                        fix="fix the YAML syntax (indentation, quotes, colons)") from None
+    if not isinstance(data, dict):
+        raise UserError(f"behavior spec {path}: the top level must be a mapping", fix="see the demo spec")
+    top = _Fields(path, data)
+    top.unknown(_TOP_KEYS)
+    version = top.get("version", (str, int, float))
+    version = str(version).strip()
+    if not version:
+        raise top.error("version", "must not be empty", "set `version`, e.g. \"2026.1\"")
+
+    contract = top.section("output_contract")
+    contract.unknown({"schema"})
+    schema = contract.get("schema", dict)
+    try:
+        jsonschema.Draft202012Validator.check_schema(schema)
+    except jsonschema.SchemaError as exc:
+        raise contract.error("schema", f"not a valid JSON schema: {exc.message}", "fix the schema") from None
+    props = schema.get("properties") or {}
+    for field, kind in (("answer", "string"), ("citations", "array")):
+        if (props.get(field) or {}).get("type") != kind:
+            raise contract.error(f"schema.properties.{field}", f"the contract needs `{field}` of type {kind}",
+                                 f"declare `{field}: {{type: {kind}}}` under properties")
+
+    style_f = top.section("style")
+    style_f.unknown({"max_words", "forbidden_phrases", "refusal_text"})
+    phrases = style_f.get("forbidden_phrases", list, [])
+    for i, phrase in enumerate(phrases):
+        if not isinstance(phrase, str) or not phrase.strip():
+            raise style_f.error(f"forbidden_phrases[{i}]", f"must be a non-empty string, got {phrase!r}",
+                                "list phrases as strings")
+    refusal = style_f.get("refusal_text", str).strip()
+    if not refusal:
+        raise style_f.error("refusal_text", "must not be empty", "set the exact refusal sentence")
+    style = Style(max_words=style_f.get("max_words", int, minimum=1),
+                  forbidden_phrases=tuple(p.strip() for p in phrases), refusal_text=refusal)
+
+    th_f = top.section("thresholds")
+    thresholds: dict[str, float] = {}
+    for name in sorted(th_f.data):
+        if name not in THRESHOLD_METRICS:
+            raise th_f.error(str(name), f"unknown metric {name!r}",
+                             f"use one of: {', '.join(THRESHOLD_METRICS)}")
+        thresholds[name] = th_f.get(name, float, minimum=0.0, maximum=1.0)
+    if not thresholds:
+        raise th_f.error("", "needs at least one metric", f"set thresholds for some of: {', '.join(THRESHOLD_METRICS)}")
+    primary = top.get("primary_metric", str, PASS_RATE)
+    if primary not in THRESHOLD_METRICS:
+        raise top.error("primary_metric", f"unknown metric {primary!r}", f"use one of: {', '.join(THRESHOLD_METRICS)}")
+
+    af = top.section("anti_flap", required=False)
+    af.unknown({"consecutive_failures", "min_hours_between_retrains", "max_retrains_per_week"})
+    anti_flap = AntiFlap(consecutive_failures=af.get("consecutive_failures", int, 2, minimum=1),
+                         min_hours_between_retrains=af.get("min_hours_between_retrains", float, 24.0, minimum=0.0),
+                         max_retrains_per_week=af.get("max_retrains_per_week", int, 2, minimum=0))
+
+    dec = top.section("decision", required=False)
+    dec.unknown({"dominance"})
+    dominance = dec.get("dominance", float, 0.5, minimum=0.0, maximum=1.0)
+
+    pr = top.section("prompt", required=False)
+    pr.unknown({"system", "max_context_chars"})
+    system_template = pr.get("system", str, DEFAULT_SYSTEM)
+    try:
+        system_prompt = system_template.format(max_words=style.max_words, refusal_text=style.refusal_text)
+    except (KeyError, IndexError, ValueError) as exc:
+        raise pr.error("system", f"bad placeholder {exc}",
+                       "only {max_words} and {refusal_text} are filled in; double other braces: {{ }}") from None
+
+    ret = top.section("retrieval", required=False)
+    ret.unknown({"k"})
+    gen = top.section("generation", required=False)
+    gen.unknown({"max_new_tokens", "batch_size"})
+
+    return Spec(
+        version=version, path=str(path), digest=hashlib.sha256(raw).hexdigest(), output_schema=schema, style=style,
+        thresholds=thresholds, primary_metric=primary, anti_flap=anti_flap, dominance=dominance,
+        system_prompt=system_prompt, max_context_chars=pr.get("max_context_chars", int, 700, minimum=50),
+        retrieval_k=ret.get("k", int, 3, minimum=1, maximum=50),
+        max_new_tokens=gen.get("max_new_tokens", int, 96, minimum=8, maximum=2048),
+        batch_size=gen.get("batch_size", int, 8, minimum=1, maximum=256),
+    )
