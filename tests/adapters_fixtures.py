@@ -50,3 +50,65 @@ def adapter_dirs(tmp_path_factory, base_model_path) -> list[Path]:
     """Three distinct real adapters."""
     root = tmp_path_factory.mktemp("adapters")
     return [make_adapter(base_model_path, root / f"a{i}", seed=i) for i in range(3)]
+
+
+# --- a tiny knowledge base and curated training set, indexed in an index of their own
+
+KB = {
+    "pricing.md": "# Pricing\n\nAcme Beacon has two plans. The Starter plan costs $9 per month and monitors up to "
+                  "10 endpoints. The Team plan costs $49 per month and monitors up to 100 endpoints. Annual billing "
+                  "gives two months free on both plans.\n",
+    "api-keys.md": "# API keys\n\nCreate API keys under Settings > API. Each key is either read-only or read-write. "
+                   "API keys expire 365 days after they are created; rotate them before that date.\n",
+    "retention.md": "# Data retention\n\nCheck results are kept for 90 days on the Starter plan and for 400 days on "
+                    "the Team plan. Deleted monitors lose their history after 30 days.\n",
+    "status-pages.md": "# Status pages\n\nA status page can live on your own domain: add a CNAME record pointing "
+                       "to status.acme-beacon.example and enter the domain under Status page > Domain.\n",
+    "support.md": "# Support\n\nWrite to support@acme-beacon.example. Team plan tickets get a first answer within "
+                  "4 hours on business days; Starter tickets within 2 business days.\n",
+}
+
+TRAIN_SET = [
+    ("q-price-team", "How much does the Team plan cost per month?", ["kb/pricing.md"], "The Team plan costs $49 per month."),
+    ("q-retention", "How long are check results kept on the Starter plan?", ["kb/retention.md"],
+     "Check results are kept for 90 days on the Starter plan."),
+    ("q-key-expiry", "When do API keys expire?", ["kb/api-keys.md"], "API keys expire 365 days after they are created."),
+    ("q-domain", "How do I put my status page on my own domain?", ["kb/status-pages.md"],
+     "Add a CNAME record pointing to status.acme-beacon.example and enter the domain under Status page > Domain."),
+    ("q-support", "How fast does support answer Team plan tickets?", ["kb/support.md"],
+     "Team plan tickets get a first answer within 4 hours on business days."),
+    ("q-annual", "Does annual billing give a discount?", ["kb/pricing.md"], "Yes: annual billing gives two months free."),
+    ("q-tires", "Can Beacon measure the tire pressure of my car?", [], ""),
+    ("q-football", "Which football team does the Beacon CEO support?", [], ""),
+]
+
+
+def write_train_set(path: Path) -> Path:
+    lines = []
+    for ex_id, question, oracle, answer in TRAIN_SET:
+        lines.append(json.dumps({"id": ex_id, "question": question, "oracle_doc_ids": oracle, "answer": answer,
+                                 "gold_facts": [answer] if answer else [], "answerable": bool(oracle)}))
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.fixture(scope="session")
+def adapters_settings(settings, tmp_path_factory):
+    """Settings with the tiny KB indexed (own index name and source) and the tiny training set."""
+    import os
+    import subprocess
+    import sys
+
+    root = tmp_path_factory.mktemp("adapters_kb")
+    kb = root / "kb"
+    kb.mkdir()
+    for name, text in KB.items():
+        (kb / name).write_text(text)
+    train_set = write_train_set(root / "train_set.jsonl")
+    s = settings.replace(sources=(f"kb={kb}",), index_name="adapters_test", train_set_path=str(train_set),
+                         torch_threads=2)
+    env = {**os.environ, **s.as_env()}
+    proc = subprocess.run([str(Path(sys.executable).parent / "tandem"), "reindex", "--json"], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    return s

@@ -1,7 +1,8 @@
 """The RAFT dataset (retrieval-augmented fine-tuning) built from curated behavior examples.
 
 Input: JSONL lines ``{"id", "question", "oracle_doc_ids": [...], "answer", "gold_facts": [...],
-"answerable": bool}``. For each example the context is its oracle chunk(s) from the current index plus
+"answerable": bool}``. For each example the context is its oracle chunk(s) from the current index (the
+chunks of each oracle document most relevant to the question, at most ``ORACLE_CHUNKS_PER_DOC``) plus
 ``distractors`` chunks retrieved for the question from other documents, shuffled with the seed. A
 ``no_oracle_fraction`` of the answerable examples (chosen by a seeded hash of the id) loses its oracle
 chunks: like unanswerable examples, its target is the spec's refusal with no citations. Targets follow the
@@ -28,6 +29,7 @@ log = logging.getLogger(__name__)
 
 SNAPSHOT_FILE = "raft.jsonl"
 REQUIRED = {"id": str, "question": str, "oracle_doc_ids": list, "answer": str, "answerable": bool}
+ORACLE_CHUNKS_PER_DOC = 2  # an oracle document contributes its chunks most relevant to the question
 MAX_CONTEXT_CHARS = 1200  # one chunk's text in a prompt (the demo's chunks are ~256 tokens)
 
 
@@ -54,7 +56,9 @@ class ChunkSource(Protocol):
 
     def search(self, query: str, k: int) -> list[Chunk]: ...
 
-    def chunks_of(self, doc_id: str) -> list[Chunk]: ...
+    def chunks_of(self, doc_id: str, query: str) -> list[Chunk]:
+        """The chunks of ``doc_id`` most relevant to ``query`` (at most ORACLE_CHUNKS_PER_DOC)."""
+        ...
 
     def version(self) -> str: ...
 
@@ -145,7 +149,7 @@ def build_rows(examples: list[Example], source: ChunkSource, spec: Any, *, distr
         oracle: list[Chunk] = []
         if ex.answerable:
             for doc_id in ex.oracle_doc_ids:
-                oracle.extend(source.chunks_of(doc_id))
+                oracle.extend(source.chunks_of(doc_id, ex.question))
             if not oracle:
                 missing_oracle.append(ex.id)
         oracle_ids = set(ex.oracle_doc_ids)
@@ -223,7 +227,7 @@ def counts(rows: list[dict[str, Any]]) -> dict[str, int]:
 
 
 class IndexSource:
-    """Chunks from the live knowledge index (``tandem.knowledge``)."""
+    """Chunks from the live knowledge index (``tandem.knowledge.search``)."""
 
     def __init__(self, settings):
         self.settings = settings
@@ -233,17 +237,13 @@ class IndexSource:
 
         return [Chunk.from_hit(h) for h in search(self.settings, query, k)]
 
-    def chunks_of(self, doc_id: str) -> list[Chunk]:
-        from tandem.knowledge import search as ks
+    def chunks_of(self, doc_id: str, query: str) -> list[Chunk]:
+        from tandem.knowledge.search import search
 
-        fn = getattr(ks, "chunks_of", None) or getattr(ks, "doc_chunks", None)
-        if fn is None:
-            raise UserError("the knowledge module offers no chunks-of-document lookup",
-                            fix="upgrade tandem (tandem.knowledge.search.chunks_of)")
-        return sorted((Chunk.from_hit(h) for h in fn(self.settings, doc_id)), key=lambda c: c.chunk_id)
+        hits = search(self.settings, query, ORACLE_CHUNKS_PER_DOC, filters={"doc_id": doc_id})
+        return [Chunk.from_hit(h) for h in hits]
 
     def version(self) -> str:
-        from tandem.knowledge import search as ks
+        from tandem.knowledge.search import live_index_version
 
-        fn = getattr(ks, "index_version", None)
-        return str(fn(self.settings)) if fn else ""
+        return str(live_index_version(self.settings) or "")

@@ -178,7 +178,8 @@ def train(settings: Settings, state: dict, *, on_step: Callable[[int, int, float
         adapter_sha = weights_sha256(out_dir)
         mlflow.log_artifacts(str(out_dir), registry.ARTIFACT_PATH)
         mlflow.log_metrics({k: float(v) for k, v in summary.items() if isinstance(v, (int, float))})
-        mlflow.set_tags(tracking.tags(status="trained", adapter_sha256=adapter_sha, device=summary["device"]))
+        mlflow.set_tags(tracking.tags(status="trained", adapter_sha256=adapter_sha, device=summary["device"],
+                                      probe_logits_sha256=summary["probe_logits_sha256"]))
     log.info("trained: %s", summary)
     return {**state, "training": summary, "adapter_sha256": adapter_sha}
 
@@ -252,6 +253,7 @@ def register(settings: Settings, state: dict) -> dict:
     cand = evaluation["models"]["candidate"]
     tags = tracking.tags(
         base_model=state["base_model"], base_model_sha256=state["base_sha256"], adapter_sha256=state["adapter_sha256"],
+        probe_logits_sha256=state["training"].get("probe_logits_sha256"),
         dataset_digest=state["dataset_digest"], spec_version=state.get("spec_version") or None,
         index_version=state.get("index_version") or None, trigger_reason=p.reason,
         eval_run_id=p.eval_run_id or None, training_run_id=state["run_id"],

@@ -66,6 +66,25 @@ def load_adapter(base_model: str, adapter_path: str | Path, device: str | None =
     return tokenizer, peft_model
 
 
+PROBE_TEXT = "Tandem probe: the adapter must reproduce these logits exactly after a round trip."
+
+
+def probe_logits(model, tokenizer):
+    """Logits of a fixed probe text (float32 on CPU): the fingerprint of a model's exact behaviour."""
+    import torch
+
+    device = next(model.parameters()).device
+    ids = tokenizer(PROBE_TEXT, return_tensors="pt")["input_ids"].to(device)
+    with torch.no_grad():
+        return model(input_ids=ids).logits.float().cpu()
+
+
+def logits_sha256(logits) -> str:
+    import hashlib
+
+    return hashlib.sha256(logits.contiguous().numpy().tobytes()).hexdigest()
+
+
 def _with_contexts_scaled(contexts: list[dict], factor: float) -> list[dict]:
     if factor >= 1.0:
         return contexts
@@ -219,6 +238,7 @@ def train(settings: Settings, rows: list[dict], spec: Any, params, out_dir: Path
                         fix="lower batch_size or max_seq_len, or set gradient_checkpointing") from None
     train_seconds = time.monotonic() - train_started
     peft_model.eval()
+    probe = probe_logits(peft_model, tokenizer)
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -246,5 +266,6 @@ def train(settings: Settings, rows: list[dict], spec: Any, params, out_dir: Path
         "tokens_per_s": round(tokens / train_seconds, 1) if train_seconds else 0.0,
         "first_loss": round(losses[0], 4),
         "final_loss": round(sum(losses[-5:]) / len(losses[-5:]), 4),
+        "probe_logits_sha256": logits_sha256(probe),
     }
     return summary, peft_model, tokenizer
