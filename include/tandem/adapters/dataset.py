@@ -187,13 +187,8 @@ def build_rows(examples: list[Example], source: ChunkSource, spec: Any, *, distr
 
 
 def refusal_target(spec: Any) -> dict[str, Any]:
-    """The spec's refusal as an output-contract target."""
-    text = getattr(spec, "refusal", None) or (spec.get("refusal") if isinstance(spec, dict) else None)
-    if isinstance(text, dict):
-        text = text.get("text") or text.get("answer")
-    if not text:
-        raise UserError("the behavior spec has no refusal text", fix="add `refusal:` to the behavior spec")
-    return {"answer": str(text), "citations": [], "confidence": "low"}
+    """The spec's refusal as an output-contract target (the same as ``tandem.behavior.prompt.refusal_target``)."""
+    return {"answer": spec.style.refusal_text, "citations": [], "confidence": "low"}
 
 
 def snapshot_lines(rows: Iterable[dict[str, Any]]) -> list[str]:

@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 
 SNAPSHOT_ARTIFACT = "dataset"
 EVAL_TABLE = "eval/three_way.json"
+EVAL_ITEMS = "eval/items.json"
 
 
 def _effective(settings: Settings, p) -> Settings:
@@ -234,9 +235,13 @@ def evaluate(settings: Settings, state: dict, *, limit: int | None = None,
         for name, scores in result["models"].items():
             mlflow.log_metrics({f"{name}.{m}": float(v) for m, v in scores.items() if isinstance(v, (int, float))})
         mlflow.log_table(result["table"], artifact_file=EVAL_TABLE)
+        mlflow.log_table(result["items"], artifact_file=EVAL_ITEMS)
+        for name, st in result["stats"].items():
+            mlflow.log_metrics({f"{name}.eval_{k}": float(v) for k, v in st.items() if isinstance(v, (int, float))})
         mlflow.set_tags(tracking.tags(status="evaluated", champion_version=champion.version or "base"))
     evaluation = {"models": result["models"], "champion_version": champion.version, "primary": primary,
-                  "thresholds": thresholds, "n": len(holdout)}
+                  "thresholds": thresholds, "n": len(holdout),
+                  "eval_seconds": {k: v.get("seconds") for k, v in result["stats"].items()}}
     log.info("three-way evaluation on %d holdout rows: %s", len(holdout), result["models"])
     return {**state, "evaluation": evaluation}
 

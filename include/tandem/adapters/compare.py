@@ -1,0 +1,85 @@
+"""The three-way evaluation: candidate, champion and base scored on the same holdout items with the
+scorers of ``behavior_eval`` (``tandem.behavior.evaluate.evaluate``): no second scorer.
+
+Holdout rows keep the contexts the RAFT dataset gave them (oracle + distractors, or none for refusal rows),
+so the three models see exactly the same prompts. A row whose oracle was withheld counts as unanswerable:
+the context cannot answer it, and the spec's refusal is the right output.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from tandem.config import Settings
+
+log = logging.getLogger(__name__)
+
+ORDER = ("candidate", "champion", "base")
+
+
+def holdout_items(rows: list[dict]) -> list[tuple[Any, list[dict]]]:
+    """(behavior Example, contexts) for each holdout row."""
+    from tandem.behavior.evalset import Example
+
+    items = []
+    for r in rows:
+        oracle = r["kind"] == "oracle"
+        example = Example(id=r["id"], question=r["question"],
+                          gold_doc_ids=tuple(r["oracle_doc_ids"]) if oracle else (),
+                          gold_facts=tuple(r.get("gold_facts") or ()) if oracle else (),
+                          reference_answer=r["target"]["answer"], answerable=oracle)
+        items.append((example, r["contexts"]))
+    return items
+
+
+def gate_metrics(metrics: dict[str, float]) -> dict[str, float]:
+    """The metrics a spec can threshold (verdict rates + pass_rate); the diagnosis class shares are left out."""
+    from tandem.behavior.metrics import THRESHOLD_METRICS
+
+    return {k: float(v) for k, v in metrics.items() if k in THRESHOLD_METRICS}
+
+
+def three_way(settings: Settings, spec: Any, rows: list[dict], adapters: dict[str, Path | None], *,
+              base_model: str, progress: Callable[[str, int, int], None] | None = None) -> dict[str, Any]:
+    """Score each model of ``adapters`` ({"candidate": folder, "champion": folder, "base": None}) on ``rows``.
+
+    Returns {"models": {name: gate metrics}, "table": {column: [...]}, "items": per-item rows, "stats": ...}.
+    """
+    from tandem.behavior.evaluate import evaluate
+    from tandem.behavior.generate import Generator
+
+    items = holdout_items(rows)
+    models: dict[str, dict[str, float]] = {}
+    per_item: dict[str, list[dict]] = {}
+    stats: dict[str, dict] = {}
+    for name in [n for n in ORDER if n in adapters]:
+        started = time.monotonic()
+        generator = Generator(base_model, None if adapters[name] is None else str(adapters[name]),
+                              threads=settings.torch_threads)
+        done = [0]
+
+        def tick(n: int, _name=name, _done=done) -> None:
+            _done[0] += n
+            if progress is not None:
+                progress(_name, _done[0], len(items))
+
+        result = evaluate(spec, generator, items, progress=tick)
+        models[name] = gate_metrics(result.metrics)
+        per_item[name] = result.rows
+        stats[name] = {**result.stats, "seconds": round(time.monotonic() - started, 2)}
+        log.info("%s: %s", name, {k: round(v, 3) for k, v in models[name].items()})
+        del generator
+        gc.collect()
+    metrics = sorted({m for scores in models.values() for m in scores})
+    names = list(models)
+    table = {"metric": metrics, **{n: [models[n].get(m) for m in metrics] for n in names}}
+    items_table: dict[str, list] = {"id": [r["id"] for r in rows], "kind": [r["kind"] for r in rows]}
+    for n in names:
+        items_table[f"{n}_output"] = [row["raw_output"] for row in per_item[n]]
+        items_table[f"{n}_passed"] = [bool(row["passed"]) for row in per_item[n]]
+        items_table[f"{n}_failed_rules"] = [",".join(row["failed_rules"]) for row in per_item[n]]
+    return {"models": models, "table": table, "items": items_table, "stats": stats}
