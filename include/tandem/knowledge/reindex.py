@@ -462,6 +462,18 @@ def mark_failed(settings: Settings, run_id: str, message: str) -> None:
         log.warning("could not record run %s as failed: %s", run_id, exc)
 
 
+def mark_failed_by_owner(settings: Settings, owner: str, message: str) -> None:
+    """Record every still-running run of ``owner`` as failed (the DAG's teardown)."""
+    n = store.names(settings.index_name)
+    with db.connection(settings.db_url) as conn:
+        if not store.exists(conn, n.runs):
+            return
+        rows = conn.execute(sql.SQL("SELECT run_id FROM {r} WHERE owner = %s AND status = 'running'")
+                            .format(r=ident(n.runs)), (owner,)).fetchall()
+    for (run_id,) in rows:
+        mark_failed(settings, run_id, message)
+
+
 # --------------------------------------------------------------------------------------------- one process
 def run(settings: Settings, *, sources=None, full: bool = False, dry_run: bool = False,
         allow_mass_delete: bool = False, progress: bool = True) -> dict:

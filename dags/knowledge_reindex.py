@@ -1,0 +1,132 @@
+"""
+### knowledge_reindex: nightly incremental reindex of the knowledge sources into pgvector
+
+Re-embeds only what changed, and never half-writes: each document is replaced in one transaction.
+
+1. **plan** (setup): takes the index's lease (no concurrent reindex: a CLI run waits or exits), scans the
+   sources through `ObjectStoragePath`, stages the scan with COPY and classifies every document in SQL
+   (new / changed / unchanged / deleted / failed / quarantined), applies the mass-delete brake.
+2. **embed_batch** (mapped, pool `knowledge`): chunks, embeds and writes one batch of new/changed documents.
+3. **finalize**: deletes, the retrieval canary, the switch to a new embedding space when the fingerprint
+   changed, the summary (logged to MLflow `tandem-knowledge`). Emits the asset `knowledge_index`
+   (extra: index version + summary) only when the run succeeded and was not a dry run.
+4. **release** (teardown): gives the lease back whatever happened.
+
+Manual trigger params: `full_rebuild`, `dry_run`, `allow_mass_delete`, `sources` (empty: the configured
+`TANDEM_SOURCES`). The same job from a shell: `tandem reindex [--source P]... [--full] [--dry-run]`.
+"""
+
+from __future__ import annotations
+
+from airflow.sdk import CronTriggerTimetable, Param, dag, task, teardown
+
+from tandem.airflow.assets import KNOWLEDGE_INDEX
+from tandem.airflow.defaults import DEFAULT_ARGS, KNOWLEDGE_POOL, START_DATE, TAG
+from tandem.config import Settings
+
+_settings = Settings.load()  # environment only: no database or network at parse time
+
+
+def _owner(context) -> str:
+    dag_run = context["dag_run"]
+    return f"airflow:{dag_run.dag_id}:{dag_run.run_id}"
+
+
+@dag(
+    dag_id="knowledge_reindex",
+    schedule=CronTriggerTimetable(_settings.reindex_cron, timezone=_settings.timezone),
+    start_date=START_DATE,
+    catchup=False,
+    max_active_runs=1,
+    default_args=DEFAULT_ARGS,
+    tags=[TAG, "knowledge"],
+    params={
+        "full_rebuild": Param(False, type="boolean", description="Re-embed every document (ignore the diff)."),
+        "dry_run": Param(False, type="boolean", description="Report the plan (counts and ids per class); write nothing."),
+        "allow_mass_delete": Param(False, type="boolean",
+                                   description="Allow deleting more than TANDEM_MASS_DELETE_FRACTION of the documents."),
+        "sources": Param([], type="array", items={"type": "string", "minLength": 1},
+                         description="Source roots (name=path_or_uri or path_or_uri), one per line. "
+                                     "Empty: the configured TANDEM_SOURCES."),
+    },
+    doc_md=__doc__,
+)
+def knowledge_reindex():
+    @task
+    def plan(params=None, **context) -> dict:
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from tandem.airflow.settings import task_settings
+        from tandem.errors import JobFailed, UserError
+        from tandem.knowledge import reindex
+
+        settings = task_settings()
+        run_id = reindex.new_run_id("af")
+        kwargs = dict(sources=params["sources"] or None, full=params["full_rebuild"],
+                      allow_mass_delete=params["allow_mass_delete"])
+        if params["dry_run"]:
+            result = reindex.plan(settings, run_id=run_id, owner=None, dry_run=True, **kwargs)
+            return {**result, "batches": [], "owner": None}
+        owner = _owner(context)
+        lease = reindex.acquire_lease(settings, owner, keep_connection=False)
+        try:
+            result = reindex.plan(settings, run_id=run_id, owner=owner, **kwargs)
+        except (JobFailed, UserError) as exc:
+            lease.release()
+            raise AirflowFailException(str(exc)) from None  # the brake or bad input: retrying changes nothing
+        except BaseException:
+            lease.release()
+            raise
+        result.pop("errors", None)  # listed again by finalize; keeps the XCom small
+        return {**result, "owner": owner}
+
+    @task
+    def batches(the_plan: dict) -> list[int]:
+        return list(the_plan["batches"])
+
+    @task(pool=KNOWLEDGE_POOL, map_index_template="batch {{ batch_no }}")
+    def embed_batch(the_plan: dict, batch_no: int) -> dict:
+        from tandem.airflow.settings import task_settings
+        from tandem.knowledge import reindex
+
+        return reindex.process_batch(task_settings(), the_plan, batch_no, owner=the_plan["owner"])
+
+    @task(outlets=[KNOWLEDGE_INDEX], trigger_rule="none_failed")
+    def finalize(the_plan: dict, batch_stats=None, **context) -> dict:
+        from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+
+        from tandem.airflow.settings import task_settings
+        from tandem.errors import JobFailed
+        from tandem.knowledge import reindex
+        from tandem.knowledge.summary import text
+
+        if the_plan.get("dry_run"):
+            print(text(the_plan))
+            raise AirflowSkipException("dry run: nothing was written, no asset event")
+        try:
+            summary = reindex.finalize(task_settings(), the_plan, list(batch_stats or []), owner=the_plan["owner"])
+        except JobFailed as exc:
+            print(text(exc.summary) if exc.summary else "")
+            raise AirflowFailException(str(exc)) from None  # the canary (or a batch) failed: no asset event
+        print(text(summary))
+        context["outlet_events"][KNOWLEDGE_INDEX].extra = {"index_version": summary["index_version"],
+                                                           "summary": summary}
+        return summary
+
+    @teardown
+    def release(**context) -> None:
+        from tandem.airflow.settings import task_settings
+        from tandem.knowledge import lock, reindex, store
+
+        settings = task_settings()
+        owner = _owner(context)
+        reindex.mark_failed_by_owner(settings, owner, "the Airflow run ended before finalize")
+        lock.release(settings.db_url, store.names(settings.index_name), owner)
+
+    the_plan = plan()
+    stats = embed_batch.partial(the_plan=the_plan).expand(batch_no=batches(the_plan))
+    done = finalize(the_plan, stats)
+    done >> release().as_teardown(setups=the_plan)
+
+
+knowledge_reindex()
