@@ -59,6 +59,11 @@ class Spec:
     max_new_tokens: int
     batch_size: int
 
+    @property
+    def refusal(self) -> str:
+        """The refusal text (alias of ``style.refusal_text``)."""
+        return self.style.refusal_text
+
 
 class _Fields:
     """Typed access to a YAML mapping that names the file and the dotted field in every error."""
