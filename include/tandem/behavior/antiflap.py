@@ -2,9 +2,9 @@
 
 The state is derived from MLflow, never kept in a store of its own:
 
-- the failing streak: the latest evals of the same adapter version in ``tandem-behavior-eval`` whose
-  ``tandem.behavior_failing`` tag is ``true`` (complete evals with a recorded decision only; partial
-  ``--limit`` evals do not count);
+- the failing streak: the latest evals of the same adapter version on the same eval set (its digest) in
+  ``tandem-behavior-eval`` whose ``tandem.behavior_failing`` tag is ``true`` (complete evals with a recorded
+  decision only; partial ``--limit`` evals do not count; a new champion or a changed eval set starts over);
 - retrains: top-level runs in ``tandem-lora-training`` (their start time), plus evals that decided
   ``retrain`` when no training run has started since (a triggered retrain still queued).
 
@@ -28,6 +28,7 @@ TAG_DECISION = tracking.tag("decision")
 TAG_DECIDED_AT = tracking.tag("decided_at")
 TAG_ADAPTER = tracking.tag("adapter_version")
 TAG_PARTIAL = tracking.tag("eval_partial")
+TAG_EVAL_SET = tracking.tag("eval_set_digest")
 MAX_RUNS = 200
 
 
@@ -110,13 +111,18 @@ def _decided_at(run) -> dt.datetime:
     return _ms_to_dt(run.info.end_time or run.info.start_time)
 
 
-def history(client, *, adapter_version: str, exclude_run_id: str | None = None) -> History:
-    """Read the failing streak of ``adapter_version`` ("base" or a version) and the retrains from MLflow."""
+def history(client, *, adapter_version: str, eval_set_digest: str | None = None,
+            exclude_run_id: str | None = None) -> History:
+    """Read the failing streak of ``adapter_version`` ("base" or a version) on the eval set with
+    ``eval_set_digest`` (None: any eval set), and the retrains, from MLflow."""
     streak_ids: list[str] = []
     eval_exp = _experiment_id(client, tracking.EXPERIMENT_EVAL)
     triggered: list[dt.datetime] = []
     if eval_exp is not None:
-        runs = client.search_runs([eval_exp], filter_string=f"tags.`{TAG_ADAPTER}` = '{_quote(adapter_version)}'",
+        where = f"tags.`{TAG_ADAPTER}` = '{_quote(adapter_version)}'"
+        if eval_set_digest:
+            where += f" and tags.`{TAG_EVAL_SET}` = '{_quote(eval_set_digest)}'"
+        runs = client.search_runs([eval_exp], filter_string=where,
                                   order_by=["attributes.start_time DESC"], max_results=MAX_RUNS)
         counting = True
         for run in runs:
@@ -153,5 +159,11 @@ def state(settings, spec, *, adapter_version: str | None = None) -> Verdict:
         from tandem.adapters import registry
 
         adapter_version = registry.resolve(settings, "champion", download=False, check_base=False).version or "base"
+    from pathlib import Path
+
+    from tandem.behavior.evalset import file_digest
+
+    digest = file_digest(settings.eval_set_path) if Path(settings.eval_set_path).expanduser().is_file() else None
     client = MlflowClient(tracking_uri=settings.mlflow_uri)
-    return check(spec.anti_flap, history(client, adapter_version=adapter_version), current_failing=True)
+    return check(spec.anti_flap, history(client, adapter_version=adapter_version, eval_set_digest=digest),
+                 current_failing=True)

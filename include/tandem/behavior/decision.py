@@ -24,6 +24,7 @@ from tandem.behavior.metrics import BEHAVIOR, BEHAVIOR_CLASS, CAPABILITY, KNOWLE
 RETRAIN, HOLD, REINDEX, REPORT, NONE = "retrain", "hold", "reindex", "report", "none"
 HEALTHY, MIXED = "healthy", "mixed"
 MAX_NAMED = 10  # missing documents named in the reason
+MAX_CONF_REASON = 500  # lora_retrain's `reason` param allows 500 characters
 
 
 @dataclasses.dataclass
@@ -41,7 +42,8 @@ class Decision:
 
     def trigger_conf(self, eval_run_id: str) -> dict[str, Any]:
         """The conf of the triggered lora_retrain run."""
-        return {"reason": self.reason, "failing_metrics": list(self.failing_metrics), "eval_run_id": eval_run_id}
+        reason = self.reason if len(self.reason) <= MAX_CONF_REASON else self.reason[:MAX_CONF_REASON - 3] + "..."
+        return {"reason": reason, "failing_metrics": list(self.failing_metrics), "eval_run_id": eval_run_id}
 
 
 def failing_metrics(spec, metrics: dict[str, float]) -> list[str]:

@@ -1,0 +1,105 @@
+"""
+### behavior_eval: score the live model, diagnose knowledge vs behavior, retrain only when behavior is at fault
+
+Daily (`TANDEM_EVAL_CRON`, its own cadence, separate from the nightly reindex) **or** whenever the
+`behavior_adapter` asset changes (every new champion is evaluated). One run at a time.
+
+1. **resolve_model**: loads the behavior spec (`TANDEM_SPEC_PATH`) and the eval set (`TANDEM_EVAL_SET_PATH`),
+   resolves the live model (base + the MLflow `champion` alias of `tandem-adapter`, or the base alone) and the
+   live index version. Bad input fails here, before any model loads, without retrying.
+2. **evaluate**: retrieves context for every question from the live index, generates in batches (greedy,
+   bounded tokens), scores deterministically (JSON, schema, citations, style rules, refusals, gold facts) and
+   diagnoses each failure as *knowledge* (gold doc not retrieved), *behavior* (format, style, grounding) or
+   *model capability* (right context and format, wrong content). Logged to MLflow `tandem-behavior-eval`:
+   metrics per rule and per class, the per-example table (`eval_table.json`), tags (adapter, base sha256,
+   index, spec, eval-set digest, Airflow run).
+3. **decide**: anti-flap state from MLflow (failing streak, last retrain, retrains this week) and the decision,
+   recorded as the run's `tandem.decision*` tags, its description, and this task's log.
+4. **route** -> **trigger_lora_retrain** (conf `{reason, failing_metrics, eval_run_id}`) when behavior is at
+   fault and anti-flap allows; **trigger_knowledge_reindex** when knowledge failures dominate and
+   `TANDEM_TRIGGER_REINDEX_ON_KNOWLEDGE_FAILURE` is set; otherwise **no_action**.
+
+The same eval from a shell: `tandem eval [--adapter VERSION|base] [--limit N] [--json]`.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from airflow.providers.standard.operators.empty import EmptyOperator
+from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
+from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, dag, task
+
+from tandem.airflow.assets import BEHAVIOR_ADAPTER
+from tandem.airflow.defaults import DEFAULT_ARGS, START_DATE, TAG
+from tandem.config import Settings
+
+_settings = Settings.load()  # environment only: no database or network at parse time
+
+ROUTES = {"retrain": "trigger_lora_retrain", "reindex": "trigger_knowledge_reindex"}
+
+
+@dag(
+    dag_id="behavior_eval",
+    schedule=AssetOrTimeSchedule(timetable=CronTriggerTimetable(_settings.eval_cron, timezone=_settings.timezone),
+                                 assets=[BEHAVIOR_ADAPTER]),
+    start_date=START_DATE,
+    catchup=False,
+    max_active_runs=1,
+    default_args=DEFAULT_ARGS,
+    tags=[TAG, "behavior"],
+    doc_md=__doc__,
+)
+def behavior_eval():
+    @task
+    def resolve_model() -> dict:
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from tandem.airflow.settings import task_settings
+        from tandem.behavior import eval_run
+        from tandem.errors import UserError
+
+        try:
+            p = eval_run.prepare(task_settings(), adapter="champion")
+        except UserError as exc:  # a bad spec, eval set or adapter: retrying changes nothing
+            raise AirflowFailException(str(exc)) from None
+        print(f"live model: adapter {p.adapter_label} on base {p.base_model} (sha256 {p.base_sha256[:12]}); "
+              f"index {p.index_version}; spec {p.spec.version}; {len(p.examples)} examples "
+              f"(eval set sha256 {p.eval_set_digest[:12]})")
+        # the version, not "champion": a promotion during the run must not change what is evaluated
+        return {"adapter": p.adapter_version or "base", "index_version": p.index_version}
+
+    @task(execution_timeout=timedelta(hours=2))
+    def evaluate(live: dict) -> dict:
+        from tandem.airflow.settings import task_settings
+        from tandem.behavior import eval_run
+
+        summary = eval_run.run_eval(task_settings(), adapter=live["adapter"], source="airflow")
+        print(f"eval run {summary['run_id']}: {summary['n']} examples in {summary['wall_s']}s "
+              f"({summary['examples_per_s']} examples/s generating); {summary['run_url']}")
+        return summary
+
+    @task(multiple_outputs=True)
+    def decide(summary: dict) -> dict:
+        from tandem.airflow.settings import task_settings
+        from tandem.behavior import eval_run
+        from tandem.behavior.report import scorecard
+
+        decision = eval_run.decide_and_record(task_settings(), summary)
+        print(scorecard(summary, decision))
+        return {"action": decision.action, "kind": decision.kind, "reason": decision.reason,
+                "conf": decision.trigger_conf(summary["run_id"])}
+
+    @task.branch
+    def route(action: str) -> str:
+        return ROUTES.get(action, "no_action")
+
+    decision = decide(evaluate(resolve_model()))
+    retrain = TriggerDagRunOperator(task_id="trigger_lora_retrain", trigger_dag_id="lora_retrain",
+                                    conf=decision["conf"], wait_for_completion=False)
+    reindex = TriggerDagRunOperator(task_id="trigger_knowledge_reindex", trigger_dag_id="knowledge_reindex",
+                                    conf={}, wait_for_completion=False)
+    route(decision["action"]) >> [retrain, reindex, EmptyOperator(task_id="no_action")]
+
+
+behavior_eval()
