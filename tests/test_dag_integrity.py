@@ -30,7 +30,7 @@ from airflow.dag_processing.dagbag import DagBag
 sys.addaudithook(refuse)
 path = sys.argv[1]
 started = time.perf_counter()
-bag = DagBag(dag_folder=path, include_examples=False, safe_mode=False)
+bag = DagBag(dag_folder=path, safe_mode=False)
 seconds = time.perf_counter() - started
 dags = {}
 for dag_id, dag in bag.dags.items():
