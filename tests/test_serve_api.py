@@ -1,0 +1,142 @@
+"""The HTTP API through Airflow's real api-server app (plugin loaded from plugins/, real auth, real tokens)."""
+
+from __future__ import annotations
+
+import pytest
+
+from serve_fixtures import (ANSWERABLE, OFF_TOPIC, airflow_app, clean_registry, serve_cache,  # noqa: F401
+                            serve_index, serve_settings, tandem_subapp)
+
+pytestmark = pytest.mark.airflow
+
+
+def test_plugin_is_registered_with_a_nav_link(airflow_app):
+    resp = airflow_app.client.get("/api/v2/plugins", headers=airflow_app.headers())
+    assert resp.status_code == 200
+    plugin = next(p for p in resp.json()["plugins"] if p["name"] == "tandem")
+    assert plugin["fastapi_apps"][0]["url_prefix"] == "/tandem"
+    view = plugin["external_views"][0]
+    assert (view["destination"], view["href"], view["url_route"]) == ("nav", "tandem/", "tandem")
+
+
+def test_openapi_schema_is_served(airflow_app):
+    resp = airflow_app.client.get("/tandem/openapi.json")
+    assert resp.status_code == 200
+    schema = resp.json()
+    assert {"/api/ask", "/api/status", "/"} <= set(schema["paths"])
+    ask = schema["paths"]["/api/ask"]["post"]
+    assert {"200", "400", "401", "422", "503"} <= set(ask["responses"])
+    assert "question" in schema["components"]["schemas"]["AskRequest"]["properties"]
+
+
+@pytest.mark.parametrize("method,path", [("post", "/tandem/api/ask"), ("get", "/tandem/api/status"),
+                                         ("get", "/tandem/")])
+def test_unauthenticated_requests_are_refused(airflow_app, method, path):
+    client = airflow_app.client
+    kwargs = {"json": {"question": ANSWERABLE}} if method == "post" else {}
+    resp = getattr(client, method)(path, **kwargs)
+    assert resp.status_code == 401 and "Not authenticated" in resp.json()["error"]
+    assert "log in" in resp.json()["fix"]
+    resp = getattr(client, method)(path, headers={"Authorization": "Bearer not-a-jwt"}, **kwargs)
+    assert resp.status_code == 403
+    # a token signed with another secret is refused too
+    import jwt
+
+    forged = jwt.encode({"sub": "admin", "role": "ADMIN"}, "another-secret-" * 5, algorithm="HS512")
+    resp = getattr(client, method)(path, headers={"Authorization": f"Bearer {forged}"}, **kwargs)
+    assert resp.status_code in (401, 403)
+
+
+def test_a_browser_without_a_session_is_sent_to_the_login(airflow_app):
+    resp = airflow_app.client.get("/tandem/", headers={"accept": "text/html"}, follow_redirects=False)
+    assert resp.status_code == 307 and "/auth/login" in resp.headers["location"]
+    assert "next=" in resp.headers["location"]
+
+
+@pytest.mark.parametrize("body,status,word", [
+    ({"question": ""}, 400, "empty"),
+    ({"question": "   "}, 400, "empty"),
+    ({"question": "x" * 1001}, 400, "limit is 1000"),
+    ({"question": ANSWERABLE, "k": 0}, 400, "k=0"),
+    ({"question": ANSWERABLE, "k": 21}, 400, "k=21"),
+    ({"question": ANSWERABLE, "k": "five"}, 422, "k"),
+    ({"question": ANSWERABLE, "k": 2.5}, 422, "k"),
+    ({"question": ANSWERABLE, "adapter": "latest"}, 400, "latest"),
+    ({"question": ANSWERABLE, "adapter": "999"}, 400, "999"),
+    ({"question": ANSWERABLE, "mode": "fast"}, 422, "mode"),
+    ({"k": 3}, 422, "question"),
+    ({"question": 42}, 422, "question"),
+])
+def test_invalid_requests_get_4xx_with_a_message(airflow_app, serve_index, body, status, word):
+    resp = airflow_app.client.post("/tandem/api/ask", json=body, headers=airflow_app.headers())
+    assert resp.status_code == status, resp.text
+    payload = resp.json()
+    assert word in payload["error"] and payload["fix"]
+
+
+def test_a_body_that_is_not_json_is_a_4xx(airflow_app):
+    resp = airflow_app.client.post("/tandem/api/ask", content=b"question=hi", headers={
+        **airflow_app.headers(), "content-type": "application/json"})
+    assert resp.status_code == 422 and resp.json()["error"]
+
+
+def test_missing_index_and_missing_champion_are_503_with_what_to_run(airflow_app, serve_settings, serve_cache,
+                                                                     serve_index):
+    from tandem.serve.adapter_cache import AdapterCache
+    from tandem.serve.api import configure
+
+    sub = tandem_subapp(airflow_app.client.app)
+    headers = airflow_app.headers()
+    try:
+        empty = serve_settings.replace(index_name="serve_none")
+        configure(sub, settings=empty, cache=AdapterCache(empty))
+        resp = airflow_app.client.post("/tandem/api/ask", json={"question": ANSWERABLE, "adapter": "base"},
+                                       headers=headers)
+        assert resp.status_code == 503 and "tandem reindex" in resp.json()["fix"]
+        assert resp.headers["retry-after"]
+
+        clean_registry(serve_settings)
+        configure(sub, settings=serve_settings, cache=AdapterCache(serve_settings))
+        resp = airflow_app.client.post("/tandem/api/ask", json={"question": ANSWERABLE}, headers=headers)
+        assert resp.status_code == 503 and "no champion" in resp.json()["error"]
+        assert "lora_retrain" in resp.json()["fix"]
+    finally:
+        configure(sub, settings=serve_settings, cache=serve_cache)
+
+
+def test_valid_question_refused_under_threshold(airflow_app, serve_index):
+    resp = airflow_app.client.post("/tandem/api/ask", json={"question": OFF_TOPIC, "k": 2, "adapter": "base"},
+                                   headers=airflow_app.headers())
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    assert body["refused"] and body["citations"] == [] and body["confidence"] == "low"
+    assert len(body["retrieved"]) == 2 and body["timings"]["generation_ms"] == 0
+
+
+@pytest.mark.slow
+def test_valid_question_answered_with_the_contract(airflow_app, serve_index):
+    client = airflow_app.client
+    client.cookies.set("_token", airflow_app.token())  # the Airflow UI's cookie authenticates as well
+    try:
+        resp = client.post("/tandem/api/ask", json={"question": ANSWERABLE, "adapter": "base"})
+    finally:
+        client.cookies.clear()
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    assert {"answer", "citations", "confidence", "sources", "timings"} <= set(body)
+    assert body["confidence"] in ("high", "medium", "low") and body["answer"]
+    assert set(body["citations"]) <= {r["doc_id"] for r in body["retrieved"]}
+    assert [s["doc_id"] for s in body["sources"]] == body["citations"]
+    assert body["timings"]["retrieval_ms"] > 0 and body["timings"]["generation_ms"] > 0
+    assert body["index_version"] == serve_index["index_version"] and body["adapter"] == "base"
+
+
+def test_status_json(airflow_app, serve_index):
+    resp = airflow_app.client.get("/tandem/api/status", headers=airflow_app.headers())
+    assert resp.status_code == 200
+    body = resp.json()
+    assert body["knowledge"]["index_version"] == serve_index["index_version"]
+    assert body["knowledge"]["documents"] == 4 and body["knowledge"]["fresh"] is True
+    assert "error" not in body["behavior"], body["behavior"]
+    assert set(body["airflow"]) == {"knowledge_reindex", "behavior_eval", "lora_retrain", "adapter_rollback"}
+    assert body["serving"]["refusal_min_similarity"] == 0.3
