@@ -162,6 +162,7 @@ def test_doc_ids_are_source_name_plus_posix_path(r1, r2):
         assert re.fullmatch(r"acme/[a-z0-9-]+/[a-z0-9-]+\.md", doc), doc
     assert data.doc_id("pricing/plans.md") == "acme/pricing/plans.md"
     assert data.rel_path("acme/pricing/plans.md") == "pricing/plans.md"
+    assert data.source_spec("/srv/kb") == "acme=/srv/kb"
     with pytest.raises(UserError):
         data.rel_path("other/pricing/plans.md")
 

@@ -52,6 +52,11 @@ def doc_id(rel_path: str) -> str:
     return f"{SOURCE_NAME}/{rel_path}"
 
 
+def source_spec(dest: Path | str) -> str:
+    """The ``--source`` / ``TANDEM_SOURCES`` entry that indexes ``dest`` under the demo's source name."""
+    return f"{SOURCE_NAME}={Path(dest)}"
+
+
 def rel_path(doc: str) -> str:
     """Inverse of ``doc_id``: ``acme/pricing/plans.md`` -> ``pricing/plans.md``."""
     prefix = SOURCE_NAME + "/"
