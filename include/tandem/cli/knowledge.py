@@ -48,9 +48,26 @@ def _settings(**changes):
     return settings.replace(**changes) if changes else settings
 
 
+def _restore_cli_logging(args) -> None:
+    """Importing Airflow (ObjectStoragePath) points the root logger at stdout at INFO level; the CLI keeps stdout
+    for its result (``--json`` must stay parseable) and logs to stderr at its own level."""
+    import logging
+
+    import airflow.sdk  # noqa: F401 - the import that reconfigures logging, done now so it can be undone
+
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG if getattr(args, "verbose", False) else logging.WARNING)
+
+
 def cmd_reindex(args) -> int:
     from tandem.knowledge import reindex, summary
 
+    _restore_cli_logging(args)
     changes = {}
     if args.wait is not None:
         if args.wait < 0:

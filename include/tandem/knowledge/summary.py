@@ -76,6 +76,15 @@ def log_to_mlflow(settings: Settings, summary: dict) -> dict:
     if reachable is not None:
         log.warning("not logging the reindex to MLflow: %s", reachable)
         return {"error": reachable}
+    import contextlib
+    import sys
+
+    # MLflow prints "View run ..." on stdout: keep stdout for the CLI's result (--json)
+    with contextlib.redirect_stdout(sys.stderr):
+        return _log(settings, summary)
+
+
+def _log(settings: Settings, summary: dict) -> dict:
     try:
         import mlflow
 
