@@ -125,9 +125,17 @@ def _eval_runs(settings: Settings, cl) -> tuple[str | None, list[dict[str, Any]]
             "index_version": tags.get(tracking.tag("index_version")),
             "decision": tags.get(tracking.tag("decision")),
             "decision_reason": tags.get(tracking.tag("decision_reason")),
+            "decision_kind": tags.get(tracking.tag("decision_kind")),
+            "decided_at": _iso_z(tags.get(tracking.tag("decided_at"))),
             "airflow_run_url": tags.get(tracking.tag("airflow_run_url")),
         })
     return exp.experiment_id, out
+
+
+def _iso_z(value: str | None) -> str | None:
+    """An ISO time as UTC ``...Z`` (comparable as text with the MLflow times)."""
+    ts = _parse(value)
+    return None if ts is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
 
 
 def _adapter_label(value: str | None) -> str | None:
@@ -196,23 +204,48 @@ def behavior(settings: Settings) -> dict[str, Any]:
         "experiment_url": _experiment_url(settings, exp_id),
     }
     section["anti_flap"] = _guard("anti_flap", lambda: anti_flap(settings, spec))
-    section["retrain"] = _retrain_summary(last, section["anti_flap"])
+    training = _latest_training(settings, cl)
+    section["last_training"] = training
+    section["retrain"] = _retrain_summary(last, section["anti_flap"], training)
     return section
 
 
-def _retrain_summary(last: dict | None, flap: dict) -> dict[str, Any]:
-    """Is a retrain pending, and why: the last eval's decision, gated by the anti-flap state."""
+def _retrain_summary(last: dict | None, flap: dict, training: dict | None) -> dict[str, Any]:
+    """Is a retrain pending, and why: the last eval's decision, the anti-flap state and the latest training run.
+
+    Decisions (``tandem.behavior.decision``): retrain, hold, reindex, report, none.
+    """
     if last is None:
-        return {"pending": False, "why": "no eval has run yet (the behavior_eval DAG runs daily)"}
+        return {"pending": False, "why": "no eval has run yet (behavior_eval runs daily and on every new champion)"}
     decision = (last.get("decision") or "").lower()
     reason = last.get("decision_reason") or ""
-    if "retrain" in decision or decision == "behavior":
-        return {"pending": True, "why": f"the last eval decided '{last.get('decision')}'" + (f": {reason}" if reason else "")}
-    allowed_after = flap.get("retrain_allowed_after") if isinstance(flap, dict) else None
-    why = f"the last eval decided '{last.get('decision') or 'no decision recorded'}'" + (f": {reason}" if reason else "")
-    if allowed_after:
-        why += f"; retrain allowed after {allowed_after}"
+    said = f"the last eval decided '{decision or 'nothing (no decision recorded)'}'" + (f": {reason}" if reason else "")
+    if decision == "retrain":
+        started = (training or {}).get("started")
+        if started and last.get("decided_at") and started >= last["decided_at"]:
+            state = training.get("status", "")
+            if state == "RUNNING":
+                return {"pending": True, "why": f"retraining now (training run started {started}); {said}"}
+            return {"pending": False, "why": f"the triggered retrain ran ({state.lower()}, started {started}); {said}"}
+        return {"pending": True, "why": f"lora_retrain was triggered and has not started yet; {said}"}
+    why = said
+    if decision == "hold" and isinstance(flap, dict) and flap.get("retrain_allowed_after"):
+        why += f"; retrain allowed after {flap['retrain_allowed_after']}"
     return {"pending": False, "why": why}
+
+
+def _latest_training(settings: Settings, cl) -> dict | None:
+    """The newest top-level run of ``tandem-lora-training`` (status, start, link), or None."""
+    exp = cl.get_experiment_by_name(tracking.EXPERIMENT_TRAINING)
+    if exp is None:
+        return None
+    for run in cl.search_runs([exp.experiment_id], order_by=["attributes.start_time DESC"], max_results=10):
+        if "mlflow.parentRunId" in run.data.tags:
+            continue
+        return {"run_id": run.info.run_id, "status": run.info.status, "started": _iso_ms(run.info.start_time),
+                "name": run.info.run_name, "url": tracking.run_url(settings, exp.experiment_id, run.info.run_id),
+                "airflow_run_url": run.data.tags.get(tracking.tag("airflow_run_url"))}
+    return None
 
 
 def _experiment_url(settings: Settings, exp_id: str | None) -> str | None:
