@@ -1,0 +1,113 @@
+"""The status page with real data from a small run: the tiny index (reindex + canary), a champion and a
+challenger in the real MLflow registry, and a real tracked eval (behavior cadence's run_eval + decision)
+of the champion. Rendered by Airflow's real api-server app; checked in headless Chromium where present."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from adapters_fixtures import make_adapter, register_adapter
+from serve_fixtures import (airflow_app, clean_registry, serve_cache, serve_index,  # noqa: F401
+                            serve_settings)
+
+pytestmark = [pytest.mark.slow, pytest.mark.airflow]
+
+CHROMIUM = "/usr/bin/chromium"
+EVAL_SET = [
+    {"id": "s1", "question": "How much does the Pro plan cost?", "gold_doc_ids": ["acme/pricing/plans.md"],
+     "gold_facts": ["$49"], "reference_answer": "The Pro plan costs $49 per month.", "answerable": True},
+    {"id": "s2", "question": "Who founded Acme?", "gold_doc_ids": [], "gold_facts": [],
+     "reference_answer": "I don't know based on the provided documents.", "answerable": False},
+]
+
+
+@pytest.fixture(scope="module")
+def small_run(serve_settings, serve_index, base_model_path, tmp_path_factory):
+    """A champion (v1) and a challenger (v2) with gate reasons, and one tracked eval of the champion."""
+    from tandem.adapters import registry
+    from tandem.behavior.eval_run import decide_and_record, run_eval
+
+    root = tmp_path_factory.mktemp("page")
+    clean_registry(serve_settings)
+    v1 = register_adapter(serve_settings, make_adapter(base_model_path, root / "a1", seed=31),
+                          metrics={"pass_rate": 0.62, "schema_valid": 0.97})
+    v2 = register_adapter(serve_settings, make_adapter(base_model_path, root / "a2", seed=32),
+                          metrics={"pass_rate": 0.55, "schema_valid": 0.91})
+    registry.promote(serve_settings, v1, reason="page test")
+    registry.set_challenger(serve_settings, v2, "pass_rate 0.550 does not beat the incumbent by the margin")
+    eval_set = root / "eval_set.jsonl"
+    eval_set.write_text("".join(json.dumps(e) + "\n" for e in EVAL_SET))
+    settings = serve_settings.replace(eval_set_path=str(eval_set))
+    summary = run_eval(settings, adapter="champion", source="test")
+    decision = decide_and_record(settings, summary)
+    return {"v1": v1, "v2": v2, "eval": summary, "decision": decision}
+
+
+@pytest.fixture(scope="module")
+def page_html(airflow_app, small_run) -> str:
+    resp = airflow_app.client.get("/tandem/", headers={**airflow_app.headers(), "accept": "text/html"})
+    assert resp.status_code == 200 and resp.headers["content-type"].startswith("text/html")
+    return resp.text
+
+
+def test_status_page_shows_both_cadences(page_html, serve_index, small_run):
+    html = page_html
+    # knowledge: version, counts, last run summary, canary chart
+    assert serve_index["index_version"] in html
+    assert re.search(r"Documents</dt><dd>4\b", html)
+    assert re.search(r"<b>4</b>new", html)  # the summary of the last reindex
+    assert 'aria-label="canary hit@5"' in html and "<polyline" in html
+    # behavior: champion and challenger with the gate reason, last eval with its decision and links
+    assert f"champion v{small_run['v1']}" in html
+    assert f"v{small_run['v2']}</b> <span class=\"muted\">not promoted: pass_rate 0.550" in html
+    assert small_run["eval"]["run_id"] in html  # link to the MLflow run
+    assert small_run["decision"].action in html
+    assert "Diagnosis mix of the last eval" in html and "Retrain pending" in html
+    assert "if the next eval fails on behavior" in html  # the anti-flap state
+    assert "Airflow DAG runs" in html and "knowledge_reindex" in html and "lora_retrain" in html
+    # server-rendered, nothing fetched from anywhere: no scripts, no external stylesheets or images
+    assert "<script" not in html
+    assert not re.search(r"""(src|href)=["']https?://(?!testserver)[^"']*\.(css|js|png|svg|woff2?)""", html)
+    assert not re.search(r"<link[^>]+stylesheet", html) and "@import" not in html
+
+
+def test_status_json_matches_the_page(airflow_app, small_run):
+    body = airflow_app.client.get("/tandem/api/status", headers=airflow_app.headers()).json()
+    b = body["behavior"]
+    assert b["champion"]["version"] == small_run["v1"] and b["challenger"]["version"] == small_run["v2"]
+    assert b["last_eval"]["run_id"] == small_run["eval"]["run_id"]
+    assert b["last_eval"]["decision"] == small_run["decision"].action
+    assert b["primary_metric"] == "pass_rate" and b["trend"][-1]["value"] == pytest.approx(
+        small_run["eval"]["metrics"]["pass_rate"], abs=1e-4)
+    assert set(b["last_eval"]["diagnosis"]) >= {"knowledge", "behavior"}
+    assert b["anti_flap"]["policy"]["consecutive_failures"] == 2
+    assert body["knowledge"]["canary_history"][0]["hit_at_k"] is not None
+
+
+@pytest.mark.chromium
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="headless Chromium (Debian package chromium) is not installed")
+def test_status_page_in_headless_chromium(page_html, tmp_path):
+    page = tmp_path / "status.html"
+    page.write_text(page_html)
+    base = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+            f"--user-data-dir={tmp_path / 'profile'}", "--host-resolver-rules=MAP * ~NOTFOUND",
+            "--window-size=1280,1500"]
+    dom = subprocess.run([*base, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    assert "<h2>Knowledge" in dom.stdout and "Behavior" in dom.stdout and "<svg" in dom.stdout
+    shot = tmp_path / "status-page.png"
+    run = subprocess.run([*base, f"--screenshot={shot}", page.as_uri()], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0 and shot.exists(), run.stderr[-2000:]
+    data = shot.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000  # a real rendering, not a blank page
+    width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    assert (width, height) == (1280, 1500)
+    if os.environ.get("TANDEM_SCREENSHOT_OUT"):  # `TANDEM_SCREENSHOT_OUT=docs/images/status-page.png pytest ...`
+        shutil.copyfile(shot, os.environ["TANDEM_SCREENSHOT_OUT"])
