@@ -39,6 +39,10 @@ def use(settings: Settings, experiment: str):
 
 def airflow_context_tags(settings: Settings) -> dict[str, str]:
     """Tags linking an MLflow run to the Airflow task running it (empty outside Airflow)."""
+    import sys
+
+    if "airflow.sdk" not in sys.modules:  # not in a task: importing the SDK would reconfigure logging to stdout
+        return {}
     try:
         from airflow.sdk import get_current_context
 

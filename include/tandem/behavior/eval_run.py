@@ -15,6 +15,7 @@ import dataclasses
 import datetime as dt
 import json
 import logging
+import os
 import time
 from typing import Any, Callable
 
@@ -133,6 +134,7 @@ def run_eval(settings: Settings, *, adapter: str = "champion", limit: int | None
                       progress=(lambda n: progress("generate", n, len(items))) if progress else None)
     wall = time.monotonic() - started
 
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # stdout is the CLI's (--json)
     exp = tracking.use(settings, tracking.EXPERIMENT_EVAL)
     mix = diagnosis_mix(result.counts)
     tags = tracking.tags(
