@@ -95,6 +95,19 @@ def baseline(conn: psycopg.Connection, n: Names, golden_sha: str, k: int) -> dic
     return {"run_id": row[0], **row[1]}
 
 
+def last_measured_is_good(conn: psycopg.Connection, n: Names, golden_sha: str, k: int) -> bool:
+    """True when the most recent canary of this index (any status) passed with this golden set and k: only
+    then may a run that changed nothing carry the metrics over instead of measuring."""
+    row = conn.execute(sql.SQL("""
+        SELECT canary FROM {r} WHERE canary IS NOT NULL AND finished_at IS NOT NULL
+        ORDER BY finished_at DESC LIMIT 1""").format(r=ident(n.runs))).fetchone()
+    if row is None:
+        return False
+    c = row[0]
+    return (c.get("status") in ("passed", "baseline", "unchanged") and c.get("golden_sha256") == golden_sha
+            and c.get("k") == k)
+
+
 def judge(result: dict, base: dict | None, max_drop: float) -> dict:
     """Add status/baseline to ``result``: ``baseline`` (nothing to compare), ``passed`` or ``failed``."""
     if base is None:

@@ -364,8 +364,9 @@ def finalize(settings: Settings, the_plan: dict, batch_stats: list[dict], *, own
             canary_result = {"status": "skipped", "reason": skip}
         else:
             base = canary.baseline(conn, n, golden_sha, settings.canary_k)
+            carry = canary.last_measured_is_good(conn, n, golden_sha, settings.canary_k)
             conn.commit()
-            if not wrote and not will_switch and base is not None:
+            if not wrote and not will_switch and base is not None and carry:
                 canary_result = {k: base[k] for k in ("hit_at_k", "mrr", "k", "queries") if k in base}
                 canary_result.update(status="unchanged", reason=f"index unchanged since run {base['run_id']}: "
                                                                 f"metrics carried over")
@@ -390,6 +391,7 @@ def finalize(settings: Settings, the_plan: dict, batch_stats: list[dict], *, own
         # switch / version
         rev = space.rev
         drop: list[str] = []
+        conn.commit()
         with conn.transaction():
             lock.check(conn, n, owner)
             if status != "failed" and will_switch:

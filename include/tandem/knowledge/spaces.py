@@ -155,6 +155,7 @@ def rollback(conn: psycopg.Connection, n: Names) -> dict:
     if not store.exists(conn, n.spaces):
         raise UserError(f"index {n.index!r} has not been built yet: nothing to roll back",
                         fix="run `tandem reindex` first")
+    conn.commit()  # end the implicit transaction: the block below must be a real transaction, not a savepoint
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", ("tandem-spaces-" + n.index,))
         current = live(conn, n)

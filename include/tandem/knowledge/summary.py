@@ -77,9 +77,11 @@ def log_to_mlflow(settings: Settings, summary: dict) -> dict:
         log.warning("not logging the reindex to MLflow: %s", reachable)
         return {"error": reachable}
     import contextlib
+    import os
     import sys
 
     # MLflow prints "View run ..." on stdout: keep stdout for the CLI's result (--json)
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     with contextlib.redirect_stdout(sys.stderr):
         return _log(settings, summary)
 

@@ -27,6 +27,12 @@ from tandem.knowledge.store import Names
 _committed = 0
 
 
+def _require_idle(conn: psycopg.Connection) -> None:
+    """The per-document transaction must be a real transaction, not a savepoint in someone else's."""
+    if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+        raise RuntimeError("writer called inside an open transaction: commit or roll back first")
+
+
 class InjectedFault(RuntimeError):
     pass
 
@@ -47,6 +53,7 @@ def write_document(conn: psycopg.Connection, n: Names, *, table: str, space_no: 
                    doc: DocWrite, fingerprint: str, index_version: str) -> None:
     global _committed
     t = ident(table)
+    _require_idle(conn)
     with conn.transaction():
         lock.check(conn, n, owner)
         rel = doc.doc_id.split("/", 1)[1] if "/" in doc.doc_id else doc.doc_id
@@ -90,6 +97,7 @@ def write_document(conn: psycopg.Connection, n: Names, *, table: str, space_no: 
 def record_failure(conn: psycopg.Connection, n: Names, *, space_no: int, owner: str, run_id: str, doc_id: str,
                    source: str, uri: str, failed_hash: str, error: str, max_attempts: int) -> tuple[str, int]:
     """Count a failed attempt (the previous version, if any, stays). Returns (status, attempts)."""
+    _require_idle(conn)
     with conn.transaction():
         lock.check(conn, n, owner)
         row = conn.execute(sql.SQL("""
@@ -112,6 +120,7 @@ def record_failure(conn: psycopg.Connection, n: Names, *, space_no: int, owner: 
 def delete_documents(conn: psycopg.Connection, n: Names, *, table: str, space_no: int, owner: str,
                      run_id: str) -> int:
     """Remove the run's ``deleted`` documents (chunks and manifest rows) in one transaction."""
+    _require_idle(conn)
     with conn.transaction():
         lock.check(conn, n, owner)
         conn.execute(sql.SQL("""
