@@ -177,9 +177,9 @@ def search_space(conn: psycopg.Connection, table: str, query: str, vector, *, k:
         for lst in ranked:
             for rank, cid in enumerate(lst, start=1):
                 fused[cid] = fused.get(cid, 0.0) + 1.0 / (RRF_K + rank)
-    else:
-        fused = own_score
-    top = sorted(fused.items(), key=lambda kv: (-kv[1], kv[0]))[:k]
+        top = sorted(fused.items(), key=lambda kv: (-kv[1], kv[0]))[:k]
+    else:  # one list: its own order (keyword: all-words matches first, then any-word matches)
+        top = [(cid, own_score[cid]) for cid in ranked[0][:k]]
     if not top:
         return []
     rows = conn.execute(sql.SQL("""
