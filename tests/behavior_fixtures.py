@@ -26,7 +26,7 @@ DOCS = {
 }
 
 
-def examples(prefix: str) -> list[dict]:
+def examples(prefix: str = "c") -> list[dict]:
     return [
         {"id": f"{prefix}1", "question": "How much does the Pro plan cost per month?",
          "gold_doc_ids": ["acme/pricing/plans.md"], "gold_facts": ["$49"],
@@ -38,7 +38,7 @@ def examples(prefix: str) -> list[dict]:
     ]
 
 
-def write_eval_set(path: Path, prefix: str) -> Path:
+def write_eval_set(path: Path, prefix: str = "c") -> Path:
     path.write_text("".join(json.dumps(e) + "\n" for e in examples(prefix)))
     return path
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from behavior_fixtures import behavior_index, behavior_settings, write_eval_set  # noqa: F401
+from behavior_fixtures import behavior_index, behavior_settings  # noqa: F401
 
 pytestmark = pytest.mark.slow
 
@@ -49,9 +49,14 @@ def test_bad_input_fails_before_any_model_loads(behavior_settings, behavior_inde
     assert "Loading weights" not in proc.stderr  # nothing was loaded
 
 
-def test_cli_eval_logs_run_table_and_decision(behavior_settings, behavior_index):
+def test_cli_eval_holds_then_dag_triggers_lora_retrain(behavior_settings, behavior_index, airflow):
+    """One failing eval from the CLI is held by anti-flap (streak 1 of 2); the next one, a real
+    `airflow dags test behavior_eval` run, triggers lora_retrain with {reason, failing_metrics, eval_run_id}."""
+    import sqlite3
+
     from tandem.behavior.evalset import file_digest
 
+    digest = file_digest(behavior_settings.eval_set_path)
     proc = _tandem(behavior_settings, "eval", "--adapter", "base", "--json")
     assert proc.returncode == 1, proc.stderr  # the base model with 16 tokens fails the thresholds
     assert proc.stdout.lstrip().startswith("{"), proc.stdout[:2000]  # --json: stdout is only the JSON
@@ -65,7 +70,7 @@ def test_cli_eval_logs_run_table_and_decision(behavior_settings, behavior_index)
     assert decision["action"] == "hold" and "1 failing eval(s) in a row" in decision["reason"]
     assert "metric(s) under threshold" in proc.stderr
 
-    client, runs = _eval_runs(behavior_settings, file_digest(behavior_settings.eval_set_path))
+    client, runs = _eval_runs(behavior_settings, digest)
     run = next(r for r in runs if r.info.run_id == summary["run_id"])
     tags = run.data.tags
     assert tags["tandem.decision"] == "hold" and tags["tandem.behavior_failing"] == "true"
@@ -79,40 +84,20 @@ def test_cli_eval_logs_run_table_and_decision(behavior_settings, behavior_index)
     for column in ("question", "retrieved_ids", "raw_output", "json_valid", "refusal_correct", "diagnosis"):
         assert column in table["columns"]
 
-    # a partial eval (--limit) is recorded but never acted on, and does not extend the streak
-    proc = _tandem(behavior_settings, "eval", "--adapter", "base", "--limit", "1", "--json")
-    partial = json.loads(proc.stdout)
-    assert partial["summary"]["partial"] and partial["summary"]["n"] == 1
-    assert partial["decision"]["action"] == "report" and not partial["decision"]["behavior_failing"]
-
-
-def test_dag_holds_then_triggers_lora_retrain(behavior_settings, behavior_index, airflow, tmp_path):
-    """Two scheduled-style runs on a fresh eval set: the first failing eval is held by anti-flap, the second
-    triggers lora_retrain with {reason, failing_metrics, eval_run_id}."""
-    import sqlite3
-
-    from tandem.behavior.evalset import file_digest
-
-    settings = behavior_settings.replace(eval_set_path=str(write_eval_set(tmp_path / "dag_eval.jsonl", "d")))
-    digest = file_digest(settings.eval_set_path)
-
-    rc, output, states = airflow.dags_test("behavior_eval", settings=settings)
+    # the scheduled eval: same model, same eval set, second failing eval in a row -> retrain
+    rc, output, states = airflow.dags_test("behavior_eval", settings=behavior_settings)
     assert rc == 0, output[-4000:]
-    assert states["evaluate"] == "success" and states["decide"] == "success"
-    assert states["no_action"] == "success" and states["trigger_lora_retrain"] == "skipped"
-    assert states["trigger_knowledge_reindex"] == "skipped"
-    assert "Decision: hold (behavior)" in output  # the decision is in the task log
+    assert states["resolve_model"] == "success" and states["evaluate"] == "success"
+    assert states["trigger_lora_retrain"] == "success"
+    assert states["no_action"] == "skipped" and states["trigger_knowledge_reindex"] == "skipped"
+    assert "Decision: retrain (behavior)" in output  # the decision is in the task log
 
-    rc, output, states = airflow.dags_test("behavior_eval", settings=settings)
-    assert rc == 0, output[-4000:]
-    assert states["trigger_lora_retrain"] == "success" and states["no_action"] == "skipped"
-
-    client, runs = _eval_runs(settings, digest)
+    client, runs = _eval_runs(behavior_settings, digest)
     assert [r.data.tags["tandem.decision"] for r in runs] == ["retrain", "hold"]
     latest = runs[0]
     tags = latest.data.tags
     assert tags["tandem.eval_source"] == "airflow" and tags["tandem.airflow_dag_id"] == "behavior_eval"
-    assert tags["tandem.airflow_run_url"].startswith(settings.airflow_url)
+    assert tags["tandem.airflow_run_url"].startswith(behavior_settings.airflow_url)
     assert tags["tandem.index_version"] == str(behavior_index["index_version"])
     assert latest.data.metrics["pass_rate"] == 0.0 and latest.data.metrics["class_behavior"] == 1.0
     assert "eval_table.json" in [a.path for a in client.list_artifacts(latest.info.run_id)]
