@@ -42,7 +42,7 @@ OFF_TOPIC = "Which medieval king signed the Magna Carta in 1215?"
 @pytest.fixture(scope="session")
 def serve_settings(settings, tmp_path_factory):
     """Settings for the serve tests: their own index (``serve``), corpus, golden set and a spec with a short
-    token budget (the demo spec's rules, 40 new tokens) so that CPU generation stays quick."""
+    token budget (the demo spec's rules, 32 new tokens) so that CPU generation stays quick."""
     import yaml
 
     root = tmp_path_factory.mktemp("serve")
@@ -54,7 +54,7 @@ def serve_settings(settings, tmp_path_factory):
     golden = root / "golden.jsonl"
     golden.write_text("".join(json.dumps(g) + "\n" for g in GOLDEN))
     spec = yaml.safe_load((REPO / "include/tandem/data/demo/behavior_spec.yaml").read_text())
-    spec["generation"]["max_new_tokens"] = 40
+    spec["generation"]["max_new_tokens"] = 32
     spec_path = root / "spec.yaml"
     spec_path.write_text(yaml.safe_dump(spec, sort_keys=False))
     return settings.replace(index_name="serve", sources=(f"acme={corpus}",), canary_path=str(golden),

@@ -76,9 +76,7 @@ def test_answer_end_to_end_with_the_real_base_model(serve_settings, serve_index,
                                ("json_valid", "schema_valid", "citations_valid", "style_max_words",
                                 "style_forbidden_phrases"))
     assert result.valid == (not result.violations)
-    # deterministic: the same question gives the same answer (greedy decoding, cached model)
-    again = answer(serve_settings, ANSWERABLE, adapter="base", cache=serve_cache)
-    assert again.raw_output == result.raw_output and again.timings["adapter_load_ms"] == 0.0
+    assert serve_cache.is_loaded("base")  # later questions reuse the loaded model
     text = result.text()
     assert text.startswith(result.contract["answer"]) and ("Citations:" in text)
 

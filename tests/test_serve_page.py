@@ -15,7 +15,7 @@ import pytest
 
 from adapters_fixtures import make_adapter, register_adapter
 from serve_fixtures import (airflow_app, clean_registry, serve_cache, serve_index,  # noqa: F401
-                            serve_settings)
+                            serve_settings, tandem_subapp)
 
 pytestmark = [pytest.mark.slow, pytest.mark.airflow]
 
@@ -44,15 +44,31 @@ def small_run(serve_settings, serve_index, base_model_path, tmp_path_factory):
     registry.set_challenger(serve_settings, v2, "pass_rate 0.550 does not beat the incumbent by the margin")
     eval_set = root / "eval_set.jsonl"
     eval_set.write_text("".join(json.dumps(e) + "\n" for e in EVAL_SET))
-    settings = serve_settings.replace(eval_set_path=str(eval_set))
+    import yaml
+
+    spec = yaml.safe_load(Path(serve_settings.spec_path).read_text())
+    spec["generation"]["max_new_tokens"] = 12  # a real eval, kept short: the page needs its records, not quality
+    (root / "spec.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    settings = serve_settings.replace(eval_set_path=str(eval_set), spec_path=str(root / "spec.yaml"))
     summary = run_eval(settings, adapter="champion", source="test")
     decision = decide_and_record(settings, summary)
-    return {"v1": v1, "v2": v2, "eval": summary, "decision": decision}
+    return {"v1": v1, "v2": v2, "eval": summary, "decision": decision, "settings": settings}
 
 
 @pytest.fixture(scope="module")
-def page_html(airflow_app, small_run) -> str:
-    resp = airflow_app.client.get("/tandem/", headers={**airflow_app.headers(), "accept": "text/html"})
+def page_app(airflow_app, small_run, serve_settings, serve_cache):
+    """The api-server app configured like the eval (its eval set and spec), as a deployment would be."""
+    from tandem.serve.api import configure
+
+    sub = tandem_subapp(airflow_app.client.app)
+    configure(sub, settings=small_run["settings"], cache=serve_cache)
+    yield airflow_app
+    configure(sub, settings=serve_settings, cache=serve_cache)
+
+
+@pytest.fixture(scope="module")
+def page_html(page_app) -> str:
+    resp = page_app.client.get("/tandem/", headers={**page_app.headers(), "accept": "text/html"})
     assert resp.status_code == 200 and resp.headers["content-type"].startswith("text/html")
     return resp.text
 
@@ -78,8 +94,8 @@ def test_status_page_shows_both_cadences(page_html, serve_index, small_run):
     assert not re.search(r"<link[^>]+stylesheet", html) and "@import" not in html
 
 
-def test_status_json_matches_the_page(airflow_app, small_run):
-    body = airflow_app.client.get("/tandem/api/status", headers=airflow_app.headers()).json()
+def test_status_json_matches_the_page(page_app, small_run):
+    body = page_app.client.get("/tandem/api/status", headers=page_app.headers()).json()
     b = body["behavior"]
     assert b["champion"]["version"] == small_run["v1"] and b["challenger"]["version"] == small_run["v2"]
     assert b["last_eval"]["run_id"] == small_run["eval"]["run_id"]
@@ -88,6 +104,8 @@ def test_status_json_matches_the_page(airflow_app, small_run):
         small_run["eval"]["metrics"]["pass_rate"], abs=1e-4)
     assert set(b["last_eval"]["diagnosis"]) >= {"knowledge", "behavior"}
     assert b["anti_flap"]["policy"]["consecutive_failures"] == 2
+    if small_run["decision"].behavior_failing:  # the eval just recorded counts toward the streak
+        assert b["anti_flap"]["consecutive_failures"] == 2
     assert body["knowledge"]["canary_history"][0]["hit_at_k"] is not None
 
 

@@ -22,6 +22,7 @@ def _env():
                              autoescape=jinja2.select_autoescape(["html"]), undefined=jinja2.ChainableUndefined,
                              trim_blocks=True, lstrip_blocks=True)
     env.filters["age"] = age
+    env.filters["ts"] = ts
     env.filters["num"] = num
     env.filters["pct"] = pct
     env.globals["chart"] = chart
@@ -70,6 +71,16 @@ def _missing(value: Any) -> bool:
     import jinja2
 
     return value is None or isinstance(value, jinja2.Undefined) or value == ""
+
+
+def ts(value: Any) -> str:
+    """A timestamp as 'YYYY-MM-DD HH:MM UTC' (the raw text when it does not parse)."""
+    if _missing(value):
+        return "–"
+    when = _parse_time(value)
+    if when is None:
+        return str(value)
+    return when.astimezone(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 
 
 def num(value: Any, digits: int = 3) -> str:

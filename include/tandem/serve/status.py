@@ -218,8 +218,9 @@ def _retrain_summary(last: dict | None, flap: dict, training: dict | None) -> di
     if last is None:
         return {"pending": False, "why": "no eval has run yet (behavior_eval runs daily and on every new champion)"}
     decision = (last.get("decision") or "").lower()
-    reason = last.get("decision_reason") or ""
-    said = f"the last eval decided '{decision or 'nothing (no decision recorded)'}'" + (f": {reason}" if reason else "")
+    kind = last.get("decision_kind")
+    said = (f"the last eval decided '{decision}'" + (f" ({kind})" if kind else "")) if decision \
+        else "the last eval recorded no decision"
     if decision == "retrain":
         started = (training or {}).get("started")
         if started and last.get("decided_at") and started >= last["decided_at"]:
