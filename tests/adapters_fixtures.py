@@ -92,6 +92,18 @@ def write_train_set(path: Path) -> Path:
     return path
 
 
+def write_test_spec(demo_spec: str, dest: Path) -> Path:
+    """The demo spec with tighter generation bounds: a refusal or a short cited answer fits in 48 tokens."""
+    import yaml
+
+    spec = yaml.safe_load(Path(demo_spec).read_text())
+    spec["version"] = f"{spec['version']}-test"
+    spec.setdefault("generation", {})["max_new_tokens"] = 48
+    spec.setdefault("prompt", {})["max_context_chars"] = 300
+    dest.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return dest
+
+
 @pytest.fixture(scope="session")
 def adapters_settings(settings, tmp_path_factory):
     """Settings with the tiny KB indexed (own index name and source) and the tiny training set."""
@@ -106,7 +118,7 @@ def adapters_settings(settings, tmp_path_factory):
         (kb / name).write_text(text)
     train_set = write_train_set(root / "train_set.jsonl")
     s = settings.replace(sources=(f"kb={kb}",), index_name="adapters_test", train_set_path=str(train_set),
-                         torch_threads=2)
+                         spec_path=str(write_test_spec(settings.spec_path, root / "spec.yaml")), torch_threads=1)
     env = {**os.environ, **s.as_env()}
     proc = subprocess.run([str(Path(sys.executable).parent / "tandem"), "reindex", "--json"], env=env,
                           capture_output=True, text=True, timeout=600)

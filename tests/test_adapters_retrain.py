@@ -31,7 +31,7 @@ def first_run(adapters_settings):
 
     from tandem.adapters import retrain
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)  # 2 threads on a shared 2-core box spin and crawl
     _clean(adapters_settings)
     state = retrain.run_all(adapters_settings, VALUES)
     return adapters_settings, state

@@ -28,7 +28,7 @@ SCHEMA: dict[str, tuple[Any, dict, str]] = {
                        {"type": "array", "items": _MODULE, "minItems": 1, "maxItems": 16, "uniqueItems": True},
                        "Module names LoRA adapts (attention projections by default)."),
     "learning_rate": (1e-3, {"type": "number", "exclusiveMinimum": 0, "maximum": 0.01}, "Peak learning rate (AdamW)."),
-    "max_steps": (60, {"type": "integer", "minimum": 0, "maximum": 100000},
+    "max_steps": (40, {"type": "integer", "minimum": 0, "maximum": 100000},
                   "Optimizer steps. 0: train for `epochs` instead."),
     "epochs": (1.0, {"type": "number", "exclusiveMinimum": 0, "maximum": 100},
                "Passes over the training split, used when max_steps is 0."),
@@ -43,7 +43,7 @@ SCHEMA: dict[str, tuple[Any, dict, str]] = {
     "no_oracle_fraction": (0.2, {"type": "number", "minimum": 0, "maximum": 0.9},
                            "RAFT: fraction of answerable examples whose oracle chunks are withheld; their target "
                            "is the spec's refusal."),
-    "holdout_fraction": (0.25, {"type": "number", "minimum": 0.05, "maximum": 0.5},
+    "holdout_fraction": (0.15, {"type": "number", "minimum": 0.05, "maximum": 0.5},
                          "Fraction of examples held out for the three-way evaluation (split by a hash of the id)."),
     "promotion_margin": (0.02, {"type": "number", "minimum": 0, "maximum": 1},
                          "The candidate must beat the champion's primary metric by at least this much."),

@@ -202,7 +202,7 @@ def train(settings: Settings, rows: list[dict], spec: Any, params, out_dir: Path
 
     optimizer = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=params.learning_rate,
                                   weight_decay=0.0)
-    scheduler = get_linear_schedule_with_warmup(optimizer, max(1, steps // 10), steps)
+    scheduler = get_linear_schedule_with_warmup(optimizer, min(steps // 10, 20), steps)  # no lr-0 first step
     peft_model.train()
     pad_id = tokenizer.pad_token_id
     losses: list[float] = []
