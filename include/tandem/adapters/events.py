@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from urllib.parse import quote
 
 from tandem.config import Settings
 from tandem.errors import TandemError
@@ -42,7 +43,7 @@ def emit_adapter_event(settings: Settings, extra: dict) -> str | None:
                 f"{settings.airflow_home / 'passwords.json'})")
     try:
         client = AirflowClient(settings.airflow_url, creds[0], creds[1], timeout=10)
-        found = client.request("GET", "/api/v2/assets?uri_pattern=" + ASSET_URI.replace("://", "%3A%2F%2F") + "&limit=10")
+        found = client.request("GET", f"/api/v2/assets?uri_pattern={quote(ASSET_URI, safe='')}&limit=10")
         ids = [a["id"] for a in (found or {}).get("assets", []) if a.get("uri") == ASSET_URI]
         if not ids:
             return f"Airflow does not know the asset {ASSET_URI} yet (no DAG declaring it has been parsed)"
