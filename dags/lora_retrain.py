@@ -53,10 +53,16 @@ def _state(ti, task_id: str):
 def lora_retrain():
     @task
     def prepare_dataset(params=None):
+        import logging
+
         from tandem.adapters import retrain
+        from tandem.adapters.params import SCHEMA
         from tandem.airflow.settings import task_settings
 
-        return retrain.prepare(task_settings(), dict(params))
+        extra = sorted(set(params) - set(SCHEMA))
+        if extra:  # conf keys that are not params of this DAG: said, not silently dropped
+            logging.getLogger(__name__).warning("ignoring conf keys that are not lora_retrain params: %s", extra)
+        return retrain.prepare(task_settings(), {k: params[k] for k in SCHEMA if k in params})
 
     @task(pool=TRAINING_POOL, queue=TRAINING_QUEUE, execution_timeout=timedelta(hours=6))
     def train_adapter(state: dict):

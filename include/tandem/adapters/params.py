@@ -55,6 +55,8 @@ SCHEMA: dict[str, tuple[Any, dict, str]] = {
                          "A candidate that passes the gate waits for a human to approve it in the Airflow UI."),
     "reason": ("manual", {"type": "string", "minLength": 1, "maxLength": 500},
                "Why this retrain runs (recorded as a tag on the run and the version)."),
+    "failing_metrics": ([], {"type": "array", "items": {"type": "string", "maxLength": 100}, "maxItems": 50},
+                        "Metrics under threshold in the triggering behavior_eval run (recorded as a tag)."),
     "eval_run_id": ("", {"type": "string", "maxLength": 64, "pattern": r"^[0-9a-zA-Z_\-]*$"},
                     "MLflow run id of the behavior_eval run that triggered this retrain (empty: manual)."),
 }
@@ -83,11 +85,13 @@ class RetrainParams:
     auto_promote: bool
     require_approval: bool
     reason: str
+    failing_metrics: tuple[str, ...]
     eval_run_id: str
 
     def as_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
         out["target_modules"] = list(self.target_modules)
+        out["failing_metrics"] = list(self.failing_metrics)
         return out
 
 
@@ -136,6 +140,7 @@ def validate(values: dict[str, Any] | None) -> RetrainParams:
     if merged["max_steps"] == 0 and not merged["epochs"]:
         raise UserError("max_steps is 0 and epochs is not set", fix="set max_steps >= 1 or epochs > 0")
     merged["target_modules"] = tuple(merged["target_modules"])
+    merged["failing_metrics"] = tuple(merged["failing_metrics"])
     return RetrainParams(**merged)
 
 
@@ -149,7 +154,7 @@ def parse_assignment(text: str) -> tuple[str, Any]:
         value = json.loads(raw)
     except ValueError:
         value = raw
-    if name == "target_modules" and isinstance(value, str):
+    if name in ("target_modules", "failing_metrics") and isinstance(value, str):
         value = [m.strip() for m in value.split(",") if m.strip()]
     if name in ("base_model", "dataset", "reason", "eval_run_id") and not isinstance(value, str):
         value = raw

@@ -112,7 +112,8 @@ def prepare(settings: Settings, values: dict | None, *, progress: Callable[[int]
     run_tags = {
         **tracking.tags(status="running", dataset_digest=digest, base_model=base, base_model_sha256=base_sha,
                         spec_version=spec_version, index_version=index_version, trigger_reason=p.reason,
-                        eval_run_id=p.eval_run_id or None),
+                        eval_run_id=p.eval_run_id or None,
+                        failing_metrics=",".join(p.failing_metrics) or None),
         **tracking.airflow_context_tags(settings),
     }
     with mlflow.start_run(run_name=f"retrain-{time.strftime('%Y%m%d-%H%M%S')}", tags=run_tags) as run:
@@ -261,7 +262,8 @@ def register(settings: Settings, state: dict) -> dict:
         probe_logits_sha256=state["training"].get("probe_logits_sha256"),
         dataset_digest=state["dataset_digest"], spec_version=state.get("spec_version") or None,
         index_version=state.get("index_version") or None, trigger_reason=p.reason,
-        eval_run_id=p.eval_run_id or None, training_run_id=state["run_id"],
+        eval_run_id=p.eval_run_id or None, failing_metrics=",".join(p.failing_metrics) or None,
+        training_run_id=state["run_id"],
         compared_with=evaluation["champion_version"] or "base", holdout_rows=evaluation["n"],
     )
     tags.update(state.get("airflow") or {})
