@@ -3,7 +3,7 @@
 
 Re-embeds only what changed, and never half-writes: each document is replaced in one transaction.
 
-1. **plan** (setup): takes the index's lease (no concurrent reindex: a CLI run waits or exits), scans the
+1. **plan**: takes the index's lease (no concurrent reindex: a CLI run waits or exits), scans the
    sources through `ObjectStoragePath`, stages the scan with COPY and classifies every document in SQL
    (new / changed / unchanged / deleted / failed / quarantined), applies the mass-delete brake.
 2. **embed_batch** (mapped, pool `knowledge`): chunks, embeds and writes one batch of new/changed documents.
@@ -126,7 +126,7 @@ def knowledge_reindex():
     the_plan = plan()
     stats = embed_batch.partial(the_plan=the_plan).expand(batch_no=batches(the_plan))
     done = finalize(the_plan, stats)
-    done >> release().as_teardown(setups=the_plan)
+    done >> release()
 
 
-knowledge_reindex()
+DAG = knowledge_reindex()

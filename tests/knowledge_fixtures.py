@@ -115,6 +115,8 @@ def index_state(settings) -> dict:
     """The live index, read back exactly: manifest rows and, per document, the chunk hashes and ordinals."""
     n = store.names(settings.index_name)
     with db.connection(settings.db_url) as conn:
+        if not store.exists(conn, n.spaces):
+            return {"manifest": {}, "chunks": {}, "space": None}
         live = conn.execute(sql.SQL("SELECT space_no, table_name FROM {s} WHERE status = 'live'")
                             .format(s=sql.Identifier(n.spaces))).fetchone()
         if live is None:

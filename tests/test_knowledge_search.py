@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from knowledge_fixtures import cli_env, corpus, kn  # noqa: F401
+from knowledge_fixtures import CORPUS, cli_env, kn, write_corpus  # noqa: F401
 
 from tandem.errors import ServiceUnavailable, UserError
 from tandem.knowledge import reindex, search
@@ -16,10 +16,22 @@ from tandem.knowledge import reindex, search
 TANDEM = str(Path(sys.executable).parent / "tandem")
 
 
+@pytest.fixture(scope="module")
+def indexed(settings, tmp_path_factory):
+    """One small index for the whole module (searches do not change it)."""
+    root = tmp_path_factory.mktemp("search") / "kb"
+    write_corpus(root, CORPUS)
+    s = settings.replace(index_name="search_module", sources=(f"acme={root}",), torch_threads=2, chunk_size=128,
+                         chunk_overlap=16, canary_path=str(root / "no-golden.jsonl"))
+    reindex.run(s, progress=False)
+    return s
+
+
 @pytest.fixture
-def indexed(kn):
-    reindex.run(kn, progress=False)
-    return kn
+def corpus(tmp_path):
+    root = tmp_path / "kb"
+    write_corpus(root, CORPUS)
+    return root
 
 
 def test_hybrid_is_reciprocal_rank_fusion_of_both_lists(indexed):
