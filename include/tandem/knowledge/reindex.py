@@ -356,6 +356,11 @@ def finalize(settings: Settings, the_plan: dict, batch_stats: list[dict], *, own
         if pending:
             status, message = "failed", f"{pending} planned documents were not processed (a batch did not finish)"
         wrote = written > 0 or deleted > 0
+        if the_plan["mode"] == "build":  # a filled shadow space gets its HNSW index in one bulk build
+            t0 = time.monotonic()
+            with conn.transaction():
+                store.ensure_hnsw(conn, the_plan["table"])
+            phases["hnsw"] = _r(time.monotonic() - t0)
         # canary
         t0 = time.monotonic()
         items, golden_sha, skip = canary.load_golden(settings.canary_path)

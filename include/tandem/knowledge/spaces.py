@@ -94,7 +94,7 @@ def target(conn: psycopg.Connection, n: Names, fingerprint: str, spec: dict, dim
         if existing.status != "building":
             conn.execute(sql.SQL("UPDATE {s} SET status = 'building' WHERE space_no = %s").format(s=ident(n.spaces)),
                          (existing.space_no,))
-        store.create_chunk_table(conn, n, existing.space_no, existing.dim)
+        store.create_chunk_table(conn, n, existing.space_no, existing.dim, hnsw=False)
         conn.commit()
         log.info("resuming the shadow build of space %s (fingerprint %s)", existing.space_no, fingerprint)
         return dataclasses.replace(existing, status="building"), "build"
@@ -103,7 +103,7 @@ def target(conn: psycopg.Connection, n: Names, fingerprint: str, spec: dict, dim
         VALUES (%s, %s, '', %s, 'building') RETURNING space_no""").format(s=ident(n.spaces)),
         (fingerprint, json.dumps(spec), dim)).fetchone()
     space_no = row[0]
-    table = store.create_chunk_table(conn, n, space_no, dim)
+    table = store.create_chunk_table(conn, n, space_no, dim, hnsw=False)  # HNSW built once filled (finalize)
     conn.execute(sql.SQL("UPDATE {s} SET table_name = %s WHERE space_no = %s").format(s=ident(n.spaces)),
                  (table, space_no))
     conn.commit()

@@ -157,8 +157,10 @@ def ensure_schema(conn: psycopg.Connection, n: Names) -> None:
     conn.commit()
 
 
-def create_chunk_table(conn: psycopg.Connection, n: Names, space_no: int, dim: int) -> str:
-    """The chunk table of a space: HNSW (cosine) on the embedding, GIN on the tsvector. Returns its name."""
+def create_chunk_table(conn: psycopg.Connection, n: Names, space_no: int, dim: int, *, hnsw: bool = True) -> str:
+    """The chunk table of a space: HNSW (cosine) on the embedding, GIN on the tsvector. Returns its name.
+    A space being built gets its HNSW index once filled (``ensure_hnsw``): one bulk build is much faster
+    than growing the graph row by row, and nothing queries a space before it is switched in."""
     table = n.chunks(space_no)
     t = ident(table)
     conn.execute(sql.SQL("""
@@ -182,10 +184,17 @@ def create_chunk_table(conn: psycopg.Connection, n: Names, space_no: int, dim: i
             created_at    timestamptz NOT NULL DEFAULT now()
         )""").format(t=t, dim=sql.Literal(int(dim))))
     conn.execute(sql.SQL("CREATE INDEX IF NOT EXISTS {i} ON {t} (doc_id)").format(i=ident(table + "_doc"), t=t))
-    conn.execute(sql.SQL("CREATE INDEX IF NOT EXISTS {i} ON {t} USING hnsw (embedding vector_cosine_ops)")
-                 .format(i=ident(table + "_hnsw"), t=t))
+    if hnsw:
+        ensure_hnsw(conn, table)
     conn.execute(sql.SQL("CREATE INDEX IF NOT EXISTS {i} ON {t} USING gin (tsv)").format(i=ident(table + "_tsv"), t=t))
     return table
+
+
+def ensure_hnsw(conn: psycopg.Connection, table: str, maintenance_work_mem: str = "1GB") -> None:
+    """Build the HNSW (cosine) index of a chunk table if it is missing (in the caller's transaction)."""
+    conn.execute("SELECT set_config('maintenance_work_mem', %s, true)", (maintenance_work_mem,))
+    conn.execute(sql.SQL("CREATE INDEX IF NOT EXISTS {i} ON {t} USING hnsw (embedding vector_cosine_ops)")
+                 .format(i=ident(table + "_hnsw"), t=ident(table)))
 
 
 def point_live_view(conn: psycopg.Connection, n: Names, table: str) -> None:
