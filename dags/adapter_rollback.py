@@ -37,24 +37,9 @@ from tandem.airflow.defaults import DEFAULT_ARGS, START_DATE, TAG
 def adapter_rollback():
     @task(outlets=[BEHAVIOR_ADAPTER])
     def move_champion(params=None, **context):
-        from airflow.sdk.exceptions import AirflowSkipException
+        from tandem.adapters import tasks
 
-        from tandem.adapters import registry
-        from tandem.airflow.settings import task_settings
-
-        settings = task_settings()
-        actor = f"adapter_rollback {context['run_id']}"
-        if params["version"]:
-            out = registry.promote(settings, params["version"], reason=params["reason"], actor=actor)
-            action = "promote"
-        else:
-            out = registry.rollback(settings, reason=params["reason"], actor=actor)
-            action = "rollback"
-        if not out["changed"]:
-            raise AirflowSkipException(f"version {out['champion']} is already champion")  # no asset event
-        context["outlet_events"][BEHAVIOR_ADAPTER].extra = {"action": action, "champion": out["champion"] or "base",
-                                                            "previous": out.get("previous") or ""}
-        return out
+        return tasks.move_champion(dict(params), context["run_id"], context["outlet_events"], BEHAVIOR_ADAPTER)
 
     move_champion()
 

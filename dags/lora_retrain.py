@@ -35,10 +35,6 @@ from tandem.airflow.defaults import DEFAULT_ARGS, START_DATE, TAG, TRAINING_POOL
 STEPS = ("prepare_dataset", "train_adapter", "evaluate_three_way", "register_version", "gate")
 
 
-def _state(ti, task_id: str):
-    return ti.xcom_pull(task_ids=task_id)
-
-
 @dag(
     dag_id="lora_retrain",
     schedule=None,
@@ -53,44 +49,33 @@ def _state(ti, task_id: str):
 def lora_retrain():
     @task
     def prepare_dataset(params=None):
-        import logging
+        from tandem.adapters import tasks
 
-        from tandem.adapters import retrain
-        from tandem.adapters.params import SCHEMA
-        from tandem.airflow.settings import task_settings
-
-        extra = sorted(set(params) - set(SCHEMA))
-        if extra:  # conf keys that are not params of this DAG: said, not silently dropped
-            logging.getLogger(__name__).warning("ignoring conf keys that are not lora_retrain params: %s", extra)
-        return retrain.prepare(task_settings(), {k: params[k] for k in SCHEMA if k in params})
+        return tasks.prepare(dict(params))
 
     @task(pool=TRAINING_POOL, queue=TRAINING_QUEUE, execution_timeout=timedelta(hours=6))
     def train_adapter(state: dict):
-        from tandem.adapters import retrain
-        from tandem.airflow.settings import task_settings
+        from tandem.adapters import tasks
 
-        return retrain.train(task_settings(), state)
+        return tasks.step("train", state)
 
     @task(pool=TRAINING_POOL, queue=TRAINING_QUEUE, execution_timeout=timedelta(hours=2))
     def evaluate_three_way(state: dict):
-        from tandem.adapters import retrain
-        from tandem.airflow.settings import task_settings
+        from tandem.adapters import tasks
 
-        return retrain.evaluate(task_settings(), state)
+        return tasks.step("evaluate", state)
 
     @task
     def register_version(state: dict):
-        from tandem.adapters import retrain
-        from tandem.airflow.settings import task_settings
+        from tandem.adapters import tasks
 
-        return retrain.register(task_settings(), state)
+        return tasks.step("register", state)
 
     @task
     def gate(state: dict):
-        from tandem.adapters import retrain
-        from tandem.airflow.settings import task_settings
+        from tandem.adapters import tasks
 
-        return retrain.gate(task_settings(), state)
+        return tasks.step("gate", state)
 
     @task.branch
     def route(state: dict):
@@ -107,34 +92,16 @@ def lora_retrain():
 
     @task(outlets=[BEHAVIOR_ADAPTER], trigger_rule="none_failed_min_one_success")
     def promote(**context):
-        from airflow.sdk.exceptions import AirflowSkipException
+        from tandem.adapters import tasks
 
-        from tandem.adapters import retrain
-        from tandem.airflow.settings import task_settings
+        return tasks.promote(context["ti"].xcom_pull(task_ids="gate"), context["outlet_events"], BEHAVIOR_ADAPTER)
 
-        state = _state(context["ti"], "gate")
-        out = retrain.promote(task_settings(), state)
-        if not out.get("promoted"):
-            raise AirflowSkipException(out.get("reason") or "not promoted")  # no asset event
-        context["outlet_events"][BEHAVIOR_ADAPTER].extra = {"action": "promote", "champion": out["version"],
-                                                            "previous": (out.get("aliases") or {}).get("previous") or ""}
-        return {k: out.get(k) for k in ("version", "promoted", "aliases", "reason")}
-
-    @task(trigger_rule="one_failed", retries=1)
+    @task(trigger_rule="one_failed")
     def mark_failed(**context):
         """Runs only when a step failed: marks the partial run, then fails so the DAG run reads failed."""
-        from airflow.sdk.exceptions import AirflowFailException
+        from tandem.adapters import tasks
 
-        from tandem.adapters import retrain
-        from tandem.airflow.settings import task_settings
-
-        ti = context["ti"]
-        states = [s for s in (_state(ti, t) for t in STEPS) if s]
-        latest = states[-1] if states else None
-        retrain.fail(task_settings(), latest, None, f"lora_retrain run {context['run_id']} failed")
-        raise AirflowFailException(f"a step failed; MLflow run {(latest or {}).get('run_id')} and version "
-                                   f"{(latest or {}).get('version') or '(none registered)'} marked failed; "
-                                   "the champion was not touched")
+        tasks.mark_failed([context["ti"].xcom_pull(task_ids=t) for t in STEPS], context["run_id"])
 
     prepared = prepare_dataset()
     trained = train_adapter(prepared)

@@ -61,3 +61,26 @@ def test_lora_retrain_dag_then_adapter_rollback(airflow, adapters_settings):
     rc, out, states = airflow.dags_test("adapter_rollback", {}, settings=settings, timeout=300)
     assert rc == 0 and states["move_champion"] == "success", out[-4000:]
     assert registry.champion_version(settings) == current
+
+
+def test_failed_training_task_marks_the_run_and_leaves_champion(airflow, adapters_settings):
+    from mlflow import MlflowClient
+
+    from tandem import tracking
+    from tandem.adapters import registry
+
+    settings = adapters_settings
+    before = [r["version"] for r in registry.list_versions(settings)]
+    champion = registry.champion_version(settings)
+    conf = dict(CONF, target_modules=["no_such_module"], reason="airflow failure test")  # valid form, fails in training
+    rc, out, states = airflow.dags_test("lora_retrain", conf, settings=settings, timeout=900)
+    assert rc != 0 or states.get("mark_failed") == "failed", out[-4000:]
+    assert states["prepare_dataset"] == "success" and states["train_adapter"] == "failed", states
+    assert states["register_version"] == "upstream_failed" and states["mark_failed"] == "failed", states
+    assert "no_such_module" in out  # the user's mistake, named
+    assert [r["version"] for r in registry.list_versions(settings)] == before  # nothing registered
+    assert registry.champion_version(settings) == champion
+    cl = MlflowClient(tracking_uri=settings.mlflow_uri)
+    exp = cl.get_experiment_by_name(tracking.EXPERIMENT_TRAINING)
+    run = cl.search_runs([exp.experiment_id], "tags.`tandem.trigger_reason` = 'airflow failure test'", max_results=1)[0]
+    assert run.info.status == "FAILED" and run.data.tags["tandem.status"] == "failed"

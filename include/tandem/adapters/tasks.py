@@ -1,0 +1,98 @@
+"""The bodies of the ``lora_retrain`` and ``adapter_rollback`` tasks (the DAG files only wire them).
+
+A user's mistake (``UserError``: bad params, a missing dataset) fails the task at once with its message and
+fix (``AirflowFailException``: retrying cannot help); anything else may be retried by Airflow.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable
+
+from tandem.errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+def _settings():
+    from tandem.airflow.settings import task_settings
+
+    return task_settings()
+
+
+def _no_retry_on_user_error(fn: Callable[..., Any], *args, **kwargs) -> Any:
+    from airflow.sdk.exceptions import AirflowFailException
+
+    try:
+        return fn(*args, **kwargs)
+    except UserError as exc:
+        raise AirflowFailException(str(exc)) from None
+
+
+def prepare(params: dict) -> dict:
+    from tandem.adapters import retrain
+    from tandem.adapters.params import SCHEMA
+
+    extra = sorted(set(params) - set(SCHEMA))
+    if extra:  # conf keys that are not params of this DAG: said, not silently dropped
+        log.warning("ignoring conf keys that are not lora_retrain params: %s", extra)
+    values = {k: params[k] for k in SCHEMA if k in params}
+    return _no_retry_on_user_error(retrain.prepare, _settings(), values)
+
+
+def step(name: str, state: dict) -> dict:
+    """One of the pipeline's steps: train, evaluate, register, gate."""
+    from tandem.adapters import retrain
+
+    fn = {"train": retrain.train, "evaluate": retrain.evaluate, "register": retrain.register,
+          "gate": retrain.gate}[name]
+    return _no_retry_on_user_error(fn, _settings(), state)
+
+
+def promote(state: dict, outlet_events, asset) -> dict:
+    """Promote the gated candidate; no asset event (skip) when the champion changed meanwhile."""
+    from airflow.sdk.exceptions import AirflowSkipException
+
+    from tandem.adapters import retrain
+
+    out = _no_retry_on_user_error(retrain.promote, _settings(), state)
+    if not out.get("promoted"):
+        raise AirflowSkipException(out.get("reason") or "not promoted")
+    outlet_events[asset].extra = {"action": "promote", "champion": out["version"],
+                                  "previous": (out.get("aliases") or {}).get("previous") or ""}
+    return {k: out.get(k) for k in ("version", "promoted", "aliases", "reason")}
+
+
+def mark_failed(states: list[dict | None], run_id: str) -> None:
+    """After a failed step: mark the MLflow run and any version of this run failed, then fail."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from tandem.adapters import retrain
+
+    latest = next((s for s in reversed(states) if s), None)
+    retrain.fail(_settings(), latest, None, f"lora_retrain run {run_id} failed")
+    raise AirflowFailException(f"a step failed; MLflow run {(latest or {}).get('run_id') or '(not started)'} and "
+                               f"version {(latest or {}).get('version') or '(none registered)'} marked failed; "
+                               "the champion was not touched")
+
+
+def move_champion(params: dict, run_id: str, outlet_events, asset) -> dict:
+    """adapter_rollback: promote ``version`` or roll back; the asset event only when the champion changed."""
+    from airflow.sdk.exceptions import AirflowSkipException
+
+    from tandem.adapters import registry
+
+    settings = _settings()
+    actor = f"adapter_rollback {run_id}"
+    if params.get("version"):
+        out = _no_retry_on_user_error(registry.promote, settings, params["version"], reason=params["reason"],
+                                      actor=actor)
+        action = "promote"
+    else:
+        out = _no_retry_on_user_error(registry.rollback, settings, reason=params["reason"], actor=actor)
+        action = "rollback"
+    if not out["changed"]:
+        raise AirflowSkipException(f"{out['champion'] or 'base'} is already champion")  # no asset event
+    outlet_events[asset].extra = {"action": action, "champion": out["champion"] or "base",
+                                  "previous": out.get("previous") or ""}
+    return out
