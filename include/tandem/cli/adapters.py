@@ -6,6 +6,8 @@ import sys
 
 from tandem.cli import emit
 
+KEY_METRICS = ("pass_rate", "schema_valid", "citations_valid", "refusal_correct", "answer_correct")
+
 
 def register(sub) -> None:
     p = sub.add_parser("adapters", help="list, promote, roll back or retrain LoRA adapters (MLflow tandem-adapter)")
@@ -55,7 +57,8 @@ def cmd_list(args) -> int:
         print("no adapter versions yet (the base model serves); train one with the lora_retrain DAG "
               "or `tandem adapters retrain`")
         return 0
-    keys = sorted({m for r in rows for m in r["metrics"]})[:5]
+    present = {m for r in rows for m in r["metrics"]}
+    keys = [m for m in KEY_METRICS if m in present] or sorted(present)[:5]
     header = ["version", "aliases", "status", "gate", "created", *keys]
     table = [header]
     for r in rows:
