@@ -47,7 +47,8 @@ class Stack:
         from tandem.stack import process
 
         self.home = home
-        self.settings = Settings.load(home=home, mlflow_port=process.free_port())
+        configured = Settings.load()  # the base model stays the configured one (converted by `make setup`)
+        self.settings = Settings.load(home=home, mlflow_port=process.free_port(), base_model=configured.base_model)
         self.service = None
 
     def __enter__(self):
