@@ -199,3 +199,22 @@ def test_cli_list_promote_rollback(first_run):
     assert "Traceback" not in bad.stderr
     bad = cli("retrain", "--set", "lora_r=0")
     assert bad.returncode == 2 and "lora_r" in bad.stderr
+
+
+def test_training_is_deterministic_with_the_seed(first_run, tmp_path):
+    from tandem.adapters import params, retrain, train
+    from tandem.behavior.spec import load_spec
+
+    settings, state = first_run
+    rows = [r for r in retrain._snapshot(settings, state) if r["split"] == "train"]
+    spec = load_spec(settings.spec_path)
+    p = params.validate(dict(VALUES, max_steps=2, lora_dropout=0.1))  # dropout on: its RNG is seeded too
+    shas = []
+    for seed_dir in ("a", "b"):
+        summary, _, _ = train.train(settings, rows, spec, p, tmp_path / seed_dir, base_model=state["base_model"],
+                                    base_sha256=state["base_sha256"])
+        shas.append(summary["probe_logits_sha256"])
+    assert shas[0] == shas[1]
+    other, _, _ = train.train(settings, rows, spec, params.validate(dict(VALUES, max_steps=2, seed=7)),
+                              tmp_path / "c", base_model=state["base_model"], base_sha256=state["base_sha256"])
+    assert other["probe_logits_sha256"] != shas[0]
