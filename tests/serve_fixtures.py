@@ -58,7 +58,7 @@ def serve_settings(settings, tmp_path_factory):
     spec_path = root / "spec.yaml"
     spec_path.write_text(yaml.safe_dump(spec, sort_keys=False))
     return settings.replace(index_name="serve", sources=(f"acme={corpus}",), canary_path=str(golden),
-                            spec_path=str(spec_path), torch_threads=2, champion_check_seconds=30)
+                            spec_path=str(spec_path), torch_threads=1, champion_check_seconds=30)
 
 
 @pytest.fixture(scope="session")

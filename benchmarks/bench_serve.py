@@ -1,0 +1,428 @@
+"""`make bench-serve`: latency figures of the answer path. Prints figures; asserts nothing.
+
+1. Retrieval at N chunks (default 100,000): the knowledge cadence's hybrid search (HNSW + tsvector, RRF)
+   end to end (query embedding + SQL) and the SQL part alone, p50/p95 over the demo's golden queries.
+2. Generation on CPU with the demo base model: p50/p95 of the generation step of `tandem ask`.
+3. End-to-end `tandem ask` latency (retrieval + prompt + generation + validation).
+4. The first request after a champion change: the alias is re-checked, the new adapter downloaded and
+   loaded (base + LoRA, merged), then the answer generated; against a steady request.
+
+Every figure is the median (p50) and p95 of at least ``--runs`` (>= 3) repetitions.
+
+The 100k-chunk corpus: ``--chunks`` chunks of synthetic product documentation (deterministic: seeded,
+sorted) built from a pool of distinct template sentences. By default each chunk's vector is the
+normalised mean of the real all-MiniLM-L6-v2 embeddings of its sentences (the pool is embedded for real,
+~3,000 sentences), which keeps the set-up to minutes on 2 cores; ``--exact-embeddings`` embeds every
+chunk with the model instead (about 10+ minutes per 100k chunks on 2 cores). Either way the vectors are
+cached under ``benchmarks/.cache/serve/`` and the loaded index is kept in the bench's own Postgres under
+``--home`` (default ``benchmarks/.cache/serve/home``), so a second run starts measuring at once.
+
+Usage: python benchmarks/bench_serve.py [--chunks 100000] [--runs 3] [--gen-questions 3]
+       [--max-new-tokens N] [--skip-generation] [--skip-swap] [--exact-embeddings] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+CACHE = REPO / "benchmarks" / ".cache" / "serve"
+RESULTS = REPO / "benchmarks" / "results"
+SEED = 20261122
+INDEX = "bench_serve"
+CHUNKS_PER_DOC = 5
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+TOPICS = {
+    "billing": ["invoices", "the billing contact", "a credit card", "annual billing", "a refund", "VAT numbers"],
+    "plans": ["the Free plan", "the Starter plan", "the Pro plan", "the Business plan", "the Enterprise plan"],
+    "monitors": ["HTTP monitors", "keyword monitors", "DNS monitors", "TCP monitors", "heartbeat monitors"],
+    "alerts": ["alert policies", "escalations", "SMS alerts", "email alerts", "voice calls", "quiet hours"],
+    "status pages": ["a status page", "a custom domain", "subscribers", "incident updates", "a logo"],
+    "integrations": ["Slack", "Microsoft Teams", "PagerDuty", "Opsgenie", "webhooks", "Zapier", "Datadog"],
+    "security": ["single sign-on", "two-factor authentication", "the audit log", "API keys", "data residency"],
+    "agents": ["the private agent", "agent v1", "the Docker image", "probe locations", "the agent token"],
+    "limits": ["the API rate limit", "file uploads", "data retention", "check intervals", "team seats"],
+    "support": ["the SLA", "severity levels", "the support portal", "response times", "account cancellation"],
+}
+TEMPLATES = [
+    "To configure {x}, open Settings and choose {topic}; changes apply within {n} seconds.",
+    "{X} is available on plans from {plan} upward and is limited to {n} per account.",
+    "If {x} stops working, check the {topic} log for error {code} and retry after {n} minutes.",
+    "Administrators can export {x} as CSV from the {topic} page at any time.",
+    "Since release {ver}, {x} supports regions in {region} and keeps history for {n} days.",
+    "{X} costs ${price} per month as an add-on, billed with the {topic} invoice.",
+    "The {topic} API exposes {x} at /v2/{slug} with a limit of {n} requests per minute.",
+    "Teams on {plan} can assign {x} to up to {n} members with the editor role.",
+    "When {x} changes, Beacon notifies the owners by email and records it in the audit log.",
+    "Deleting {x} is permanent after {n} days; before that, support can restore it.",
+]
+PLANS = ["Free", "Starter", "Pro", "Business", "Enterprise"]
+REGIONS = ["the EU", "the US", "Asia-Pacific", "the UK", "Canada"]
+
+
+def log(msg: str) -> None:
+    print(f"[bench-serve {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def pct(values: list[float], q: float) -> float:
+    vals = sorted(values)
+    if not vals:
+        return float("nan")
+    k = (len(vals) - 1) * q
+    lo, hi = int(k), min(int(k) + 1, len(vals) - 1)
+    return vals[lo] + (vals[hi] - vals[lo]) * (k - lo)
+
+
+def summary(values: list[float]) -> dict:
+    return {"p50": round(statistics.median(values), 2), "p95": round(pct(values, 0.95), 2), "n": len(values),
+            "min": round(min(values), 2), "max": round(max(values), 2)}
+
+
+# --- the corpus
+
+
+def sentence_pool(seed: int = SEED) -> list[str]:
+    rng = random.Random(seed)
+    pool = set()
+    for topic, things in sorted(TOPICS.items()):
+        for thing in things:
+            for template in TEMPLATES:
+                for _ in range(5):
+                    pool.add(template.format(
+                        x=thing, X=thing[0].upper() + thing[1:], topic=topic, n=rng.choice([5, 10, 15, 30, 60, 90, 100, 500]),
+                        plan=rng.choice(PLANS), code=rng.randint(400, 599), ver=f"{rng.randint(1, 4)}.{rng.randint(0, 12)}",
+                        region=rng.choice(REGIONS), price=rng.choice([5, 9, 19, 29, 49, 99]),
+                        slug=thing.replace(" ", "-").lower()))
+    return sorted(pool)
+
+
+def corpus(n: int, pool: list[str], seed: int = SEED) -> list[dict]:
+    """``n`` chunks: 3 sentences each from one topic's sentences, 5 chunks per document. Deterministic."""
+    rng = random.Random(seed + n)
+    by_topic: dict[str, list[int]] = {}
+    for i, sentence in enumerate(pool):
+        topic = next((t for t in sorted(TOPICS) if t in sentence), None) or "general"
+        by_topic.setdefault(topic, []).append(i)
+    topics = sorted(by_topic)
+    rows = []
+    for c in range(n):
+        doc = c // CHUNKS_PER_DOC
+        topic = topics[doc % len(topics)]
+        picks = rng.sample(by_topic[topic], 3)
+        doc_id = f"bench/{topic.replace(' ', '-')}/doc-{doc:06d}.md"
+        rows.append({"chunk_id": f"{doc_id}#{c % CHUNKS_PER_DOC}", "doc_id": doc_id, "ordinal": c % CHUNKS_PER_DOC,
+                     "title": f"{topic.title()} guide {doc}", "heading_path": f"{topic.title()} > Part {c % CHUNKS_PER_DOC + 1}",
+                     "text": " ".join(pool[i] for i in picks), "sentences": picks})
+    return rows
+
+
+def vectors(rows: list[dict], pool: list[str], exact: bool, embedder):
+    """Chunk vectors (cached): mean of the real sentence embeddings, or the real chunk embeddings."""
+    import numpy as np
+
+    digest = hashlib.sha256(("\n".join(r["text"] for r in rows[:1000]) + str(len(rows)) + embedder.ref).encode()).hexdigest()[:12]
+    path = CACHE / f"vectors-{'exact' if exact else 'mean'}-{len(rows)}-{digest}.npy"
+    if path.exists():
+        log(f"vectors from cache {path.relative_to(REPO)}")
+        return np.load(path), path
+    CACHE.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    if exact:
+        texts = [f"{r['title']}\n{r['heading_path']}\n{r['text']}" for r in rows]
+        out = []
+        for start in range(0, len(texts), 256):
+            out.append(embedder.encode(texts[start:start + 256]))
+            done = start + len(out[-1])
+            if done % 5120 < 256:
+                rate = done / (time.monotonic() - started)
+                log(f"embedded {done}/{len(texts)} chunks ({rate:.0f}/s)")
+        vecs = np.concatenate(out)
+    else:
+        sent = embedder.encode(pool)
+        log(f"embedded the sentence pool: {len(pool)} sentences in {time.monotonic() - started:.1f}s")
+        idx = np.array([r["sentences"] for r in rows])
+        vecs = sent[idx].mean(axis=1)
+        vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    vecs = vecs.astype(np.float32)
+    np.save(path, vecs)
+    log(f"vectors: {len(vecs)} in {time.monotonic() - started:.1f}s, cached at {path.relative_to(REPO)}")
+    return vecs, path
+
+
+def load_index(settings, rows: list[dict], vecs) -> str:
+    """The corpus as the live space of index ``bench_serve`` (the knowledge cadence's own tables)."""
+    from psycopg import sql
+
+    from tandem import db
+    from tandem.knowledge import fingerprint, spaces, store
+
+    n = store.names(settings.index_name)
+    fp, spec, info, _ = fingerprint.current(settings)
+    with db.connection(settings.db_url) as conn:
+        store.ensure_schema(conn, n)
+        live = spaces.live(conn, n)
+        if live is not None:
+            count = conn.execute(sql.SQL("SELECT count(*) FROM {t}").format(t=db.ident(live.table))).fetchone()[0]
+            first = conn.execute(sql.SQL("SELECT text FROM {t} WHERE chunk_id = %s").format(t=db.ident(live.table)),
+                                 (rows[0]["chunk_id"],)).fetchone()
+            if count == len(rows) and first and first[0] == rows[0]["text"]:
+                log(f"index {settings.index_name} already holds the {count} chunks (version {live.version})")
+                return live.version
+            raise SystemExit(f"index {settings.index_name} in {settings.home} holds another corpus ({count} chunks): "
+                             f"delete {settings.home} or pass another --home")
+        space, _mode = spaces.target(conn, n, fp, spec, info.dim, full=True)
+        table = db.ident(space.table)
+        started = time.monotonic()
+        conn.execute(sql.SQL("DROP INDEX IF EXISTS {i}").format(i=db.ident(space.table + "_hnsw")))
+        with conn.cursor().copy(sql.SQL(
+                "COPY {t} (chunk_id, doc_id, ordinal, doc_hash, source, uri, title, heading_path, text, fingerprint, "
+                "embedding) FROM STDIN").format(t=table)) as copy:
+            for r, v in zip(rows, vecs):
+                copy.write_row((r["chunk_id"], r["doc_id"], r["ordinal"], "bench", "bench",
+                                f"file:///bench/{r['doc_id']}", r["title"], r["heading_path"], r["text"], fp,
+                                "[" + ",".join(f"{x:.6f}" for x in v) + "]"))
+        conn.commit()
+        log(f"copied {len(rows)} chunks in {time.monotonic() - started:.1f}s; building the HNSW index")
+        started = time.monotonic()
+        conn.execute("SET maintenance_work_mem = '1GB'")
+        conn.execute(sql.SQL("CREATE INDEX {i} ON {t} USING hnsw (embedding vector_cosine_ops)")
+                     .format(i=db.ident(space.table + "_hnsw"), t=table))
+        conn.execute(sql.SQL("ANALYZE {t}").format(t=table))
+        drop = spaces.activate(conn, n, space, 1)
+        conn.commit()
+        spaces.drop_tables(conn, drop)
+        log(f"HNSW built in {time.monotonic() - started:.1f}s; index live")
+        return spaces.version(space.space_no, 1)
+
+
+# --- the figures
+
+
+def bench_retrieval(settings, queries: list[str], runs: int) -> dict:
+    from tandem import db
+    from tandem.knowledge import search, spaces, store
+    from tandem.knowledge.search import embedder_for, search_space
+
+    search.search(settings, queries[0], k=5)  # warm: model, connection, caches
+    conn = db.connect(settings.db_url)
+    space = spaces.live(conn, store.names(settings.index_name))
+    embedder = embedder_for(settings, space)
+    conn.rollback()
+    e2e, sql_only, embed = [], [], []
+    for _ in range(runs):
+        for q in queries:
+            t0 = time.perf_counter()
+            search.search(settings, q, k=5)
+            e2e.append((time.perf_counter() - t0) * 1000)
+            t0 = time.perf_counter()
+            vec = embedder.encode([q])[0]
+            embed.append((time.perf_counter() - t0) * 1000)
+            t0 = time.perf_counter()
+            search_space(conn, space.table, q, vec, k=5, ef_search=settings.hnsw_ef_search)
+            sql_only.append((time.perf_counter() - t0) * 1000)
+            conn.rollback()
+    conn.close()
+    return {"search_ms": summary(e2e), "sql_ms": summary(sql_only), "query_embedding_ms": summary(embed)}
+
+
+def bench_answers(settings, questions: list[str], runs: int) -> dict:
+    from tandem.serve.adapter_cache import AdapterCache
+    from tandem.serve.answer import answer
+
+    forced = settings.replace(refusal_min_similarity=0.0)  # always generate: this measures generation
+    cache = AdapterCache(forced)
+    t0 = time.perf_counter()
+    first = answer(forced, questions[0], adapter="base", cache=cache)
+    load_s = time.perf_counter() - t0
+    gen, total, retr, tokens, valid = [], [], [], [], []
+    for _ in range(runs):
+        for q in questions:
+            a = answer(forced, q, adapter="base", cache=cache)
+            gen.append(a.timings["generation_ms"])
+            total.append(a.timings["total_ms"])
+            retr.append(a.timings["retrieval_ms"])
+            stats = cache.load("base").generator.last_stats
+            tokens.append(stats.get("new_tokens", 0) / max(stats.get("seconds", 1e-9), 1e-9))
+            valid.append(a.valid)
+    return {"generation_ms": summary(gen), "end_to_end_ms": summary(total), "retrieval_ms_in_answer": summary(retr),
+            "new_tokens_per_s": summary(tokens), "first_answer_incl_model_load_s": round(load_s, 2),
+            "contract_valid_rate": round(sum(valid) / len(valid), 3), "example_output": first.raw_output}
+
+
+def bench_swap(settings, question: str, runs: int, work: Path) -> dict:
+    """Champion moves between two real adapters; the first request after each move vs a steady one."""
+    import mlflow
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from tandem import tracking
+    from tandem.adapters import registry
+    from tandem.models import base_model_sha256, weights_sha256
+    from tandem.serve.adapter_cache import AdapterCache
+    from tandem.serve.answer import answer
+
+    versions = []
+    for seed in (1, 2):
+        folder = work / f"adapter-{seed}"
+        if not (folder / "adapter_config.json").exists():
+            torch.manual_seed(seed)
+            model = AutoModelForCausalLM.from_pretrained(settings.base_model, dtype=torch.float32)
+            peft = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
+                                                    init_lora_weights=False, task_type="CAUSAL_LM"))
+            peft.save_pretrained(folder)
+        tracking.use(settings, tracking.EXPERIMENT_TRAINING)
+        with mlflow.start_run(run_name=f"bench-serve adapter {seed}") as run:
+            mlflow.log_artifacts(str(folder), registry.ARTIFACT_PATH)
+        tags = tracking.tags(base_model=settings.base_model, base_model_sha256=base_model_sha256(settings.base_model),
+                             adapter_sha256=weights_sha256(folder))
+        versions.append(registry.register_version(settings, run.info.run_id, tags=tags, description="bench-serve"))
+    forced = settings.replace(refusal_min_similarity=0.0, champion_check_seconds=0)
+    registry.promote(forced, versions[0], reason="bench-serve")
+    cache = AdapterCache(forced, check_seconds=0, max_loaded=1)  # one adapter in memory: every swap loads
+    answer(forced, question, cache=cache)  # warm: the first champion is loaded
+    first_ms, load_s, steady_ms, check_ms = [], [], [], []
+    for i in range(runs):
+        target = versions[(i + 1) % 2]
+        registry.promote(forced, target, reason="bench-serve swap")
+        t0 = time.perf_counter()
+        a = answer(forced, question, cache=cache)
+        first_ms.append((time.perf_counter() - t0) * 1000)
+        assert a.adapter == f"v{target}", a.adapter
+        load_s.append(cache.last_load_seconds)
+        t0 = time.perf_counter()
+        answer(forced, question, cache=cache)
+        steady_ms.append((time.perf_counter() - t0) * 1000)
+        t0 = time.perf_counter()
+        cache.key_for("champion")  # the alias check alone (MLflow round trip)
+        check_ms.append((time.perf_counter() - t0) * 1000)
+    return {"first_request_after_change_ms": summary(first_ms), "adapter_load_s": summary(load_s),
+            "steady_request_ms": summary(steady_ms), "alias_check_ms": summary(check_ms), "swaps": cache.swaps}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--chunks", type=int, default=100_000)
+    p.add_argument("--runs", type=int, default=3, help="repetitions (>= 3) of every measured set")
+    p.add_argument("--gen-questions", type=int, default=3, help="questions per generation run")
+    p.add_argument("--max-new-tokens", type=int, default=None, help="override the spec's generation budget")
+    p.add_argument("--skip-generation", action="store_true")
+    p.add_argument("--skip-swap", action="store_true")
+    p.add_argument("--exact-embeddings", action="store_true", help="embed every chunk with the model (slow, cached)")
+    p.add_argument("--home", type=Path, default=CACHE / "home", help="the bench's own state (Postgres, MLflow)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads (1 by default: on a busy 2-core machine 2 threads were ~7x slower, see the report)")
+    p.add_argument("--json", action="store_true", help="print the figures as JSON")
+    args = p.parse_args(argv)
+    if args.runs < 3:
+        p.error("--runs must be >= 3 (figures are medians of at least 3 runs)")
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from tandem.config import Settings
+    from tandem.stack import postgres, process, services
+
+    home = args.home.resolve()
+    pgdata = home / "postgres" / "data"
+    started_pg = postgres.start(pgdata)
+    postgres.ensure_databases(pgdata)
+    settings = Settings.load(home=home, index_name=INDEX, torch_threads=args.threads,
+                             base_model=str(REPO / ".tandem" / "models" / "SmolLM2-135M-Instruct")
+                             if not os.environ.get("TANDEM_BASE_MODEL") else os.environ["TANDEM_BASE_MODEL"])
+    if args.max_new_tokens:
+        import yaml
+
+        spec = yaml.safe_load(Path(settings.spec_path).read_text())
+        spec["generation"]["max_new_tokens"] = args.max_new_tokens
+        spec_path = home / "spec.yaml"
+        spec_path.write_text(yaml.safe_dump(spec, sort_keys=False))
+        settings = settings.replace(spec_path=str(spec_path))
+    mlflow_service = None
+    results: dict = {"chunks": args.chunks, "runs": args.runs, "threads": args.threads, "cpu_count": os.cpu_count(),
+                     "load_avg_start": os.getloadavg()[0], "embeddings": "exact" if args.exact_embeddings else "sentence-mean"}
+    try:
+        from tandem.knowledge.embedding import get_embedder
+        from tandem.models import embedding_model_path
+
+        embedder = get_embedder(embedding_model_path(settings.embed_model), args.threads)
+        pool = sentence_pool()
+        rows = corpus(args.chunks, pool)
+        vecs, _path = vectors(rows, pool, args.exact_embeddings, embedder)
+        results["index_version"] = load_index(settings, rows, vecs)
+        golden = [json.loads(line)["query"] for line in
+                  (REPO / "include/tandem/data/demo/golden_retrieval.jsonl").read_text().splitlines() if line.strip()]
+        log(f"retrieval: {len(golden)} queries x {args.runs} runs at {args.chunks} chunks")
+        results["retrieval"] = bench_retrieval(settings, golden, args.runs)
+        if not args.skip_generation:
+            questions = golden[:args.gen_questions]
+            log(f"generation / end to end: {len(questions)} questions x {args.runs} runs (base model, CPU)")
+            results["answer"] = bench_answers(settings, questions, args.runs)
+        if not args.skip_swap:
+            settings = settings.replace(mlflow_port=process.free_port())
+            settings = settings.replace(mlflow_uri=f"http://{settings.bind_host}:{settings.mlflow_port}")
+            mlflow_service = services.mlflow_service(settings)
+            process.start(mlflow_service, settings.run_dir, settings.logs_dir)
+            process.wait_healthy(mlflow_service, settings.run_dir, settings.logs_dir, timeout=180)
+            log(f"champion swaps: {args.runs} alias moves between two real LoRA adapters")
+            results["swap"] = bench_swap(settings, golden[0], args.runs, home)
+    finally:
+        if mlflow_service is not None:
+            process.stop(mlflow_service, settings.run_dir)
+        if started_pg:
+            postgres.stop(pgdata)
+    results["load_avg_end"] = os.getloadavg()[0]
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / f"serve-{time.strftime('%Y%m%dT%H%M%S')}.json"
+    out.write_text(json.dumps(results, indent=2))
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        print(report(results))
+        print(f"(raw figures: {out.relative_to(REPO)})")
+    return 0
+
+
+def report(r: dict) -> str:
+    lines = [f"bench-serve: {r['chunks']:,} chunks ({r['embeddings']} vectors), {r['runs']} runs, "
+             f"{r['threads']} torch threads on {r['cpu_count']} CPUs (load avg {r['load_avg_start']:.1f} -> {r['load_avg_end']:.1f})",
+             f"{'figure':<48} {'p50':>10} {'p95':>10}  n"]
+
+    def row(name, s, unit="ms"):
+        lines.append(f"{name:<48} {s['p50']:>8} {unit:<2}{s['p95']:>8} {unit:<2} {s['n']}")
+
+    ret = r["retrieval"]
+    row(f"retrieval: search() at {r['chunks']:,} chunks (embed + SQL)", ret["search_ms"])
+    row("retrieval: SQL only (HNSW + tsvector + RRF)", ret["sql_ms"])
+    row("retrieval: query embedding", ret["query_embedding_ms"])
+    if "answer" in r:
+        a = r["answer"]
+        row("generation (base model, CPU)", a["generation_ms"])
+        row("end to end: tandem ask", a["end_to_end_ms"])
+        row("generation speed", a["new_tokens_per_s"], "t/s")
+        lines.append(f"{'first answer incl. loading the base model':<48} {a['first_answer_incl_model_load_s']:>8} s")
+        lines.append(f"{'output meets the contract (base model)':<48} {100 * a['contract_valid_rate']:>7.0f} %")
+    if "swap" in r:
+        s = r["swap"]
+        row("first request after a champion change", s["first_request_after_change_ms"])
+        row("  of which: adapter load (base + LoRA, merged)", s["adapter_load_s"], "s")
+        row("steady request (same champion)", s["steady_request_ms"])
+        row("alias re-check (MLflow round trip)", s["alias_check_ms"])
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
