@@ -222,6 +222,7 @@ def bench_retrieval(settings, queries: list[str], runs: int) -> dict:
     embedder = embedder_for(settings, space)
     conn.rollback()
     e2e, sql_only, embed = [], [], []
+    by_mode: dict[str, list[float]] = {"vector": [], "keyword": []}
     for _ in range(runs):
         for q in queries:
             t0 = time.perf_counter()
@@ -234,8 +235,14 @@ def bench_retrieval(settings, queries: list[str], runs: int) -> dict:
             search_space(conn, space.table, q, vec, k=5, ef_search=settings.hnsw_ef_search)
             sql_only.append((time.perf_counter() - t0) * 1000)
             conn.rollback()
+            for mode, times in by_mode.items():  # where the SQL time goes
+                t0 = time.perf_counter()
+                search_space(conn, space.table, q, vec, k=5, mode=mode, ef_search=settings.hnsw_ef_search)
+                times.append((time.perf_counter() - t0) * 1000)
+                conn.rollback()
     conn.close()
-    return {"search_ms": summary(e2e), "sql_ms": summary(sql_only), "query_embedding_ms": summary(embed)}
+    return {"search_ms": summary(e2e), "sql_ms": summary(sql_only), "query_embedding_ms": summary(embed),
+            "sql_vector_only_ms": summary(by_mode["vector"]), "sql_keyword_only_ms": summary(by_mode["keyword"])}
 
 
 def bench_answers(settings, questions: list[str], runs: int) -> dict:
@@ -407,6 +414,8 @@ def report(r: dict) -> str:
     ret = r["retrieval"]
     row(f"retrieval: search() at {r['chunks']:,} chunks (embed + SQL)", ret["search_ms"])
     row("retrieval: SQL only (HNSW + tsvector + RRF)", ret["sql_ms"])
+    row("  of which: vector list alone (HNSW)", ret["sql_vector_only_ms"])
+    row("  of which: keyword list alone (tsvector)", ret["sql_keyword_only_ms"])
     row("retrieval: query embedding", ret["query_embedding_ms"])
     if "answer" in r:
         a = r["answer"]
