@@ -3,8 +3,9 @@ fusion (RRF: score = sum over lists of 1 / (60 + rank)). Not concatenation: a ch
 ranks above one found by either alone.
 
 - The query is embedded with the model of the *live* space (its fingerprint), so queries never mix spaces.
-- Keyword hits: ``websearch_to_tsquery`` (all words, quotes, -exclusions); when that finds fewer than the
-  candidate count, the remaining candidates come from an any-word query.
+- Keyword hits: ``websearch_to_tsquery`` (all words, quotes, -exclusions), ranked with ``ts_rank_cd``; when
+  that finds fewer than the candidate count, the rest come from an any-word query ranked within a bounded
+  pool of ``OR_POOL`` matches, so a query sharing one common word with most chunks stays fast.
 - Every returned hit carries ``vector_similarity`` (cosine similarity of the chunk to the query), also hits
   found only by keywords, so callers can apply a refusal threshold.
 - Filters: ``source``, ``doc_id`` (a value or a list), ``doc_id_prefix``, ``title``, ``format``.
@@ -30,6 +31,7 @@ RRF_K = 60
 MODES = ("hybrid", "vector", "keyword")
 FILTER_KEYS = ("source", "doc_id", "doc_id_prefix", "title", "format")
 MAX_K = 100
+OR_POOL = 500  # any-word keyword matches ranked per query (after the all-words matches)
 
 
 @dataclasses.dataclass
@@ -161,13 +163,16 @@ def search_space(conn: psycopg.Connection, table: str, query: str, vector, *, k:
             SELECT chunk_id, ts_rank_cd(tsv, q) AS rank FROM {t}, websearch_to_tsquery('english', %s) q
             WHERE tsv @@ q AND {w} ORDER BY rank DESC, chunk_id LIMIT %s
             """).format(t=t, w=where), [query, *wparams, n_cand]).fetchall()
-        if len(rows) < n_cand:  # too few documents have every word: fill up with any-word matches
+        if len(rows) < n_cand:  # too few chunks have every word: fill up with any-word matches, ranked within
+            # a bounded pool (ranking every chunk that shares one common word would cost O(corpus) per query)
             seen = [r[0] for r in rows]
             more = conn.execute(sql.SQL("""
-                SELECT chunk_id, ts_rank_cd(tsv, q) AS rank
-                FROM {t}, CAST(NULLIF(replace(plainto_tsquery('english', %s)::text, ' & ', ' | '), '') AS tsquery) q
-                WHERE tsv @@ q AND NOT (chunk_id = ANY(%s)) AND {w} ORDER BY rank DESC, chunk_id LIMIT %s
-                """).format(t=t, w=where), [query, seen, *wparams, n_cand - len(rows)]).fetchall()
+                SELECT chunk_id, ts_rank_cd(tsv, q) AS rank FROM (
+                    SELECT chunk_id, tsv, q FROM {t},
+                        CAST(NULLIF(replace(plainto_tsquery('english', %s)::text, ' & ', ' | '), '') AS tsquery) q
+                    WHERE tsv @@ q AND NOT (chunk_id = ANY(%s)) AND {w} LIMIT %s) pool
+                ORDER BY rank DESC, chunk_id LIMIT %s
+                """).format(t=t, w=where), [query, seen, *wparams, OR_POOL, n_cand - len(rows)]).fetchall()
             rows += more
         ranked.append([r[0] for r in rows])
         if mode == "keyword":

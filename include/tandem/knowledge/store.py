@@ -183,6 +183,10 @@ def create_chunk_table(conn: psycopg.Connection, n: Names, space_no: int, dim: i
                               to_tsvector('english', text)) STORED,
             created_at    timestamptz NOT NULL DEFAULT now()
         )""").format(t=t, dim=sql.Literal(int(dim))))
+    if dim <= 1024:  # keep vectors in the row (no TOAST): exact scans and re-ranking read them directly
+        conn.execute(sql.SQL("ALTER TABLE {t} ALTER COLUMN embedding SET STORAGE PLAIN").format(t=t))
+    # keep the tsvector in the row too (compressed if need be): keyword ranking reads it for every candidate
+    conn.execute(sql.SQL("ALTER TABLE {t} ALTER COLUMN tsv SET STORAGE MAIN").format(t=t))
     conn.execute(sql.SQL("CREATE INDEX IF NOT EXISTS {i} ON {t} (doc_id)").format(i=ident(table + "_doc"), t=t))
     if hnsw:
         ensure_hnsw(conn, table)

@@ -1,0 +1,474 @@
+"""`make bench-knowledge`: the knowledge cadence's figures, beside the targets of issue 3. Prints; asserts nothing.
+
+1. cold   Cold full index of ``--docs`` (2,000) generated Markdown documents (0.5-5 KB): docs/s and chunks/s,
+          and the raw model's chunks/s on the same chunk texts and batch size, measured in the same run
+          (target: pipeline >= 85% of raw).
+2. incr   Incremental run with 1% of those documents changed, against a full rebuild (``--full``) of the same
+          corpus (target: >= 30x faster).
+3. nochange  A run over ``--nochange-docs`` (10,000) unchanged documents, end to end through the CLI
+          (`tandem reindex --json` in a fresh process; target <= 15 s).
+4. query  Query latency at ``--query-chunks`` (100,000) chunks with real embeddings of generated text (cached
+          under benchmarks/.cache/knowledge/): vector p50/p95 (target p50 <= 15 ms), hybrid p50/p95 (target
+          p50 <= 30 ms) - the SQL side, query vector given - plus the query-embedding time, and HNSW recall@10
+          against an exact scan (target >= 0.95).
+5. folder (``--folder PATH``) Cold index of any folder of real text (for example /usr/share/doc).
+
+Every figure is the median of ``--runs`` (>= 3) runs. The benchmark starts its own embedded Postgres under
+``--home`` (default /tmp/tandem-bench-knowledge: the socket path must stay short) unless ``--db-url`` is given.
+MLflow logging is off (an unreachable tracking URI is skipped in milliseconds) unless ``--mlflow-uri``.
+
+The 10,000-document index of the no-change figure is seeded through the real pipeline with a deterministic
+stand-in for the model (the run being measured embeds nothing, and embedding ~5M tokens takes ~20+ minutes
+on 2 cores); ``--real-seed`` seeds it with the real model instead.
+
+Usage: python benchmarks/bench_knowledge.py [--only cold,incr,nochange,query] [--docs 2000]
+       [--nochange-docs 10000] [--query-chunks 100000] [--queries 200] [--runs 3] [--threads 2]
+       [--folder PATH] [--db-url URL] [--quick] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+CACHE = REPO / "benchmarks" / ".cache" / "knowledge"
+RESULTS = REPO / "benchmarks" / "results"
+SEED = 7
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import knowledge_corpus as corpus  # noqa: E402
+
+
+def log(msg: str) -> None:
+    print(f"[bench-knowledge {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def median(values):
+    return statistics.median(values) if values else float("nan")
+
+
+def pct(values, q):
+    values = sorted(values)
+    if not values:
+        return float("nan")
+    k = (len(values) - 1) * q
+    lo, hi = int(k), min(int(k) + 1, len(values) - 1)
+    return values[lo] + (values[hi] - values[lo]) * (k - lo)
+
+
+# ----------------------------------------------------------------------------------------------- set-up
+def start_postgres(home: Path) -> str:
+    from tandem.stack import postgres
+
+    pgdata = home / "pg"
+    postgres.start(pgdata)
+    postgres.ensure_databases(pgdata, ("tandem",))
+    return postgres.url(pgdata, "tandem")
+
+
+def base_settings(args, db_url: str):
+    from tandem.config import Settings
+
+    return Settings.load(home=Path(args.home), db_url=db_url, mlflow_uri=args.mlflow_uri,
+                         canary_path=str(Path(args.home) / "no-golden.jsonl"), torch_threads=args.threads,
+                         lock_wait_seconds=0)
+
+
+def drop_index(settings, name: str) -> None:
+    from psycopg import sql
+
+    from tandem import db
+
+    with db.connection(settings.db_url) as conn:
+        views = [r[0] for r in conn.execute("SELECT viewname FROM pg_views WHERE viewname LIKE %s",
+                                            (f"kn\\_{name}\\_%",))]
+        tables = [r[0] for r in conn.execute("SELECT tablename FROM pg_tables WHERE tablename LIKE %s",
+                                             (f"kn\\_{name}\\_%",))]
+        for v in views:
+            conn.execute(sql.SQL("DROP VIEW IF EXISTS {}").format(sql.Identifier(v)))
+        for t in tables:
+            conn.execute(sql.SQL("DROP TABLE IF EXISTS {} CASCADE").format(sql.Identifier(t)))
+        conn.commit()
+
+
+class StandInEmbedder:
+    """Deterministic unit vectors from the text's sha256: for seeding an index whose vectors are not measured."""
+
+    def __init__(self, real):
+        self.dim, self.max_seq_length, self.ref = real.dim, real.max_seq_length, real.ref
+
+    def encode(self, texts, batch_size=64):
+        import numpy as np
+
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        for i, t in enumerate(texts):
+            rng = np.random.default_rng(int.from_bytes(hashlib.sha256(t.encode()).digest()[:8], "little"))
+            v = rng.standard_normal(self.dim).astype(np.float32)
+            out[i] = v / np.linalg.norm(v)
+        return out
+
+
+@contextlib.contextmanager
+def stand_in_model(real):
+    from tandem.knowledge import embedding
+
+    original = embedding.get_embedder
+    fake = StandInEmbedder(real)
+    embedding.get_embedder = lambda ref, threads=0: fake
+    try:
+        yield
+    finally:
+        embedding.get_embedder = original
+
+
+def embed_texts_of(settings, table: str) -> list[str]:
+    """The exact texts the pipeline embedded (context + chunk), in table order."""
+    from psycopg import sql
+
+    from tandem import db
+    from tandem.knowledge.chunking import Chunk
+
+    with db.connection(settings.db_url) as conn:
+        rows = conn.execute(sql.SQL("SELECT doc_id, ordinal, title, heading_path, text FROM {} ORDER BY doc_id, ordinal")
+                            .format(sql.Identifier(table))).fetchall()
+    return [Chunk("", d, o, t, h, x).embed_text for d, o, t, h, x in rows]
+
+
+# ----------------------------------------------------------------------------------------------- figures
+def bench_cold(args, settings, embedder, out: dict) -> None:
+    from tandem.knowledge import reindex
+
+    folder = corpus.write(CACHE / f"corpus-{SEED}-{args.docs}", args.docs, SEED)  # (re)writes edited files too
+    runs = []
+    raw = []
+    name = None
+    for r in range(args.runs):
+        name = f"bcold{r}"
+        drop_index(settings, name)
+        s = settings.replace(index_name=name, sources=(f"acme={folder}",))
+        log(f"cold full index #{r + 1}: {args.docs} docs")
+        summary = reindex.run(s, progress=False)
+        runs.append(summary)
+        texts = embed_texts_of(s, summary_table(summary, name))
+        t0 = time.perf_counter()
+        embedder.encode(texts, batch_size=s.embed_batch_size)
+        raw_s = time.perf_counter() - t0
+        raw.append(len(texts) / raw_s)
+        log(f"  {summary['seconds']}s, {summary['chunks_embedded']} chunks, "
+            f"{summary['chunks_embedded'] / summary['seconds']:.1f} chunks/s; raw model {raw[-1]:.1f} chunks/s")
+    pipeline = [s["chunks_embedded"] / s["seconds"] for s in runs]
+    embed_phase = [s["chunks_embedded"] / s["phases"]["embed"] for s in runs]
+    out["cold"] = {
+        "docs": args.docs, "chunks": runs[-1]["chunks_embedded"], "runs": len(runs),
+        "seconds_median": median([s["seconds"] for s in runs]),
+        "docs_per_s_median": median([s["new"] / s["seconds"] for s in runs]),
+        "chunks_per_s_median": median(pipeline),
+        "raw_model_chunks_per_s_median": median(raw),
+        "pipeline_vs_raw": median(pipeline) / median(raw),
+        "embed_phase_chunks_per_s_median": median(embed_phase),
+        "phases_last": runs[-1]["phases"], "batch_size": settings.embed_batch_size,
+        "target": "pipeline chunks/s >= 85% of raw",
+    }
+    out["_cold_index"] = name
+
+
+def summary_table(summary: dict, name: str) -> str:
+    return f"kn_{name}_chunks_{summary['space']['no']}"
+
+
+def bench_incremental(args, settings, out: dict) -> None:
+    from tandem.knowledge import reindex
+
+    folder = CACHE / f"corpus-{SEED}-{args.docs}"
+    name = out.get("_cold_index")
+    s = settings.replace(index_name=name or "bincr", sources=(f"acme={folder}",))
+    if name is None:
+        corpus.write(folder, args.docs, SEED)
+        drop_index(settings, "bincr")
+        reindex.run(s, progress=False)
+    n_changed = max(1, args.docs // 100)
+    incr, full = [], []
+    for r in range(args.runs):
+        start = (r * n_changed * 7) % args.docs
+        corpus.modify(folder, [(start + j * 13) % args.docs for j in range(n_changed)], revision=r + 1, seed=SEED)
+        summary = reindex.run(s, progress=False)
+        assert summary["changed"] == n_changed, summary
+        incr.append(summary["seconds"])
+        log(f"incremental #{r + 1}: {n_changed} changed docs, {summary['chunks_embedded']} chunks, {summary['seconds']}s")
+    for r in range(args.full_runs):
+        summary = reindex.run(s, full=True, progress=False)
+        full.append(summary["seconds"])
+        log(f"full rebuild #{r + 1}: {summary['chunks_embedded']} chunks, {summary['seconds']}s")
+    out["incremental"] = {
+        "docs": args.docs, "changed": n_changed, "incremental_seconds_median": median(incr),
+        "full_rebuild_seconds_median": median(full), "speedup": median(full) / median(incr),
+        "incremental_runs": incr, "full_runs": full, "target": ">= 30x",
+    }
+
+
+def bench_nochange(args, settings, embedder, out: dict) -> None:
+    from tandem.knowledge import reindex
+
+    folder = corpus.write(CACHE / f"corpus-{SEED}-{args.nochange_docs}", args.nochange_docs, SEED)
+    name = f"bnochange{args.nochange_docs}"
+    s = settings.replace(index_name=name, sources=(f"acme={folder}",), reindex_batch_docs=500)
+    log(f"seeding the {args.nochange_docs}-document index ({'real model' if args.real_seed else 'stand-in model'})")
+    t0 = time.perf_counter()
+    if args.real_seed:
+        seed = reindex.run(s, progress=False)
+    else:
+        with stand_in_model(embedder):
+            seed = reindex.run(s, progress=False)
+    log(f"  seeded: {seed['new']} new, {seed['chunks_embedded']} chunks in {time.perf_counter() - t0:.0f}s")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TANDEM_")}
+    env.update(s.as_env())
+    walls, reported = [], []
+    for r in range(args.runs):
+        t0 = time.perf_counter()
+        proc = subprocess.run([str(Path(sys.executable).parent / "tandem"), "reindex", "--json"], env=env,
+                              capture_output=True, text=True, timeout=900)
+        wall = time.perf_counter() - t0
+        if proc.returncode != 0:
+            raise RuntimeError(proc.stderr[-3000:])
+        summary = json.loads(proc.stdout)
+        assert summary["chunks_embedded"] == 0 and summary["unchanged"] == args.nochange_docs, summary
+        walls.append(wall)
+        reported.append(summary)
+        log(f"no-change CLI run #{r + 1}: {wall:.2f}s wall (the run itself {summary['seconds']}s: {summary['phases']})")
+    out["nochange"] = {"docs": args.nochange_docs, "cli_wall_seconds_median": median(walls),
+                       "run_seconds_median": median([x["seconds"] for x in reported]),
+                       "scan_seconds_median": median([x["phases"]["scan"] for x in reported]),
+                       "diff_seconds_median": median([x["phases"]["diff"] for x in reported]),
+                       "walls": walls, "seeded_with": "real model" if args.real_seed else "stand-in model",
+                       "target": "<= 15 s end to end"}
+
+
+def query_vectors(embedder, n: int, batch: int):
+    """Real embeddings of chunk texts 0..n-1, cached on disk (float32, L2-normalised)."""
+    import numpy as np
+
+    from tandem.knowledge.chunking import Chunk
+
+    CACHE.mkdir(parents=True, exist_ok=True)
+    path = CACHE / f"query-chunks-{SEED}-{n}.npy"
+    if path.exists():
+        return np.load(path)
+    # reuse a bigger cached set when there is one
+    for other in sorted(CACHE.glob(f"query-chunks-{SEED}-*.npy")):
+        if int(other.stem.rsplit("-", 1)[1]) >= n:
+            return np.load(other, mmap_mode="r")[:n].copy()
+    texts = [Chunk("", "", 0, t, h, x).embed_text for t, h, x in (corpus.chunk_text(i, SEED) for i in range(n))]
+    log(f"embedding {n} chunk texts with the real model (cached afterwards in {path})")
+    vecs = np.empty((n, embedder.dim), dtype=np.float32)
+    t0 = time.perf_counter()
+    step = 4096
+    for start in range(0, n, step):
+        vecs[start:start + step] = embedder.encode(texts[start:start + step], batch_size=batch)
+        done = min(start + step, n)
+        log(f"  {done}/{n} ({done / (time.perf_counter() - t0):.0f} chunks/s)")
+    np.save(path, vecs)
+    return vecs
+
+
+def bench_query(args, settings, embedder, out: dict) -> None:
+    import numpy as np
+    from psycopg import sql
+
+    from tandem import db
+    from tandem.knowledge import store
+    from tandem.knowledge.chunking import Chunk
+    from tandem.knowledge.search import search_space
+
+    n = args.query_chunks
+    vecs = query_vectors(embedder, n, settings.embed_batch_size)
+    names = store.names(f"bq{n}")
+    table = names.chunks(1)
+    with db.connection(settings.db_url) as conn:
+        store.ensure_schema(conn, names)
+        loaded = store.exists(conn, table) and \
+            conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(table))).fetchone()[0] == n
+        build_s = None
+        if not loaded:
+            log(f"loading {n} chunks into {table}")
+            conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(table)))
+            store.create_chunk_table(conn, names, 1, vecs.shape[1], hnsw=False)
+            conn.commit()
+            with conn.cursor().copy(sql.SQL(
+                    "COPY {} (chunk_id, doc_id, ordinal, doc_hash, source, uri, title, heading_path, text, fingerprint,"
+                    " embedding) FROM STDIN").format(sql.Identifier(table))) as copy:
+                for i in range(n):
+                    title, heading, text = corpus.chunk_text(i, SEED)
+                    doc = f"bench/doc-{i // 4:06d}.md"
+                    copy.write_row((f"c{i:07d}", doc, i % 4, "h", "bench", f"file:///bench/{doc}", title, heading,
+                                    text, "bench", vecs[i]))
+            conn.commit()
+            log("building the HNSW index")
+            t0 = time.perf_counter()
+            with conn.transaction():
+                store.ensure_hnsw(conn, table)
+            build_s = time.perf_counter() - t0
+            conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(table)))
+            conn.commit()
+            log(f"  HNSW built in {build_s:.1f}s")
+        queries = [corpus.query(i, SEED) for i in range(args.queries)]
+        t0 = time.perf_counter()
+        qvecs = embedder.encode(queries, batch_size=settings.embed_batch_size)
+        embed_ms = []
+        for q in queries[:50]:
+            t1 = time.perf_counter()
+            embedder.encode([q])
+            embed_ms.append((time.perf_counter() - t1) * 1000)
+        exact = np.argsort(-(np.asarray(vecs) @ qvecs.T), axis=0)[:10].T  # exact top-10 per query
+        results = {"vector": [], "hybrid": []}
+        recall_runs = []
+        for r in range(args.runs):
+            for mode in ("vector", "hybrid"):
+                lat = []
+                for i, (q, v) in enumerate(zip(queries, qvecs)):
+                    t1 = time.perf_counter()
+                    hits = search_space(conn, table, q, v, k=10, mode=mode, ef_search=settings.hnsw_ef_search)
+                    lat.append((time.perf_counter() - t1) * 1000)
+                    conn.rollback()
+                    if mode == "vector" and r == 0:
+                        got = {int(h.chunk_id[1:]) for h in hits}
+                        recall_runs.append(len(got & set(exact[i].tolist())) / 10)
+                results[mode].append((pct(lat, 0.5), pct(lat, 0.95)))
+            log(f"query run #{r + 1}: vector p50 {results['vector'][-1][0]:.2f} ms, "
+                f"hybrid p50 {results['hybrid'][-1][0]:.2f} ms")
+        out["query"] = {
+            "chunks": n, "queries": len(queries), "runs": args.runs, "ef_search": settings.hnsw_ef_search,
+            "vector_p50_ms": median([x[0] for x in results["vector"]]),
+            "vector_p95_ms": median([x[1] for x in results["vector"]]),
+            "hybrid_p50_ms": median([x[0] for x in results["hybrid"]]),
+            "hybrid_p95_ms": median([x[1] for x in results["hybrid"]]),
+            "query_embedding_p50_ms": pct(embed_ms, 0.5),
+            "recall_at_10": sum(recall_runs) / len(recall_runs),
+            "hnsw_build_seconds": build_s,
+            "targets": "vector p50 <= 15 ms, hybrid p50 <= 30 ms, recall@10 >= 0.95",
+        }
+        del t0
+
+
+def bench_folder(args, settings, out: dict) -> None:
+    from tandem.knowledge import reindex
+
+    runs = []
+    for r in range(args.runs):
+        name = f"bfolder{r}"
+        drop_index(settings, name)
+        s = settings.replace(index_name=name, sources=(f"folder={args.folder}",), mass_delete_fraction=1.0)
+        summary = reindex.run(s, progress=False)
+        runs.append(summary)
+        log(f"folder #{r + 1}: {summary['new']} docs ({summary['failed']} failed), {summary['chunks_embedded']} chunks, "
+            f"{summary['seconds']}s")
+    out["folder"] = {"folder": args.folder, "docs": runs[-1]["new"], "failed": runs[-1]["failed"],
+                     "chunks": runs[-1]["chunks_embedded"], "seconds_median": median([s["seconds"] for s in runs]),
+                     "docs_per_s_median": median([s["new"] / s["seconds"] for s in runs]),
+                     "chunks_per_s_median": median([s["chunks_embedded"] / s["seconds"] for s in runs])}
+
+
+def report(out: dict) -> str:
+    lines = ["", "knowledge cadence benchmark (medians of %s runs; machine: %s cores)" % (out["runs"], os.cpu_count())]
+    c = out.get("cold")
+    if c:
+        lines += [f"cold full index, {c['docs']} docs / {c['chunks']} chunks: {c['seconds_median']:.1f}s, "
+                  f"{c['docs_per_s_median']:.2f} docs/s, {c['chunks_per_s_median']:.1f} chunks/s",
+                  f"  raw model on the same texts (batch {c['batch_size']}): {c['raw_model_chunks_per_s_median']:.1f} "
+                  f"chunks/s -> pipeline at {c['pipeline_vs_raw']:.0%} of raw (target >= 85%)"]
+    i = out.get("incremental")
+    if i:
+        lines += [f"incremental ({i['changed']} of {i['docs']} docs changed): {i['incremental_seconds_median']:.2f}s vs "
+                  f"full rebuild {i['full_rebuild_seconds_median']:.1f}s -> {i['speedup']:.1f}x faster (target >= 30x)"]
+    nc = out.get("nochange")
+    if nc:
+        lines += [f"no-change run over {nc['docs']} docs through the CLI: {nc['cli_wall_seconds_median']:.2f}s end to end "
+                  f"(run {nc['run_seconds_median']:.2f}s: scan {nc['scan_seconds_median']:.2f}s, diff "
+                  f"{nc['diff_seconds_median']:.3f}s) (target <= 15 s)"]
+    q = out.get("query")
+    if q:
+        lines += [f"queries at {q['chunks']} chunks (ef_search {q['ef_search']}, {q['queries']} queries, SQL side):",
+                  f"  vector p50 {q['vector_p50_ms']:.2f} ms, p95 {q['vector_p95_ms']:.2f} ms (target p50 <= 15 ms)",
+                  f"  hybrid p50 {q['hybrid_p50_ms']:.2f} ms, p95 {q['hybrid_p95_ms']:.2f} ms (target p50 <= 30 ms)",
+                  f"  + query embedding p50 {q['query_embedding_p50_ms']:.2f} ms",
+                  f"  HNSW recall@10 vs exact: {q['recall_at_10']:.3f} (target >= 0.95)"]
+    f = out.get("folder")
+    if f:
+        lines += [f"folder {f['folder']}: {f['docs']} docs ({f['failed']} failed), {f['chunks']} chunks, "
+                  f"{f['seconds_median']:.1f}s, {f['docs_per_s_median']:.2f} docs/s, {f['chunks_per_s_median']:.1f} chunks/s"]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--only", default="cold,incr,nochange,query")
+    p.add_argument("--docs", type=int, default=2000)
+    p.add_argument("--nochange-docs", type=int, default=10000)
+    p.add_argument("--query-chunks", type=int, default=100000)
+    p.add_argument("--queries", type=int, default=200)
+    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--full-runs", type=int, default=None, help="full rebuilds for the incremental ratio (default --runs)")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--folder", default=None, help="also index this folder of real text")
+    p.add_argument("--db-url", default=None)
+    p.add_argument("--home", default="/tmp/tandem-bench-knowledge")
+    p.add_argument("--mlflow-uri", default="http://127.0.0.1:9")
+    p.add_argument("--real-seed", action="store_true")
+    p.add_argument("--quick", action="store_true", help="small sizes to check the benchmark itself")
+    p.add_argument("--json", action="store_true")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.docs, args.nochange_docs, args.query_chunks, args.queries = 100, 500, 5000, 50
+    if args.runs < 3:
+        log("note: fewer than 3 runs: medians are not the reported standard")
+    args.full_runs = args.full_runs or args.runs
+    only = set(args.only.split(","))
+    Path(args.home).mkdir(parents=True, exist_ok=True)
+    db_url = args.db_url or start_postgres(Path(args.home))
+    settings = base_settings(args, db_url)
+    from tandem.knowledge.embedding import get_embedder
+    from tandem.models import embedding_model_path
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    embedder = get_embedder(embedding_model_path(settings.embed_model), args.threads)
+    embedder.encode(["warm up the model"] * 8)
+    out: dict = {"runs": args.runs, "threads": args.threads, "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    try:
+        if "cold" in only:
+            bench_cold(args, settings, embedder, out)
+        if "incr" in only:
+            bench_incremental(args, settings, out)
+        if "nochange" in only:
+            bench_nochange(args, settings, embedder, out)
+        if "query" in only:
+            bench_query(args, settings, embedder, out)
+        if args.folder:
+            bench_folder(args, settings, out)
+    finally:
+        if not args.db_url:
+            from tandem.stack import postgres
+
+            postgres.stop(Path(args.home) / "pg")
+    out.pop("_cold_index", None)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"knowledge-{time.strftime('%Y%m%dT%H%M%S')}.json").write_text(json.dumps(out, indent=2, default=str))
+    print(json.dumps(out, indent=2, default=str) if args.json else report(out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
