@@ -7,11 +7,12 @@
           corpus (target: >= 30x faster).
 3. nochange  A run over ``--nochange-docs`` (10,000) unchanged documents, end to end through the CLI
           (`tandem reindex --json` in a fresh process; target <= 15 s).
-4. query  Query latency at ``--query-chunks`` (100,000) chunks with real embeddings of generated text (cached
+4. diff   The SQL diff alone at ``--diff-docs`` (1,000,000) documents (COPY-staged scan, classification, plan).
+5. query  Query latency at ``--query-chunks`` (100,000) chunks with real embeddings of generated text (cached
           under benchmarks/.cache/knowledge/): vector p50/p95 (target p50 <= 15 ms), hybrid p50/p95 (target
           p50 <= 30 ms) - the SQL side, query vector given - plus the query-embedding time, and HNSW recall@10
           against an exact scan (target >= 0.95).
-5. folder (``--folder PATH``) Cold index of any folder of real text (for example /usr/share/doc).
+6. folder (``--folder PATH``) Cold index of any folder of real text (for example /usr/share/doc).
 
 Every figure is the median of ``--runs`` (>= 3) runs. The benchmark starts its own embedded Postgres under
 ``--home`` (default /tmp/tandem-bench-knowledge: the socket path must stay short) unless ``--db-url`` is given.
@@ -21,7 +22,7 @@ The 10,000-document index of the no-change figure is seeded through the real pip
 stand-in for the model (the run being measured embeds nothing, and embedding ~5M tokens takes ~20+ minutes
 on 2 cores); ``--real-seed`` seeds it with the real model instead.
 
-Usage: python benchmarks/bench_knowledge.py [--only cold,incr,nochange,query] [--docs 2000]
+Usage: python benchmarks/bench_knowledge.py [--only cold,incr,nochange,query,diff] [--docs 2000]
        [--nochange-docs 10000] [--query-chunks 100000] [--queries 200] [--runs 3] [--threads 2]
        [--folder PATH] [--db-url URL] [--quick] [--json]
 """
@@ -362,6 +363,64 @@ def bench_query(args, settings, embedder, out: dict) -> None:
         del t0
 
 
+def bench_diff(args, settings, out: dict) -> None:
+    """The SQL diff alone at ``--diff-docs`` (1,000,000) documents: COPY the scan into a temp table, classify,
+    persist the plan. 1% changed, 0.5% new, 0.5% deleted. Each run is rolled back (identical repeats)."""
+    from psycopg import sql
+
+    from tandem import db
+    from tandem.knowledge import diff, store
+
+    total = args.diff_docs
+    n = store.names(f"bdiff{total}")
+    h = lambda i, v=0: hashlib.sha256(f"{i}:{v}".encode()).hexdigest()  # noqa: E731
+    with db.connection(settings.db_url) as conn:
+        store.ensure_schema(conn, n)
+        have = conn.execute(sql.SQL("SELECT count(*) FROM {} WHERE space_no = 1").format(sql.Identifier(n.manifest))
+                            ).fetchone()[0]
+        if have != total:
+            log(f"seeding a {total}-row manifest")
+            conn.execute(sql.SQL("DELETE FROM {}").format(sql.Identifier(n.manifest)))
+            with conn.cursor().copy(sql.SQL("COPY {} (space_no, doc_id, source, uri, title, content_hash, chunk_count,"
+                                            " status, index_version) FROM STDIN").format(sql.Identifier(n.manifest))) as cp:
+                for i in range(total):
+                    cp.write_row((1, f"acme/d/{i:07d}.md", "acme", f"file:///kb/d/{i:07d}.md", "t", h(i), 3,
+                                  "indexed", "1.1"))
+            conn.commit()
+            conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(n.manifest)))
+            conn.commit()
+
+        def scan_rows():
+            for i in range(total):
+                if i % 200 == 1:
+                    continue  # deleted (0.5%)
+                yield diff.ScanRow(f"acme/d/{i:07d}.md", "acme", f"file:///kb/d/{i:07d}.md", "t",
+                                   h(i, 1) if i % 100 == 0 else h(i))  # changed (1%)
+            for j in range(total // 200):
+                yield diff.ScanRow(f"acme/new/{j:07d}.md", "acme", f"file:///kb/new/{j:07d}.md", "t", h(-j))
+
+        rows = list(scan_rows())
+        stage_s, classify_s, record_s = [], [], []
+        for r in range(args.runs):
+            with conn.transaction(force_rollback=True):
+                t0 = time.perf_counter()
+                staged = diff.stage(conn, iter(rows))
+                t1 = time.perf_counter()
+                diff.classify(conn, n, 1, False)
+                counts = diff.counts(conn, staged)
+                t2 = time.perf_counter()
+                diff.record_plan(conn, n, f"bench-{r}", 1, 200, 3)
+                t3 = time.perf_counter()
+            stage_s.append(t1 - t0)
+            classify_s.append(t2 - t1)
+            record_s.append(t3 - t2)
+            log(f"diff at {total}: COPY {t1 - t0:.2f}s, classify {t2 - t1:.2f}s, persist plan {t3 - t2:.2f}s "
+                f"({counts['new']} new, {counts['changed']} changed, {counts['deleted']} deleted)")
+    out["diff"] = {"docs": total, "copy_seconds_median": median(stage_s), "classify_seconds_median": median(classify_s),
+                   "persist_plan_seconds_median": median(record_s),
+                   "total_seconds_median": median([a + b + c for a, b, c in zip(stage_s, classify_s, record_s)])}
+
+
 def bench_folder(args, settings, out: dict) -> None:
     from tandem.knowledge import reindex
 
@@ -404,6 +463,11 @@ def report(out: dict) -> str:
                   f"  hybrid p50 {q['hybrid_p50_ms']:.2f} ms, p95 {q['hybrid_p95_ms']:.2f} ms (target p50 <= 30 ms)",
                   f"  + query embedding p50 {q['query_embedding_p50_ms']:.2f} ms",
                   f"  HNSW recall@10 vs exact: {q['recall_at_10']:.3f} (target >= 0.95)"]
+    d = out.get("diff")
+    if d:
+        lines += [f"SQL diff at {d['docs']} documents (1% changed, 0.5% new, 0.5% deleted): {d['total_seconds_median']:.2f}s "
+                  f"(COPY {d['copy_seconds_median']:.2f}s, classify {d['classify_seconds_median']:.2f}s, "
+                  f"persist plan {d['persist_plan_seconds_median']:.2f}s)"]
     f = out.get("folder")
     if f:
         lines += [f"folder {f['folder']}: {f['docs']} docs ({f['failed']} failed), {f['chunks']} chunks, "
@@ -413,7 +477,8 @@ def report(out: dict) -> str:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--only", default="cold,incr,nochange,query")
+    p.add_argument("--only", default="cold,incr,nochange,query,diff")
+    p.add_argument("--diff-docs", type=int, default=1_000_000)
     p.add_argument("--docs", type=int, default=2000)
     p.add_argument("--nochange-docs", type=int, default=10000)
     p.add_argument("--query-chunks", type=int, default=100000)
@@ -430,7 +495,7 @@ def main(argv=None) -> int:
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     if args.quick:
-        args.docs, args.nochange_docs, args.query_chunks, args.queries = 100, 500, 5000, 50
+        args.docs, args.nochange_docs, args.query_chunks, args.queries, args.diff_docs = 100, 500, 5000, 50, 20000
     if args.runs < 3:
         log("note: fewer than 3 runs: medians are not the reported standard")
     args.full_runs = args.full_runs or args.runs
@@ -456,6 +521,8 @@ def main(argv=None) -> int:
             bench_nochange(args, settings, embedder, out)
         if "query" in only:
             bench_query(args, settings, embedder, out)
+        if "diff" in only:
+            bench_diff(args, settings, out)
         if args.folder:
             bench_folder(args, settings, out)
     finally:

@@ -53,102 +53,113 @@ def stage(conn: psycopg.Connection, rows: Iterable[ScanRow]) -> int:
     return count
 
 
-def _classified(n: Names) -> sql.Composed:
-    """SELECT doc_id, source, uri, class, error over the staged scan and the manifest of %(space)s."""
-    return sql.SQL("""
-        SELECT s.doc_id, s.source, s.uri,
-               CASE
-                 WHEN NOT %(full)s AND m.status = 'quarantined' AND m.failed_hash = s.content_hash THEN 'quarantined'
-                 WHEN s.error IS NOT NULL THEN 'failed'
-                 WHEN m.content_hash IS NULL THEN 'new'
-                 WHEN m.content_hash = s.content_hash AND NOT %(full)s THEN 'unchanged'
-                 ELSE 'changed'
-               END AS class,
-               s.error, s.content_hash
-        FROM {scan} s LEFT JOIN {m} m ON m.space_no = %(space)s AND m.doc_id = s.doc_id
-        UNION ALL
-        SELECT m.doc_id, m.source, m.uri, 'deleted', NULL, m.content_hash
-        FROM {m} m
-        WHERE m.space_no = %(space)s AND NOT EXISTS (SELECT 1 FROM {scan} s WHERE s.doc_id = m.doc_id)
-        """).format(scan=ident(SCAN_TABLE), m=ident(n.manifest))
+CLASS_TABLE = "kn_class"
 
 
-def counts(conn: psycopg.Connection, n: Names, space_no: int | None, full: bool) -> dict:
-    """Counts per class, plus the delete-brake figures (indexed docs deleted / indexed docs)."""
+def classify(conn: psycopg.Connection, n: Names, space_no: int | None, full: bool) -> None:
+    """Classify the staged scan against the manifest of ``space_no`` once, into a temporary table (dropped at
+    commit): one hash join of the scan and the manifest; every later figure reads that table."""
+    c, scan = ident(CLASS_TABLE), ident(SCAN_TABLE)
     if space_no is None or not store.exists(conn, n.manifest):
-        total = conn.execute(sql.SQL("""
-            SELECT count(*) FILTER (WHERE error IS NULL), count(*) FILTER (WHERE error IS NOT NULL) FROM {scan}
-            """).format(scan=ident(SCAN_TABLE))).fetchone()
-        out = {c: 0 for c in CLASSES}
-        out.update(new=total[0], failed=total[1], indexed_total=0, indexed_deleted=0)
-        return out
-    rows = conn.execute(sql.SQL("SELECT class, count(*) FROM ({q}) c GROUP BY class").format(q=_classified(n)),
-                        {"space": space_no, "full": full}).fetchall()
-    out = {c: 0 for c in CLASSES}
-    out.update({cls: cnt for cls, cnt in rows})
-    brake = conn.execute(sql.SQL("""
-        SELECT count(*) FILTER (WHERE m.content_hash IS NOT NULL),
-               count(*) FILTER (WHERE m.content_hash IS NOT NULL
-                                  AND NOT EXISTS (SELECT 1 FROM {scan} s WHERE s.doc_id = m.doc_id))
-        FROM {m} m WHERE m.space_no = %s""").format(scan=ident(SCAN_TABLE), m=ident(n.manifest)),
-        (space_no,)).fetchone()
-    out["indexed_total"], out["indexed_deleted"] = brake
+        conn.execute(sql.SQL("""
+            CREATE TEMP TABLE {c} ON COMMIT DROP AS
+            SELECT doc_id, source, uri, error, content_hash, false AS indexed, NULL::text AS m_status,
+                   NULL::text AS m_failed_hash, CASE WHEN error IS NULL THEN 'new' ELSE 'failed' END AS class
+            FROM {scan}""").format(c=c, scan=scan))
+    else:  # unchanged documents (the bulk of a nightly run) are counted, not materialised
+        conn.execute(sql.SQL("""
+            CREATE TEMP TABLE {c} ON COMMIT DROP AS
+            SELECT * FROM (
+            SELECT s.doc_id, s.source, s.uri, s.error, s.content_hash, m.content_hash IS NOT NULL AS indexed,
+                   m.status AS m_status, m.failed_hash AS m_failed_hash,
+                   CASE
+                     WHEN NOT %(full)s AND m.status = 'quarantined' AND m.failed_hash = s.content_hash THEN 'quarantined'
+                     WHEN s.error IS NOT NULL THEN 'failed'
+                     WHEN m.content_hash IS NULL THEN 'new'
+                     WHEN m.content_hash = s.content_hash AND NOT %(full)s THEN 'unchanged'
+                     ELSE 'changed'
+                   END AS class
+            FROM {scan} s LEFT JOIN {m} m ON m.space_no = %(space)s AND m.doc_id = s.doc_id
+            UNION ALL
+            SELECT m.doc_id, m.source, m.uri, NULL, m.content_hash, m.content_hash IS NOT NULL, m.status,
+                   m.failed_hash, 'deleted'
+            FROM {m} m
+            WHERE m.space_no = %(space)s AND NOT EXISTS (SELECT 1 FROM {scan} s WHERE s.doc_id = m.doc_id)
+            ) x WHERE class <> 'unchanged' OR m_status <> 'indexed'
+            """).format(c=c, scan=scan, m=ident(n.manifest)), {"space": space_no, "full": full})
+    conn.execute(sql.SQL("ANALYZE {c}").format(c=c))
+
+
+def counts(conn: psycopg.Connection, staged: int) -> dict:
+    """Counts per class, plus the delete-brake figures (indexed docs deleted / indexed docs). ``staged`` is the
+    number of scan rows: the unchanged documents are those not in the class table."""
+    out: dict = {c: 0 for c in CLASSES}
+    indexed_other = 0
+    for cls, cnt, indexed in conn.execute(sql.SQL(
+            "SELECT class, count(*), count(*) FILTER (WHERE indexed) FROM {c} GROUP BY class")
+            .format(c=ident(CLASS_TABLE))):
+        out[cls] = cnt
+        if cls != "unchanged":
+            indexed_other += indexed
+        if cls == "deleted":
+            out["indexed_deleted"] = indexed
+    out["unchanged"] = staged - sum(out[c] for c in ("new", "changed", "failed", "quarantined"))
+    out["indexed_total"] = out["unchanged"] + indexed_other
+    out.setdefault("indexed_deleted", 0)
     return out
 
 
-def ids_by_class(conn: psycopg.Connection, n: Names, space_no: int | None, full: bool,
-                 limit_unchanged: int = 100) -> dict[str, list[str]]:
+def ids_by_class(conn: psycopg.Connection, n: Names, space_no: int | None, limit_unchanged: int = 100) -> dict:
     """Document ids per class (sorted), for dry runs. Unchanged ids are capped at ``limit_unchanged``."""
     out: dict[str, list[str]] = {c: [] for c in CLASSES}
-    if space_no is None or not store.exists(conn, n.manifest):
-        for doc_id, error in conn.execute(sql.SQL("SELECT doc_id, error FROM {scan} ORDER BY doc_id")
-                                          .format(scan=ident(SCAN_TABLE))):
-            out["failed" if error else "new"].append(doc_id)
-        return out
-    q = sql.SQL("""
-        SELECT class, doc_id FROM (
-            SELECT c.class, c.doc_id, row_number() OVER (PARTITION BY c.class ORDER BY c.doc_id) AS r FROM ({q}) c
-        ) x WHERE class <> 'unchanged' OR r <= %(limit)s ORDER BY class, doc_id""").format(q=_classified(n))
-    for cls, doc_id in conn.execute(q, {"space": space_no, "full": full, "limit": limit_unchanged}):
+    for cls, doc_id in conn.execute(sql.SQL("SELECT class, doc_id FROM {c} WHERE class <> 'unchanged' "
+                                            "ORDER BY class, doc_id").format(c=ident(CLASS_TABLE))):
         out[cls].append(doc_id)
+    if space_no is not None and store.exists(conn, n.manifest):
+        out["unchanged"] = [r[0] for r in conn.execute(sql.SQL("""
+            SELECT s.doc_id FROM {scan} s JOIN {m} m ON m.space_no = %s AND m.doc_id = s.doc_id
+            WHERE m.content_hash = s.content_hash AND s.error IS NULL
+              AND NOT EXISTS (SELECT 1 FROM {c} c WHERE c.doc_id = s.doc_id AND c.class <> 'unchanged')
+            ORDER BY s.doc_id LIMIT %s""").format(scan=ident(SCAN_TABLE), m=ident(n.manifest), c=ident(CLASS_TABLE)),
+            (space_no, limit_unchanged))]
     return out
 
 
 def failures(conn: psycopg.Connection) -> list[tuple[str, str]]:
     """(doc_id, error) of the scan rows that failed to read or extract."""
-    return conn.execute(sql.SQL("SELECT doc_id, error FROM {scan} WHERE error IS NOT NULL ORDER BY doc_id")
-                        .format(scan=ident(SCAN_TABLE))).fetchall()
+    return conn.execute(sql.SQL("SELECT doc_id, error FROM {c} WHERE class = 'failed' ORDER BY doc_id")
+                        .format(c=ident(CLASS_TABLE))).fetchall()
 
 
-def record_plan(conn: psycopg.Connection, n: Names, run_id: str, space_no: int, full: bool, batch_docs: int,
+def record_plan(conn: psycopg.Connection, n: Names, run_id: str, space_no: int, batch_docs: int,
                 max_attempts: int) -> None:
     """Persist the plan (new/changed in numbered batches, deleted without a batch), record scan failures in
     the manifest (attempts, quarantine), and reset documents whose content went back to the indexed one."""
-    params = {"space": space_no, "full": full, "run": run_id, "batch": batch_docs, "max": max_attempts}
+    params = {"space": space_no, "run": run_id, "batch": batch_docs, "max": max_attempts}
+    c = ident(CLASS_TABLE)
     conn.execute(sql.SQL("""
         INSERT INTO {rd} (run_id, doc_id, class, uri, source, batch_no)
         SELECT %(run)s, doc_id, class, uri, source,
                CASE WHEN class IN ('new', 'changed')
                     THEN ((row_number() OVER (PARTITION BY class IN ('new', 'changed') ORDER BY doc_id)) - 1) / %(batch)s
                END
-        FROM ({q}) c WHERE class IN ('new', 'changed', 'deleted', 'failed', 'quarantined')
-        """).format(rd=ident(n.run_docs), q=_classified(n)), params)
+        FROM {c} WHERE class IN ('new', 'changed', 'deleted', 'failed', 'quarantined')
+        """).format(rd=ident(n.run_docs), c=c), params)
     # scan failures: count the attempt against this content; quarantine at max_attempts
     conn.execute(sql.SQL("""
         INSERT INTO {m} AS m (space_no, doc_id, source, uri, status, attempts, last_error, failed_hash, updated_at)
-        SELECT %(space)s, s.doc_id, s.source, s.uri,
-               CASE WHEN 1 >= %(max)s THEN 'quarantined' ELSE 'failed' END, 1, s.error, s.content_hash, now()
-        FROM {scan} s JOIN {rd} r ON r.run_id = %(run)s AND r.doc_id = s.doc_id AND r.class = 'failed'
+        SELECT %(space)s, doc_id, source, uri,
+               CASE WHEN 1 >= %(max)s THEN 'quarantined' ELSE 'failed' END, 1, error, content_hash, now()
+        FROM {c} WHERE class = 'failed'
         ON CONFLICT (space_no, doc_id) DO UPDATE SET
             attempts = CASE WHEN m.failed_hash = EXCLUDED.failed_hash THEN m.attempts + 1 ELSE 1 END,
             status = CASE WHEN (CASE WHEN m.failed_hash = EXCLUDED.failed_hash THEN m.attempts + 1 ELSE 1 END) >= %(max)s
                           THEN 'quarantined' ELSE 'failed' END,
             last_error = EXCLUDED.last_error, failed_hash = EXCLUDED.failed_hash, updated_at = now()
-        """).format(m=ident(n.manifest), scan=ident(SCAN_TABLE), rd=ident(n.run_docs)), params)
+        """).format(m=ident(n.manifest), c=c), params)
+    # content back to the indexed version after failed attempts: the document is fine again
     conn.execute(sql.SQL("""
         UPDATE {m} m SET status = 'indexed', attempts = 0, last_error = NULL, failed_hash = NULL, updated_at = now()
-        FROM {scan} s
-        WHERE m.space_no = %(space)s AND m.doc_id = s.doc_id AND s.error IS NULL AND m.status <> 'indexed'
-          AND m.content_hash = s.content_hash
-          AND NOT (m.status = 'quarantined' AND m.failed_hash = s.content_hash)
-        """).format(m=ident(n.manifest), scan=ident(SCAN_TABLE)), params)
+        FROM {c} c
+        WHERE c.class = 'unchanged' AND c.m_status <> 'indexed' AND m.space_no = %(space)s AND m.doc_id = c.doc_id
+        """).format(m=ident(n.manifest), c=c), params)

@@ -90,7 +90,8 @@ def plan(settings: Settings, *, run_id: str, owner: str | None, sources=None, fu
                                                     settings.max_file_bytes, progress=pr))
                 scan_s = time.monotonic() - t_scan
                 t_diff = time.monotonic()
-                counts = diff.counts(conn, n, space_no, full)
+                diff.classify(conn, n, space_no, full)
+                counts = diff.counts(conn, staged)
                 scan_errors = diff.failures(conn)
                 brake = _brake(settings, counts, allow_mass_delete)
                 result = {
@@ -102,7 +103,7 @@ def plan(settings: Settings, *, run_id: str, owner: str | None, sources=None, fu
                     "phases": {"scan": _r(scan_s)},
                 }
                 if dry_run:
-                    result["ids"] = diff.ids_by_class(conn, n, space_no, full)
+                    result["ids"] = diff.ids_by_class(conn, n, space_no)
                     result["phases"] = {"scan": _r(scan_s), "diff": _r(time.monotonic() - t_diff)}
                     result["index_version"] = live.version if live else None
                     result["status"] = "dry_run"
@@ -134,7 +135,7 @@ def _record(conn, n, run_id, space_no, mode, owner, full, settings, result, t_di
     lock.check(conn, n, owner)
     conn.execute(sql.SQL("UPDATE {r} SET status = 'abandoned', finished_at = now() WHERE status = 'running'")
                  .format(r=ident(n.runs)))
-    diff.record_plan(conn, n, run_id, space_no, full, settings.reindex_batch_docs, settings.max_attempts)
+    diff.record_plan(conn, n, run_id, space_no, settings.reindex_batch_docs, settings.max_attempts)
     result["batches"] = [r[0] for r in conn.execute(sql.SQL("""
         SELECT DISTINCT batch_no FROM {rd} WHERE run_id = %s AND batch_no IS NOT NULL ORDER BY 1""")
         .format(rd=ident(n.run_docs)), (run_id,))]
@@ -198,6 +199,8 @@ def process_batch(settings: Settings, the_plan: dict, batch_no: int, *, owner: s
     index_version = spaces.version(the_plan["space_no"], the_plan["target_rev"])
     group_chunks = max(settings.embed_batch_size * 4, 64)
     lease = lock.Lease(settings.db_url, n, owner, None)
+    if progress is None:  # in an Airflow task: progress log lines (counts and rates) every 10 s
+        progress = Progress(f"batch {batch_no}", None, bar=False)
     with db.connection(settings.db_url) as conn:
         with conn.cursor() as cur:
             docs = cur.execute(sql.SQL("""
@@ -206,6 +209,8 @@ def process_batch(settings: Settings, the_plan: dict, batch_no: int, *, owner: s
                 .format(rd=ident(n.run_docs)), (run_id, batch_no)).fetchall()
         conn.commit()
         stats["docs"] = len(docs)
+        if progress.total is None:
+            progress.set_total(len(docs))
         if embedder.dim != _space_dim(conn, n, the_plan["space_no"]):
             raise JobFailed(f"the embedding model gives {embedder.dim}-d vectors but the index space expects "
                             f"{_space_dim(conn, n, the_plan['space_no'])}", fix="check TANDEM_EMBED_MODEL")
