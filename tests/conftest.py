@@ -19,6 +19,10 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 REPO = Path(__file__).resolve().parents[1]
 
+# Area fixture modules whose session fixtures are shared by several test modules (registered once here, so a
+# session fixture is built once per session, not once per importing module).
+pytest_plugins = ["serve_fixtures"]
+
 
 def short_tmp(prefix: str) -> Path:
     """A folder under /tmp, outside pytest's basetemp: pytest re-chmods /tmp/pytest-of-<user> to 0700

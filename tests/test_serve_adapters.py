@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from adapters_fixtures import make_adapter, register_adapter
-from serve_fixtures import OFF_TOPIC, clean_registry, serve_index, serve_settings  # noqa: F401
+from serve_fixtures import OFF_TOPIC, clean_registry
 from tandem.errors import UserError
 
 pytestmark = pytest.mark.slow

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from serve_fixtures import (ANSWERABLE, OFF_TOPIC, clean_registry, serve_cache, serve_index,  # noqa: F401
-                            serve_settings)
+from serve_fixtures import ANSWERABLE, OFF_TOPIC, clean_registry
 from tandem.errors import ServiceUnavailable, UserError
 
 

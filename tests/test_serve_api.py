@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from serve_fixtures import (ANSWERABLE, OFF_TOPIC, airflow_app, clean_registry, serve_cache,  # noqa: F401
-                            serve_index, serve_settings, tandem_subapp)
+from serve_fixtures import ANSWERABLE, OFF_TOPIC, clean_registry, tandem_subapp
 
 pytestmark = pytest.mark.airflow
 

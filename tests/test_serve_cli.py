@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from serve_fixtures import ANSWERABLE, OFF_TOPIC, serve_index, serve_settings  # noqa: F401
+from serve_fixtures import ANSWERABLE, OFF_TOPIC
 
 TANDEM = str(Path(sys.executable).parent / "tandem")
 

@@ -14,8 +14,7 @@ from pathlib import Path
 import pytest
 
 from adapters_fixtures import make_adapter, register_adapter
-from serve_fixtures import (airflow_app, clean_registry, serve_cache, serve_index,  # noqa: F401
-                            serve_settings, tandem_subapp)
+from serve_fixtures import clean_registry, tandem_subapp
 
 pytestmark = [pytest.mark.slow, pytest.mark.airflow]
 
@@ -78,7 +77,7 @@ def test_status_page_shows_both_cadences(page_html, serve_index, small_run):
     # knowledge: version, counts, last run summary, canary chart
     assert serve_index["index_version"] in html
     assert re.search(r"Documents</dt><dd>4\b", html)
-    assert re.search(r"<b>4</b>new", html)  # the summary of the last reindex
+    assert re.search(r"<b>4</b>new", html), re.search(r"What changed.*?</div>", html, re.S).group(0)  # the last reindex
     assert 'aria-label="canary hit@5"' in html and "<polyline" in html
     # behavior: champion and challenger with the gate reason, last eval with its decision and links
     assert f"champion v{small_run['v1']}" in html

@@ -231,7 +231,7 @@ def _retrain_summary(last: dict | None, flap: dict, training: dict | None) -> di
         return {"pending": True, "why": f"lora_retrain was triggered and has not started yet; {said}"}
     why = said
     if decision == "hold" and isinstance(flap, dict) and flap.get("retrain_allowed_after"):
-        why += f"; retrain allowed after {flap['retrain_allowed_after']}"
+        why += f"; retrain allowed after {_iso_z(flap['retrain_allowed_after']) or flap['retrain_allowed_after']}"
     return {"pending": False, "why": why}
 
 
