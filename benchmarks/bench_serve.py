@@ -9,15 +9,18 @@
 
 Every figure is the median (p50) and p95 of at least ``--runs`` (>= 3) repetitions.
 
-The 100k-chunk corpus: ``--chunks`` chunks of synthetic product documentation (deterministic: seeded,
-sorted) built from a pool of distinct template sentences. By default each chunk's vector is the
+The 100k-chunk corpus (``--corpus``): ``knowledge`` reuses the knowledge benchmark's generated chunk
+texts and their REAL per-chunk embeddings cached by ``make bench-knowledge``
+(``benchmarks/.cache/knowledge/query-chunks-7-N.npy``, N >= ``--chunks``), with its queries; ``auto`` (the
+default) takes it when that cache is there, else ``synthetic``: ``--chunks`` chunks of synthetic product
+documentation (deterministic: seeded, sorted) built from a pool of distinct template sentences. By default each chunk's vector is the
 normalised mean of the real all-MiniLM-L6-v2 embeddings of its sentences (the pool is embedded for real,
 ~3,000 sentences), which keeps the set-up to minutes on 2 cores; ``--exact-embeddings`` embeds every
 chunk with the model instead (about 10+ minutes per 100k chunks on 2 cores). Either way the vectors are
 cached under ``benchmarks/.cache/serve/`` and the loaded index is kept in the bench's own Postgres under
 ``--home`` (default ``benchmarks/.cache/serve/home``), so a second run starts measuring at once.
 
-Usage: python benchmarks/bench_serve.py [--chunks 100000] [--runs 3] [--gen-questions 3]
+Usage: python benchmarks/bench_serve.py [--chunks 100000] [--corpus auto|knowledge|synthetic] [--runs 3] [--gen-questions 3]
        [--max-new-tokens N] [--skip-generation] [--skip-swap] [--exact-embeddings] [--json]
 """
 
@@ -160,6 +163,36 @@ def vectors(rows: list[dict], pool: list[str], exact: bool, embedder):
     np.save(path, vecs)
     log(f"vectors: {len(vecs)} in {time.monotonic() - started:.1f}s, cached at {path.relative_to(REPO)}")
     return vecs, path
+
+
+def knowledge_corpus(n: int):
+    """(rows, vectors, queries) of the knowledge benchmark's cached corpus, or None when it is not cached."""
+    import numpy as np
+
+    folder = REPO / "benchmarks" / ".cache" / "knowledge"
+    cached = []
+    for path in folder.glob("query-chunks-7-*.npy"):
+        try:
+            size = int(path.stem.rsplit("-", 1)[1])
+        except ValueError:
+            continue
+        if size >= n:
+            cached.append((size, path))
+    if not cached:
+        return None
+    _size, path = min(cached)
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import knowledge_corpus as kc
+
+    vecs = np.load(path, mmap_mode="r")[:n]
+    rows = []
+    for i in range(n):
+        title, heading, text = kc.chunk_text(i)
+        doc_id = f"bench/doc-{i // CHUNKS_PER_DOC:06d}.md"
+        rows.append({"chunk_id": f"{doc_id}#{i % CHUNKS_PER_DOC}", "doc_id": doc_id, "ordinal": i % CHUNKS_PER_DOC,
+                     "title": title, "heading_path": heading, "text": text})
+    log(f"corpus: the knowledge benchmark's {n} chunks with real embeddings from {path.relative_to(REPO)}")
+    return rows, np.asarray(vecs, dtype=np.float32), [kc.query(i) for i in range(36)]
 
 
 def load_index(settings, rows: list[dict], vecs) -> str:
@@ -323,6 +356,8 @@ def bench_swap(settings, question: str, runs: int, work: Path) -> dict:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--chunks", type=int, default=100_000)
+    p.add_argument("--corpus", choices=("auto", "knowledge", "synthetic"), default="auto",
+                   help="knowledge: the knowledge benchmark's cached real embeddings; synthetic: this script's own")
     p.add_argument("--runs", type=int, default=3, help="repetitions (>= 3) of every measured set")
     p.add_argument("--gen-questions", type=int, default=3, help="questions per generation run")
     p.add_argument("--max-new-tokens", type=int, default=None, help="override the spec's generation budget")
@@ -366,14 +401,24 @@ def main(argv=None) -> int:
         from tandem.models import embedding_model_path
 
         embedder = get_embedder(embedding_model_path(settings.embed_model), args.threads)
-        pool = sentence_pool()
-        rows = corpus(args.chunks, pool)
-        vecs, _path = vectors(rows, pool, args.exact_embeddings, embedder)
-        results["index_version"] = load_index(settings, rows, vecs)
         golden = [json.loads(line)["query"] for line in
                   (REPO / "include/tandem/data/demo/golden_retrieval.jsonl").read_text().splitlines() if line.strip()]
-        log(f"retrieval: {len(golden)} queries x {args.runs} runs at {args.chunks} chunks")
-        results["retrieval"] = bench_retrieval(settings, golden, args.runs)
+        shared = None if args.corpus == "synthetic" or args.exact_embeddings else knowledge_corpus(args.chunks)
+        if shared is None and args.corpus == "knowledge":
+            raise SystemExit(f"the knowledge benchmark's cache of {args.chunks} chunk embeddings is missing: "
+                             f"run `make bench-knowledge` first, or use --corpus synthetic")
+        if shared is not None:
+            rows, vecs, queries = shared
+            settings = settings.replace(index_name=INDEX + "_kc")
+            results["embeddings"] = "exact (knowledge benchmark cache)"
+        else:
+            pool = sentence_pool()
+            rows = corpus(args.chunks, pool)
+            vecs, _path = vectors(rows, pool, args.exact_embeddings, embedder)
+            queries = golden
+        results["index_version"] = load_index(settings, rows, vecs)
+        log(f"retrieval: {len(queries)} queries x {args.runs} runs at {args.chunks} chunks")
+        results["retrieval"] = bench_retrieval(settings, queries, args.runs)
         if not args.skip_generation:
             questions = golden[:args.gen_questions]
             log(f"generation / end to end: {len(questions)} questions x {args.runs} runs (base model, CPU)")
