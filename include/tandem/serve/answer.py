@@ -251,7 +251,7 @@ def answer(settings: Settings, question: str, k: int | None = None, adapter: str
     sources = [{"doc_id": cid, "title": first_hit[cid].title, "uri": first_hit[cid].uri} for cid in contract["citations"]]
     timings["total_ms"] = round((time.perf_counter() - started) * 1000, 1)
     if not valid:
-        log.warning("output of %s broke the contract: %s", loaded.label, "; ".join(violations))
+        log.info("output of %s broke the contract: %s", loaded.label, "; ".join(violations))
     return Answer(question=question, contract=contract, sources=sources, adapter=loaded.label,
                   index_version=index_version, refused=False, best_similarity=best, threshold=threshold,
                   valid=valid, violations=violations, retrieved=retrieved, timings=timings,
