@@ -62,7 +62,7 @@ def behavior_settings(settings, tmp_path_factory):
     spec_path.write_text(yaml.safe_dump(spec, sort_keys=False))
     return settings.replace(index_name="behavior_t", sources=(f"acme={corpus}",), canary_path=str(golden),
                             spec_path=str(spec_path), eval_set_path=str(write_eval_set(root / "eval.jsonl", "c")),
-                            torch_threads=2)
+                            torch_threads=1)  # 1 thread: far faster than 2 on a shared 2-core machine
 
 
 @pytest.fixture(scope="session")

@@ -161,3 +161,25 @@ def test_score_items_rows_carry_what_a_reviewer_needs():
     assert row["diagnosis"] == "knowledge" and row["missing_docs"] == [PLANS]
     assert result.counts["knowledge"] == 1 and result.metrics["class_knowledge"] == 1.0
     assert result.missing_docs() == {"e1": [PLANS]}
+
+
+def test_right_document_wrong_chunk_is_knowledge():
+    # the gold doc was retrieved, but the chunk shown does not hold the fact: refusing is right, not a failure
+    # of behavior; the failure is the retrieval's
+    ctx = "Acme offers three plans. Enterprise pricing is custom."
+    s = score_output(out(REFUSAL, citations=[], confidence="low"), answerable=True, gold_doc_ids=(PLANS,),
+                     gold_facts=("$49",), shown_ids=SHOWN, spec=SPEC, context_text=ctx)
+    assert s.verdicts["retrieval_hit"] is True and s.verdicts["facts_in_context"] is False
+    assert s.verdicts["no_false_refusal"] is None and s.verdicts["grounded"] is None
+    assert s.facts_not_in_context == ["$49"] and diagnose(s.verdicts, True) == "knowledge"
+    with_fact = score_output(out(REFUSAL, citations=[], confidence="low"), answerable=True, gold_doc_ids=(PLANS,),
+                             gold_facts=("$49",), shown_ids=SHOWN, spec=SPEC, context_text=ctx + " Pro is $49.")
+    assert with_fact.verdicts["facts_in_context"] is True and diagnose(with_fact.verdicts, True) == "behavior"
+
+
+def test_missing_docs_names_the_chunk_when_the_doc_was_retrieved():
+    ex = Example("e2", "How much is Pro?", (PLANS,), ("$49",), "$49", True)
+    ctx = [{"doc_id": PLANS, "title": "Plans", "text": "Enterprise pricing is custom."}]
+    result = score_items(SPEC, [(ex, ctx)], [out("Pro costs $59.")])
+    assert result.rows[0]["diagnosis"] == "knowledge"
+    assert result.missing_docs() == {"e2": [f"{PLANS} (the chunk with '$49')"]}

@@ -1,7 +1,8 @@
 """Diagnose every failure: is it facts the model was not shown, or behavior it did not show?
 
-- ``knowledge``: an answerable question whose gold document was not in the context (a retrieval miss;
-  retraining cannot fix it).
+- ``knowledge``: an answerable question whose gold document was not in the context, or whose gold facts
+  were not in the chunks shown (the right document, the wrong chunk): a retrieval miss that retraining
+  cannot fix.
 - ``behavior``: the context held what was needed, but the format, style, grounding or refusal was wrong
   (what LoRA retraining fixes).
 - ``model_capability``: the context was right and every behavior rule held, but the content was wrong.
@@ -22,7 +23,7 @@ def diagnose(verdicts: dict[str, bool | None], answerable: bool) -> str:
     """The class of one scored example (knowledge first: without the document nothing else is fair to judge)."""
     if passed(verdicts):
         return PASS
-    if answerable and verdicts.get("retrieval_hit") is False:
+    if answerable and (verdicts.get("retrieval_hit") is False or verdicts.get("facts_in_context") is False):
         return KNOWLEDGE
     if any(verdicts.get(name) is False for name in BEHAVIOR_VERDICTS):
         return BEHAVIOR_CLASS

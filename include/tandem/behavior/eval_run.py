@@ -96,7 +96,8 @@ def retrieve(settings: Settings, spec: Spec, examples: list[Example], progress: 
 def _table(rows: list[dict]) -> dict[str, list]:
     """The per-example table for ``mlflow.log_table``: one column per field, lists as text."""
     columns = ["id", "question", "answerable", "gold_doc_ids", "retrieved_ids", "raw_output", *VERDICTS,
-               "passed", "diagnosis", "failed_rules", "missing_docs", "missing_facts", "invented_citations",
+               "passed", "diagnosis", "failed_rules", "missing_docs", "facts_not_in_context", "missing_facts",
+               "invented_citations",
                "forbidden_found", "parse_error"]
 
     def cell(value):

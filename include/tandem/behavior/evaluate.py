@@ -14,7 +14,7 @@ from typing import Any, Callable, Sequence
 from tandem.behavior.diagnosis import class_counts, class_rates, diagnose
 from tandem.behavior.evalset import Example
 from tandem.behavior.metrics import FAILURE_CLASSES, VERDICTS
-from tandem.behavior.prompt import build_messages, shown_doc_ids
+from tandem.behavior.prompt import build_messages, context_text, shown_doc_ids
 from tandem.behavior.scoring import aggregate, applicable_counts, score_output
 
 log = logging.getLogger(__name__)
@@ -38,8 +38,16 @@ class EvalResult:
         return [row for row in self.rows if row["diagnosis"] == diagnosis]
 
     def missing_docs(self) -> dict[str, list[str]]:
-        """For knowledge failures: example id -> gold doc ids that were not retrieved."""
-        return {row["id"]: row["missing_docs"] for row in self.failures("knowledge")}
+        """For knowledge failures: example id -> the gold docs that were not retrieved, or, when a gold doc was
+        retrieved without the chunk that holds the answer, that doc with the facts its shown chunks lacked."""
+        out = {}
+        for row in self.failures("knowledge"):
+            if row["missing_docs"] and len(row["missing_docs"]) == len(row["gold_doc_ids"]):
+                out[row["id"]] = row["missing_docs"]
+            else:
+                facts = ", ".join(repr(f) for f in row["facts_not_in_context"])
+                out[row["id"]] = [f"{doc} (the chunk with {facts})" for doc in row["gold_doc_ids"]]
+        return out
 
 
 def score_items(spec, items: Sequence[Item], outputs: Sequence[str]) -> EvalResult:
@@ -50,13 +58,15 @@ def score_items(spec, items: Sequence[Item], outputs: Sequence[str]) -> EvalResu
     for (example, contexts), raw in zip(items, outputs):
         shown = shown_doc_ids(contexts)
         score = score_output(raw, answerable=example.answerable, gold_doc_ids=example.gold_doc_ids,
-                             gold_facts=example.gold_facts, shown_ids=shown, spec=spec)
+                             gold_facts=example.gold_facts, shown_ids=shown, spec=spec,
+                             context_text=context_text(contexts, spec.max_context_chars))
         diagnosis = diagnose(score.verdicts, example.answerable)
         rows.append({
             "id": example.id, "question": example.question, "answerable": example.answerable,
             "gold_doc_ids": list(example.gold_doc_ids), "retrieved_ids": shown, "raw_output": raw,
             "answer": score.answer, "citations": score.citations, **score.verdicts, "passed": score.passed,
             "diagnosis": diagnosis, "failed_rules": score.failed_rules(), "missing_docs": score.missing_docs,
+            "facts_not_in_context": score.facts_not_in_context,
             "missing_facts": score.missing_facts, "invented_citations": score.invented_citations,
             "forbidden_found": score.forbidden_found, "parse_error": score.parse_error,
             "schema_errors": score.schema_errors, "words": score.words,

@@ -39,6 +39,10 @@ class Generator:
         if threads and threads > 0:
             torch.set_num_threads(threads)
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        if self.device == "cpu":
+            # grouped-query attention inside torch's SDPA instead of repeating K/V per head: the same logits
+            # (checked in tests), about half the time per decode step on a CPU
+            os.environ.setdefault("TRANSFORMERS_SDPA_FORCE_GQA", "1")
         dtype = torch.bfloat16 if self.device.startswith("cuda") else torch.float32
         started = time.monotonic()
         self.tokenizer = AutoTokenizer.from_pretrained(source)

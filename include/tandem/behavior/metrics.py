@@ -16,13 +16,15 @@ VERDICTS: dict[str, tuple[str, str]] = {
     "json_valid": (BEHAVIOR, "the output is one JSON object (an optional ```json fence is allowed)"),
     "schema_valid": (BEHAVIOR, "the JSON object satisfies the spec's output contract schema"),
     "citations_valid": (BEHAVIOR, "every cited doc id was shown in the context"),
-    "grounded": (BEHAVIOR, "answerable, context holds a gold doc: the answer cites at least one gold doc"),
+    "grounded": (BEHAVIOR, "answerable, context holds the answer: the answer cites at least one gold doc"),
     "style_max_words": (BEHAVIOR, "the answer has at most style.max_words words"),
     "style_forbidden_phrases": (BEHAVIOR, "the answer contains none of style.forbidden_phrases"),
     "refusal_correct": (BEHAVIOR, "unanswerable: the answer is the refusal text, with no citations"),
-    "no_false_refusal": (BEHAVIOR, "answerable, context holds a gold doc: the answer is not a refusal"),
+    "no_false_refusal": (BEHAVIOR, "answerable, context holds the answer: the answer is not a refusal"),
     "answer_correct": (CONTENT, "answerable: the answer contains every gold fact"),
     "retrieval_hit": (RETRIEVAL, "answerable: at least one gold doc was in the context"),
+    "facts_in_context": (RETRIEVAL, "answerable: every gold fact appears in the context shown (the right chunk "
+                                    "was retrieved, not only the right document)"),
 }
 PASS_RATE = "pass_rate"  # share of examples whose applicable behavior and content verdicts all hold
 

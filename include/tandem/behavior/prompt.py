@@ -25,16 +25,26 @@ def shown_doc_ids(contexts: Iterable[Any]) -> list[str]:
     return out
 
 
+def _cut(text: str, max_chars: int) -> str:
+    text = " ".join(text.split())
+    if len(text) > max_chars:
+        cut = text[:max_chars]
+        text = (cut.rsplit(" ", 1)[0] if " " in cut else cut) + " ..."
+    return text
+
+
+def context_text(contexts: Sequence[Any], max_chars: int = 700) -> str:
+    """The chunk texts exactly as the model sees them (cut to ``max_chars``), for checking what it was shown."""
+    return "\n".join(_cut(_field(ctx, "text"), max_chars) for ctx in contexts)
+
+
 def format_context(contexts: Sequence[Any], max_chars: int = 700) -> str:
     """Each chunk under a header naming its doc id (and title), its text cut to ``max_chars`` characters."""
     if not contexts:
         return "(no documents)"
     blocks = []
     for i, ctx in enumerate(contexts, start=1):
-        text = " ".join(_field(ctx, "text").split())
-        if len(text) > max_chars:
-            cut = text[:max_chars]
-            text = (cut.rsplit(" ", 1)[0] if " " in cut else cut) + " ..."
+        text = _cut(_field(ctx, "text"), max_chars)
         title = _field(ctx, "title")
         header = f"[{i}] doc_id: {_field(ctx, 'doc_id')}" + (f" | title: {title}" if title else "")
         blocks.append(f"{header}\n{text}")

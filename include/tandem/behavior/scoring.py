@@ -72,6 +72,7 @@ class Score:
     forbidden_found: list[str] = dataclasses.field(default_factory=list)
     missing_facts: list[str] = dataclasses.field(default_factory=list)
     missing_docs: list[str] = dataclasses.field(default_factory=list)  # gold docs not in the context
+    facts_not_in_context: list[str] = dataclasses.field(default_factory=list)  # gold facts the context lacked
     words: int = 0
 
     @property
@@ -96,8 +97,12 @@ def _schema_errors(obj: dict, schema: dict) -> list[str]:
 
 
 def score_output(raw: str, *, answerable: bool, gold_doc_ids: Sequence[str], gold_facts: Sequence[str],
-                 shown_ids: Iterable[str], spec) -> Score:
-    """Score one model output against the spec, the example's gold data and the doc ids that were shown."""
+                 shown_ids: Iterable[str], spec, context_text: str | None = None) -> Score:
+    """Score one model output against the spec, the example's gold data and the doc ids that were shown.
+
+    ``context_text``: the text of the context shown to the model; when given, "the context holds the answer"
+    also needs every gold fact in it (``facts_in_context``), not only a gold doc id among the shown ones.
+    """
     shown = list(dict.fromkeys(shown_ids))
     obj, parse_error = parse_output(raw)
     answer = obj.get("answer") if obj is not None and isinstance(obj.get("answer"), str) else None
@@ -115,7 +120,9 @@ def score_output(raw: str, *, answerable: bool, gold_doc_ids: Sequence[str], gol
 
     gold_shown = [d for d in gold_doc_ids if d in shown]
     missing_docs = [d for d in gold_doc_ids if d not in shown]
-    context_has_answer = answerable and bool(gold_shown)
+    facts_not_in_context = ([f for f in gold_facts if not contains(context_text, f)]
+                            if answerable and context_text is not None else [])
+    context_has_answer = answerable and bool(gold_shown) and not facts_not_in_context
     refused = is_refusal(text, spec.style.refusal_text)
     v["grounded"] = (any(c in gold_shown for c in citations) and citations_ok_type) if context_has_answer else None
 
@@ -134,11 +141,13 @@ def score_output(raw: str, *, answerable: bool, gold_doc_ids: Sequence[str], gol
     missing_facts = [f for f in gold_facts if not contains(text, f)] if answerable else []
     v["answer_correct"] = (not missing_facts) if answerable else None
     v["retrieval_hit"] = bool(gold_shown) if answerable else None
+    v["facts_in_context"] = (not facts_not_in_context) if answerable and context_text is not None else None
 
     return Score(verdicts={name: v[name] for name in VERDICTS}, answer=text, citations=citations,
                  parse_error=parse_error, schema_errors=[] if v["schema_valid"] else schema_errors,
                  invented_citations=invented, forbidden_found=forbidden, missing_facts=missing_facts,
-                 missing_docs=missing_docs if answerable else [], words=words)
+                 missing_docs=missing_docs if answerable else [], facts_not_in_context=facts_not_in_context,
+                 words=words)
 
 
 def aggregate(verdict_rows: Sequence[dict[str, bool | None]]) -> dict[str, float]:
