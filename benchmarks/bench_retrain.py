@@ -84,6 +84,19 @@ def reindex_demo(settings) -> tuple[object, float]:
     return s, time.monotonic() - started
 
 
+def _items(settings, run_id: str) -> dict:
+    """The per-item outputs of the three-way evaluation (MLflow table artifact)."""
+    import mlflow.artifacts
+
+    from tandem.adapters.retrain import EVAL_ITEMS
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=EVAL_ITEMS, dst_path=tmp,
+                                                   tracking_uri=settings.mlflow_uri)
+        table = json.loads(Path(path).read_text())
+    return {"columns": table.get("columns"), "data": table.get("data")}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=None, help="max_steps (default: the retrain default)")
@@ -144,6 +157,7 @@ def main(argv=None) -> int:
         t0 = time.monotonic()
         state = retrain.evaluate(settings, state, limit=args.holdout_limit or None)
         eval_s = time.monotonic() - t0
+        items = _items(settings, state["run_id"])
         state = retrain.register(settings, state)
         state = retrain.gate(settings, state)
         # the benchmark never moves the champion of a shared stack
@@ -160,6 +174,7 @@ def main(argv=None) -> int:
             "targets_met": {m: cand.get(m, 0.0) >= t for m, t in TARGETS.items()},
             "gate": {"action": state["action"], "reason": state["reason"]}, "version": state["version"],
             "identical_adapters_across_repeats": len({r["probe_logits_sha256"] for r in runs}) == 1,
+            "items": items,
         }
     finally:
         if stack is not None:
