@@ -197,7 +197,7 @@ def process_batch(settings: Settings, the_plan: dict, batch_no: int, *, owner: s
                             model_ref=info.ref)
     reader = src.Reader()
     index_version = spaces.version(the_plan["space_no"], the_plan["target_rev"])
-    group_chunks = max(settings.embed_batch_size * 4, 64)
+    group_chunks = max(settings.embed_batch_size * 16, 256)  # length-sorted within a group: big groups pad less
     lease = lock.Lease(settings.db_url, n, owner, None)
     if progress is None:  # in an Airflow task: progress log lines (counts and rates) every 10 s
         progress = Progress(f"batch {batch_no}", None, bar=False)
