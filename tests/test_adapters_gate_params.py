@@ -76,3 +76,32 @@ def test_airflow_params_refuse_invalid_values():
             bad[name] = value
             bad.validate()
         assert "ParamValidationError" in type(err.value).__name__ or "valid" in str(err.value).lower()
+
+
+def test_lora_retrain_dag_wiring(tmp_path, monkeypatch):
+    """Schedule, pools/queues, the approval operator and the asset outlet, from the parsed DAG files."""
+    from pathlib import Path
+
+    monkeypatch.setenv("AIRFLOW_HOME", str(tmp_path))
+    from airflow.dag_processing.dagbag import DagBag
+    from airflow.providers.standard.operators.hitl import ApprovalOperator
+
+    dags = Path(__file__).resolve().parents[1] / "dags"
+    bag = DagBag(dag_folder=str(dags / "lora_retrain.py"))
+    assert not bag.import_errors
+    dag = bag.dags["lora_retrain"]
+    assert type(dag.timetable).__name__ == "NullTimetable"  # schedule=None: manual or triggered only
+    assert dag.max_active_runs == 1 and "tandem" in dag.tags
+    for task_id in ("train_adapter", "evaluate_three_way"):
+        task = dag.get_task(task_id)
+        assert task.pool == "training" and task.queue == "training"
+    approve = dag.get_task("approve_promotion")
+    assert isinstance(approve, ApprovalOperator)
+    promote = dag.get_task("promote")
+    assert {"route", "approve_promotion"} == set(promote.upstream_task_ids)
+    assert [o.uri for o in promote.outlets] == ["tandem://behavior/adapter"]
+    assert dag.get_task("mark_failed").trigger_rule == "one_failed"
+    for name in params.SCHEMA:
+        assert dag.params.get_param(name).description, name
+    rollback = DagBag(dag_folder=str(dags / "adapter_rollback.py")).dags["adapter_rollback"]
+    assert [o.uri for o in rollback.get_task("move_champion").outlets] == ["tandem://behavior/adapter"]
