@@ -58,10 +58,11 @@ def holder(conn: psycopg.Connection, n: Names) -> dict | None:
 
 
 def _is_stale(conn: psycopg.Connection, lease: dict, stale_s: int) -> bool:
+    """A holder with a connection is alive exactly while that connection is; one without (an Airflow run)
+    while its heartbeat is younger than ``stale_s``."""
     if lease["backend_pid"] is not None:
         alive = conn.execute("SELECT 1 FROM pg_stat_activity WHERE pid = %s", (lease["backend_pid"],)).fetchone()
-        if alive is None:
-            return True
+        return alive is None
     age = conn.execute("SELECT extract(epoch FROM now() - %s::timestamptz)", (lease["heartbeat_at"],)).fetchone()[0]
     return float(age) > stale_s
 

@@ -10,8 +10,10 @@ log = logging.getLogger("tandem.knowledge")
 
 
 class Progress:
-    def __init__(self, desc: str, total: int | None, *, bar: bool, unit: str = "doc", log_every_s: float = 10.0):
+    def __init__(self, desc: str, total: int | None, *, bar: bool, unit: str = "doc", log_every_s: float = 10.0,
+                 beat=None, beat_every_s: float = 30.0):
         self.desc, self.total, self.unit = desc, total, unit
+        self._beat, self._beat_every_s, self._last_beat = beat, beat_every_s, time.monotonic()
         self.count = 0
         self.started = self._last_log = time.monotonic()
         self.log_every_s = log_every_s
@@ -32,6 +34,9 @@ class Progress:
         if self._bar is not None:
             self._bar.update(n)
         now = time.monotonic()
+        if self._beat is not None and now - self._last_beat >= self._beat_every_s:
+            self._last_beat = now
+            self._beat()  # a long phase keeps the run's lease alive
         if now - self._last_log >= self.log_every_s:
             self._last_log = now
             self._log(now)

@@ -84,7 +84,8 @@ def plan(settings: Settings, *, run_id: str, owner: str | None, sources=None, fu
         conn.commit()
         space_no = space.space_no if space else None
         t_scan = time.monotonic()
-        with Progress("scan", None, bar=progress) as pr:
+        beat = (lambda: lock.heartbeat(None, n, owner, settings.db_url)) if owner else None
+        with Progress("scan", None, bar=progress, beat=beat) as pr:
             with conn.transaction():
                 staged = diff.stage(conn, scan.scan(source_list, settings.include_globs, settings.exclude_globs,
                                                     settings.max_file_bytes, progress=pr))
