@@ -39,7 +39,7 @@ def scorecard(summary: dict[str, Any], decision=None, *, markdown: bool = False)
     lines += [f"  {a:<{width}}  {b:>4}  {c:>6}" for a, b, c in diag]
     missing = summary.get("missing_docs") or {}
     if missing:
-        lines += ["", "Knowledge failures (gold documents not retrieved):"]
+        lines += ["", "Knowledge failures (what retrieval missed: the gold document, or the chunk holding the facts):"]
         lines += [f"  {ex_id}: {', '.join(docs)}" for ex_id, docs in sorted(missing.items())]
     if decision is not None:
         lines += ["", f"Decision: {decision.action} ({decision.kind})", f"  {decision.reason}"]
