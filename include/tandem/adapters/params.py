@@ -40,7 +40,7 @@ SCHEMA: dict[str, tuple[Any, dict, str]] = {
     "gradient_checkpointing": (False, {"type": "boolean"}, "Trade compute for memory on long sequences."),
     "distractors": (2, {"type": "integer", "minimum": 0, "maximum": 10},
                     "RAFT: distractor chunks added to each example's context."),
-    "no_oracle_fraction": (0.1, {"type": "number", "minimum": 0, "maximum": 0.9},
+    "no_oracle_fraction": (0.2, {"type": "number", "minimum": 0, "maximum": 0.9},
                            "RAFT: fraction of answerable examples whose oracle chunks are withheld; their target "
                            "is the spec's refusal."),
     "holdout_fraction": (0.15, {"type": "number", "minimum": 0.05, "maximum": 0.5},
