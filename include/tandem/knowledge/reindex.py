@@ -200,7 +200,8 @@ def process_batch(settings: Settings, the_plan: dict, batch_no: int, *, owner: s
     index_version = spaces.version(the_plan["space_no"], the_plan["target_rev"])
     group_chunks = max(settings.embed_batch_size * 16, 256)  # length-sorted within a group: big groups pad less
     lease = lock.Lease(settings.db_url, n, owner, None)
-    if progress is None:  # in an Airflow task: progress log lines (counts and rates) every 10 s
+    own_progress = progress is None
+    if own_progress:  # in an Airflow task: progress log lines (counts and rates) every 10 s
         progress = Progress(f"batch {batch_no}", None, bar=False)
     with db.connection(settings.db_url) as conn:
         with conn.cursor() as cur:
@@ -295,6 +296,8 @@ def process_batch(settings: Settings, the_plan: dict, batch_no: int, *, owner: s
                 flush(pending)
                 pending, pending_chunks = [], 0
         flush(pending)
+    if own_progress:
+        progress.close()
     stats["seconds"] = {k: _r(v) for k, v in times.items()}
     stats["wall"] = _r(time.monotonic() - started)
     log.info("batch %s: %d docs, %d written, %d failed, %d chunks in %.1fs (%.1f chunks/s)", batch_no, stats["docs"],
