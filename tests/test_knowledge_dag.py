@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parents[1]
 HEAVY = ("torch", "transformers", "sentence_transformers", "llama_index", "mlflow", "psycopg", "tandem.knowledge")
 
 
-def test_dag_wiring_and_cheap_parse():
+def test_dag_wiring_and_cheap_parse(tmp_path):
     code = f"""
 import json, sys, time
 import airflow.sdk  # Airflow itself is loaded before the DAG file, as in the dag processor
@@ -36,7 +36,7 @@ print(json.dumps({{
 """
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
                           env={"PATH": "/usr/bin:/bin", "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-                               "AIRFLOW_HOME": str(REPO / ".tandem" / "airflow-parse-check")})
+                               "AIRFLOW_HOME": str(tmp_path)})
     assert proc.returncode == 0, proc.stderr[-3000:]
     info = json.loads(proc.stdout.strip().splitlines()[-1])
     print("knowledge_reindex parse seconds:", round(info["parse_s"], 3))
