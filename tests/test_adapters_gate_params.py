@@ -64,6 +64,17 @@ def test_params_defaults_and_validation():
         params.parse_assignment("max_steps")
 
 
+def test_retrain_max_steps_setting_sets_the_default(monkeypatch):
+    monkeypatch.setenv("TANDEM_RETRAIN_MAX_STEPS", "6")
+    assert params.validate({}).max_steps == 6  # the deployment's default (a fast demo, a bigger box)
+    assert params.validate({"max_steps": 12}).max_steps == 12  # a run's own param still wins
+    assert params.json_schema()["properties"]["max_steps"]["default"] == 6
+    assert params.airflow_params()["max_steps"].value == 6  # the trigger form shows it
+    monkeypatch.setenv("TANDEM_RETRAIN_MAX_STEPS", "-1")
+    with pytest.raises(Exception, match="TANDEM_RETRAIN_MAX_STEPS"):
+        params.defaults()
+
+
 def test_airflow_params_refuse_invalid_values():
     from airflow.sdk import Param  # noqa: F401 - the real Param class validates the JSON schema
     from airflow.sdk.definitions.param import ParamsDict

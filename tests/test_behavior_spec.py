@@ -30,11 +30,18 @@ def test_demo_spec_loads():
     assert spec.version == "2026.1"
     assert spec.primary_metric == "pass_rate"
     assert spec.thresholds["json_valid"] == 0.95
-    assert spec.anti_flap.consecutive_failures == 2
+    assert spec.anti_flap.consecutive_failures == 1  # the demo: one failing eval triggers the retrain
     assert spec.style.refusal_text in spec.system_prompt  # the prompt tells the model the refusal form
     assert "60 words" in spec.system_prompt
     assert len(spec.digest) == 64
     assert spec.refusal == spec.style.refusal_text
+
+
+def test_anti_flap_defaults_are_the_production_ones(tmp_path):
+    data = yaml.safe_load(DEMO_SPEC.read_text())
+    del data["anti_flap"]
+    af = load_spec(_write(tmp_path, data)).anti_flap
+    assert (af.consecutive_failures, af.min_hours_between_retrains, af.max_retrains_per_week) == (2, 24, 2)
 
 
 @pytest.mark.parametrize("mutate, field", [

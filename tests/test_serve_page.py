@@ -12,6 +12,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 
 from adapters_fixtures import make_adapter, register_adapter
 from serve_fixtures import clean_registry, tandem_subapp
@@ -102,7 +103,8 @@ def test_status_json_matches_the_page(page_app, small_run):
     assert b["primary_metric"] == "pass_rate" and b["trend"][-1]["value"] == pytest.approx(
         small_run["eval"]["metrics"]["pass_rate"], abs=1e-4)
     assert set(b["last_eval"]["diagnosis"]) >= {"knowledge", "behavior"}
-    assert b["anti_flap"]["policy"]["consecutive_failures"] == 2
+    policy = yaml.safe_load(Path(small_run["settings"].spec_path).read_text())["anti_flap"]
+    assert b["anti_flap"]["policy"]["consecutive_failures"] == policy["consecutive_failures"]
     if small_run["decision"].behavior_failing:  # the eval just recorded counts toward the streak
         assert b["anti_flap"]["consecutive_failures"] == 2
     assert body["knowledge"]["canary_history"][0]["hit_at_k"] is not None

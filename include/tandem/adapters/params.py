@@ -29,7 +29,7 @@ SCHEMA: dict[str, tuple[Any, dict, str]] = {
                        "Module names LoRA adapts (attention projections by default)."),
     "learning_rate": (1e-3, {"type": "number", "exclusiveMinimum": 0, "maximum": 0.01}, "Peak learning rate (AdamW)."),
     "max_steps": (40, {"type": "integer", "minimum": 0, "maximum": 100000},
-                  "Optimizer steps. 0: train for `epochs` instead."),
+                  "Optimizer steps. 0: train for `epochs` instead. Default: TANDEM_RETRAIN_MAX_STEPS (40)."),
     "epochs": (1.0, {"type": "number", "exclusiveMinimum": 0, "maximum": 100},
                "Passes over the training split, used when max_steps is 0."),
     "batch_size": (2, {"type": "integer", "minimum": 1, "maximum": 64}, "Examples per optimizer step."),
@@ -95,16 +95,26 @@ class RetrainParams:
         return out
 
 
+def _default(name: str) -> Any:
+    """A parameter's default: the table's, or the deployment's where a setting names one (environment only)."""
+    if name == "max_steps":
+        from tandem.config import Settings
+
+        return Settings.load().retrain_max_steps
+    default = SCHEMA[name][0]
+    return list(default) if isinstance(default, list) else default
+
+
 def defaults() -> dict[str, Any]:
-    return {name: (list(d) if isinstance(d, list) else d) for name, (d, _, _) in SCHEMA.items()}
+    return {name: _default(name) for name in SCHEMA}
 
 
 def json_schema() -> dict:
     return {
         "type": "object",
         "additionalProperties": False,
-        "properties": {name: {**schema, "default": default, "description": desc}
-                       for name, (default, schema, desc) in SCHEMA.items()},
+        "properties": {name: {**schema, "default": _default(name), "description": desc}
+                       for name, (_, schema, desc) in SCHEMA.items()},
     }
 
 
@@ -112,7 +122,7 @@ def airflow_params() -> dict:
     """``{name: Param(...)}`` for a DAG's ``params`` (Airflow validates trigger conf against them)."""
     from airflow.sdk import Param
 
-    return {name: Param(default, description=desc, **schema) for name, (default, schema, desc) in SCHEMA.items()}
+    return {name: Param(_default(name), description=desc, **schema) for name, (_, schema, desc) in SCHEMA.items()}
 
 
 def validate(values: dict[str, Any] | None) -> RetrainParams:
@@ -132,7 +142,9 @@ def validate(values: dict[str, Any] | None) -> RetrainParams:
     if errors:
         err = errors[0]
         field = ".".join(str(p) for p in err.path) or "(params)"
-        default, schema, desc = SCHEMA.get(str(err.path[0]) if err.path else "", (None, {}, ""))
+        name = str(err.path[0]) if err.path else ""
+        _, schema, desc = SCHEMA.get(name, (None, {}, ""))
+        default = _default(name) if name in SCHEMA else None
         bounds = {k: v for k, v in schema.items() if k in ("type", "minimum", "maximum", "exclusiveMinimum",
                                                             "minLength", "maxLength", "minItems", "maxItems")}
         raise UserError(f"invalid retrain parameter {field}={json.dumps(err.instance)}: {err.message}",

@@ -12,7 +12,8 @@
 
 The demo owns ``$TANDEM_HOME/demo/`` (its source folder and a state file). A second run continues an
 unfinished demo from its next step, or resets a finished one (``--reset`` forces a reset); it says which.
-``--fast`` is the CI variant: a slice of the eval set and a few training steps.
+``--fast`` is the CI variant (``tandem.demo.fast``): slices of the eval and training sets and a few training
+steps, handed to a stack the demo starts itself.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from typing import Any, Callable
 from tandem.airflow.rest import AirflowClient, DagRun
 from tandem.config import Settings
 from tandem.demo import data
-from tandem.errors import TandemError
+from tandem.errors import JobFailed, TandemError, UserError
 
 STEPS = ("reindex_release1", "eval_base", "retrain", "eval_champion", "reindex_release2", "ask")
 
@@ -126,16 +127,31 @@ class Demo:
         self.say("    " + ", ".join(f"{k}={summary.get(k)}" for k in keys))
         return {k: summary.get(k) for k in keys}
 
+    def _eval_outcome(self, run: DagRun) -> dict:
+        client = self._client()
+        decision = client.xcom("behavior_eval", run.run_id, "decide") or {
+            key: client.xcom("behavior_eval", run.run_id, "decide", key=key) for key in ("action", "kind", "reason")}
+        summary = client.xcom("behavior_eval", run.run_id, "evaluate") or {}
+        metrics = summary.get("metrics") or {}
+        shown = ", ".join(f"{k} {metrics[k]:.2f}" for k in ("json_valid", "schema_valid", "citations_valid",
+                                                              "grounded", "answer_correct", "pass_rate")
+                          if isinstance(metrics.get(k), (int, float)))
+        self.say(f"    {summary.get('n')} examples in {summary.get('wall_s')}s: {shown}")
+        self.say(f"    diagnosis: {json.dumps(summary.get('counts') or {})}")
+        self.say(f"    decision: {decision.get('action')} ({decision.get('kind')}): {(decision.get('reason') or '')[:300]}")
+        if summary.get("run_url"):
+            self.say(f"    MLflow run: {summary['run_url']}")
+        return {"decision": decision.get("action"), "kind": decision.get("kind"), "run_id": run.run_id,
+                "adapter": summary.get("adapter"), "n": summary.get("n"), "metrics": metrics,
+                "counts": summary.get("counts")}
+
     def eval_base(self) -> dict:
         client = self._client()
         before = {r.run_id for r in client.runs("lora_retrain")}
-        conf = {"limit": 16} if self.fast else {}
-        run = self._run_dag("behavior_eval", conf)
-        decision = client.xcom("behavior_eval", run.run_id, "decide") or {}
-        self.say(f"    decision: {json.dumps(decision)[:400]}")
+        run = self._run_dag("behavior_eval", {})
         self.state["runs"]["eval_base"] = run.run_id
         self.state["lora_before"] = sorted(before)
-        return {"decision": decision.get("action") or decision.get("decision"), "run_id": run.run_id}
+        return self._eval_outcome(run)
 
     def retrain(self) -> dict:
         client = self._client()
@@ -144,33 +160,58 @@ class Demo:
                  f"{json.dumps(triggered.conf)[:200]})")
         before_eval = {r.run_id for r in client.runs("behavior_eval")}
         self.state["eval_before"] = sorted(before_eval)
-        self._run_dag("lora_retrain", run=triggered)
+        run = self._run_dag("lora_retrain", run=triggered)
         from tandem.adapters import registry
 
-        champion = registry.resolve(self.settings, "champion")
-        self.say(f"    registered and promoted: tandem-adapter version {champion.version} is champion")
-        return {"champion": champion.version}
+        listed = registry.list_versions(self.settings)
+        newest = max(listed, key=lambda v: int(v["version"])) if listed else None
+        if newest is None:
+            raise JobFailed(f"lora_retrain run {run.run_id} registered no adapter version",
+                            fix=f"open the run's task logs: {self.settings.airflow_url}/dags/lora_retrain/runs")
+        aliases = sorted(newest.get("aliases") or [])
+        self.say(f"    registered tandem-adapter version {newest['version']} (aliases: {', '.join(aliases) or 'none'})")
+        metrics = {k: newest.get("metrics", {}).get(k) for k in ("schema_valid", "citations_valid", "pass_rate")}
+        self.say(f"    holdout metrics: {json.dumps(metrics)}")
+        if "champion" not in aliases:
+            raise JobFailed(f"adapter version {newest['version']} did not pass the promotion gate: "
+                            f"{newest.get('gate_reason') or 'see the version tags in MLflow'}",
+                            fix="the demo needs a promoted adapter; check the lora_retrain run in MLflow "
+                                "(tandem-lora-training) and the spec's thresholds")
+        self.say(f"    promoted: version {newest['version']} is the champion")
+        return {"version": str(newest["version"]), "aliases": aliases, "metrics": metrics}
 
     def eval_champion(self) -> dict:
         client = self._client()
         run = client.wait_for_new_run("behavior_eval", set(self.state.get("eval_before", [])), timeout=300)
         self.say(f"    the behavior_adapter asset triggered behavior_eval run {run.run_id}")
         run = self._run_dag("behavior_eval", run=run)
-        decision = client.xcom("behavior_eval", run.run_id, "decide") or {}
-        self.say(f"    decision: {json.dumps(decision)[:400]}")
-        return {"decision": decision.get("action") or decision.get("decision"), "run_id": run.run_id}
+        return self._eval_outcome(run)
 
     def ask(self) -> dict:
-        from tandem.serve.answer import answer
+        import os
+        import subprocess
 
         question = data.read_jsonl(data.RELEASE2_QUESTIONS_PATH)[0]
-        result = answer(self.settings, question["question"], k=5).to_dict()
-        self.say(f"    Q: {question['question']}")
-        self.say(f"    A: {json.dumps(result.get('answer'))}  (adapter {result.get('adapter')})")
-        self.say(f"    citations: {result.get('citations')}")
-        new_ok = all(f.lower() in json.dumps(result).lower() for f in question["gold_facts"])
-        self.say(f"    new value {question['gold_facts']} present: {new_ok}; old value {question['old_facts']}")
-        return {"question": question["question"], "answer": result, "new_fact_present": new_ok}
+        self.say(f"    $ tandem ask {json.dumps(question['question'])} --json")
+        tandem = Path(sys.executable).parent / "tandem"
+        proc = subprocess.run([str(tandem), "ask", question["question"], "--json"], capture_output=True, text=True,
+                              env={**os.environ, **self.settings.as_env()}, timeout=900)
+        if proc.returncode != 0:
+            raise JobFailed(f"tandem ask failed (exit {proc.returncode}): {proc.stderr.strip()[-800:]}",
+                            fix="run the same `tandem ask` by hand to see the full message")
+        result = json.loads(proc.stdout)
+        self.say(f"    A: {json.dumps(result.get('answer'))}")
+        self.say(f"    citations: {result.get('citations')}  (adapter {result.get('adapter')}, confidence "
+                 f"{result.get('confidence')}, contract {'met' if result.get('valid') else 'broken'})")
+        text = json.dumps(result.get("answer", "")).lower()
+        new_ok = all(f.lower() in text for f in question["gold_facts"])
+        old_present = any(f.lower() in text for f in question["old_facts"])
+        cited = [d for d in question["gold_doc_ids"] if d in (result.get("citations") or [])]
+        self.say(f"    new value {question['gold_facts']} in the answer: {new_ok}; old value "
+                 f"{question['old_facts']} in it: {old_present}; cites the changed document: {bool(cited)}")
+        return {"question": question["question"], "answer": result.get("answer"),
+                "citations": result.get("citations"), "valid": result.get("valid"), "adapter": result.get("adapter"),
+                "new_fact_present": new_ok, "old_fact_present": old_present, "cites_changed_doc": bool(cited)}
 
     def where_to_look(self) -> None:
         s = self.settings
@@ -220,6 +261,20 @@ def clear_aliases(settings: Settings) -> None:
         pass
 
 
+def _fast_settings(settings: Settings) -> Settings:
+    """Point this process and the stack it starts at the fast variant's slices (``tandem.demo.fast``)."""
+    import os
+
+    from tandem.demo import fast
+    from tandem.stack import process, services
+
+    if any(process.running_pid(svc, settings.run_dir) for svc in services.all_services(settings)):
+        raise UserError("--fast needs a stack started with its slices, and one is already running",
+                        fix="stop it first (`make down`), or run the full demo without --fast")
+    os.environ.update(fast.prepare(settings.home / "demo" / "fast"))
+    return Settings.load()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tandem.demo.run", description=__doc__.splitlines()[0])
     parser.add_argument("--reset", action="store_true", help="start over even if an unfinished demo exists")
@@ -230,6 +285,8 @@ def main(argv: list[str] | None = None) -> int:
         from tandem.stack.cli import up
 
         settings = Settings.load()
+        if args.fast:
+            settings = _fast_settings(settings)
         up(settings)
         report = Demo(settings, fast=args.fast, out=lambda m: print(m, flush=True)).run(reset=args.reset)
     except TandemError as exc:

@@ -1,0 +1,51 @@
+"""The fast variant of the demo (``make demo DEMO_ARGS=--fast``, and the CI test): the same steps on slices.
+
+The story and the DAG runs are the real ones; only the amounts shrink. The slices are written under
+``$TANDEM_HOME/demo/fast/`` and handed to the stack through its settings (so the stack must be started by
+the demo for them to apply):
+
+- the eval set: the first ``EVAL_ANSWERABLE`` answerable and ``EVAL_UNANSWERABLE`` unanswerable examples;
+- the training set: the first ``TRAIN_ROWS`` curated examples (by id);
+- the spec: the demo spec with a shorter context per chunk and fewer new tokens;
+- ``lora_retrain`` trains ``MAX_STEPS`` steps (``TANDEM_RETRAIN_MAX_STEPS``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tandem.demo import data
+
+EVAL_ANSWERABLE = 5
+EVAL_UNANSWERABLE = 1
+TRAIN_ROWS = 64
+MAX_STEPS = 12
+SPEC_OVERRIDES = {"prompt": {"max_context_chars": 400}, "generation": {"max_new_tokens": 64, "batch_size": 8}}
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
+    return path
+
+
+def prepare(folder: Path) -> dict[str, str]:
+    """Write the slices into ``folder``; returns the TANDEM_* environment that points the stack at them."""
+    import yaml
+
+    folder.mkdir(parents=True, exist_ok=True)
+    examples = sorted(data.read_jsonl(data.EVAL_SET_PATH), key=lambda e: e["id"])
+    answerable = [e for e in examples if e["answerable"]][:EVAL_ANSWERABLE]
+    unanswerable = [e for e in examples if not e["answerable"]][:EVAL_UNANSWERABLE]
+    train = sorted(data.read_jsonl(data.TRAIN_SET_PATH), key=lambda e: e["id"])[:TRAIN_ROWS]
+    spec = yaml.safe_load(Path(data.BEHAVIOR_SPEC_PATH).read_text())
+    spec["version"] = f"{spec['version']}-fast"
+    for section, values in SPEC_OVERRIDES.items():
+        spec.setdefault(section, {}).update(values)
+    (folder / "behavior_spec.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    return {
+        "TANDEM_EVAL_SET_PATH": str(_write_jsonl(folder / "eval_set.jsonl", answerable + unanswerable)),
+        "TANDEM_TRAIN_SET_PATH": str(_write_jsonl(folder / "train_set.jsonl", train)),
+        "TANDEM_SPEC_PATH": str(folder / "behavior_spec.yaml"),
+        "TANDEM_RETRAIN_MAX_STEPS": str(MAX_STEPS),
+    }
