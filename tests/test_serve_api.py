@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from adapters_fixtures import make_adapter, register_adapter
 from serve_fixtures import ANSWERABLE, OFF_TOPIC, clean_registry, tandem_subapp
 
 pytestmark = pytest.mark.airflow
@@ -80,7 +81,8 @@ def test_a_body_that_is_not_json_is_a_4xx(airflow_app):
 
 
 def test_missing_index_and_missing_champion_are_503_with_what_to_run(airflow_app, serve_settings, serve_cache,
-                                                                     serve_index):
+                                                                     serve_index, base_model_path, tmp_path):
+    from tandem.adapters import registry
     from tandem.serve.adapter_cache import AdapterCache
     from tandem.serve.api import configure
 
@@ -99,6 +101,21 @@ def test_missing_index_and_missing_champion_are_503_with_what_to_run(airflow_app
         resp = airflow_app.client.post("/tandem/api/ask", json={"question": ANSWERABLE}, headers=headers)
         assert resp.status_code == 503 and "no champion" in resp.json()["error"]
         assert "lora_retrain" in resp.json()["fix"]
+
+        # a champion trained on another base: the deployment is broken (503); asking for it by version is the
+        # caller's choice (400)
+        version = register_adapter(serve_settings, make_adapter(base_model_path, tmp_path / "other-base", seed=5))
+        registry.promote(serve_settings, version, reason="test: champion on another base")
+        registry.client(serve_settings).set_model_version_tag(registry.MODEL, version, "tandem.base_model_sha256",
+                                                              "0" * 64)
+        configure(sub, settings=serve_settings, cache=AdapterCache(serve_settings))
+        resp = airflow_app.client.post("/tandem/api/ask", json={"question": ANSWERABLE}, headers=headers)
+        assert resp.status_code == 503 and "champion adapter version" in resp.json()["error"], resp.text
+        assert "TANDEM_BASE_MODEL" in resp.json()["fix"] and "promote" in resp.json()["fix"]
+        resp = airflow_app.client.post("/tandem/api/ask", json={"question": ANSWERABLE, "adapter": version},
+                                       headers=headers)
+        assert resp.status_code == 400 and "trained on base model" in resp.json()["error"], resp.text
+        clean_registry(serve_settings)
     finally:
         configure(sub, settings=serve_settings, cache=serve_cache)
 

@@ -184,10 +184,16 @@ def resolve(settings: Settings, ref: str | None = "champion", *, download: bool 
     if check_base:
         _, configured_sha = base_ref(settings)
         if recorded_sha and recorded_sha != configured_sha:
-            raise UserError(
-                f"adapter version {mv.version} was trained on base model {recorded_base} (sha256 {recorded_sha[:12]}), "
-                f"but the configured base model {settings.base_model} has sha256 {configured_sha[:12]}",
-                fix=f"set TANDEM_BASE_MODEL to {recorded_base}, or use the base model alone (--adapter base)")
+            message = (f"adapter version {mv.version} was trained on base model {recorded_base} (sha256 "
+                       f"{recorded_sha[:12]}), but the configured base model {settings.base_model} has sha256 "
+                       f"{configured_sha[:12]}")
+            if text in ALIASES:  # the deployment's state, not the caller's choice: the service cannot answer
+                raise ServiceUnavailable(f"the {text} {message}",
+                                         fix=f"set TANDEM_BASE_MODEL to {recorded_base}, or move the {text} alias to "
+                                             f"a version trained on the configured base (`tandem adapters promote "
+                                             f"VERSION`); {LIST_FIX}")
+            raise UserError(message, fix=f"set TANDEM_BASE_MODEL to {recorded_base}, or use the base model alone "
+                                         "(--adapter base)")
     path = download_version(settings, cl, mv) if download else None
     return ResolvedAdapter(ref=text, version=str(mv.version), path=path, base_sha256=recorded_sha,
                            base_model=recorded_base, aliases=tuple(sorted(getattr(mv, "aliases", []) or [])),
