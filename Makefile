@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: help setup models up down status logs test bench-knowledge bench-behavior bench-serve demo clean-state
+.PHONY: help setup models up down status logs test bench-knowledge bench-behavior bench-serve demo screenshots clean-state
 
 help:
 	@echo "make setup            create .venv, install exact pins, prepare the models (idempotent)"
@@ -60,6 +60,9 @@ bench-serve: setup
 
 demo: setup
 	$(BIN)/python -m tandem.demo.run $(DEMO_ARGS)
+
+screenshots: setup
+	$(BIN)/python docs/screenshots.py
 
 clean-state: down
 	rm -rf "$(TANDEM_HOME)"
