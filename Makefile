@@ -14,7 +14,8 @@ help:
 	@echo "make setup            create .venv, install exact pins, prepare the models (idempotent)"
 	@echo "make up|down|status|logs   the local stack: Postgres+pgvector, MLflow, Airflow 3"
 	@echo "make test             the test suite (real Postgres, MLflow, Airflow and models)"
-	@echo "make demo             the whole story on real DAG runs"
+	@echo "make demo             the whole story on real DAG runs (DEMO_ARGS=--fast: the CI slice; --reset)"
+	@echo "make screenshots      README screenshots of the running stack (headless Chromium)"
 	@echo "make bench-knowledge | bench-behavior | bench-serve   benchmarks (print figures)"
 
 $(BIN)/python:
