@@ -68,9 +68,13 @@ def test_cli_eval_holds_then_dag_triggers_lora_retrain(behavior_settings, behavi
     live_adapter = summary["adapter"]  # "base", or the champion's version
     assert summary["n"] == 3 and live_adapter and not summary["partial"]
     assert summary["index_version"] == str(behavior_index["index_version"])
-    assert summary["metrics"]["schema_valid"] == 0.0  # no contract-valid answer fits in 16 tokens
+    # the off-topic question is refused by the answer path's similarity gate, without generating; no
+    # contract-valid answer to the two others fits in 16 tokens
+    assert summary["refused_by_similarity"] == 1
+    assert summary["metrics"]["schema_valid"] == pytest.approx(1 / 3, abs=1e-4)
+    assert summary["metrics"]["refusal_correct"] == 1.0
     assert summary["metrics"]["retrieval_hit"] == 1.0  # k=3 over a 3-document corpus
-    assert summary["counts"]["behavior"] == 3 and decision["kind"] == "behavior"
+    assert summary["counts"]["behavior"] == 2 and summary["counts"]["pass"] == 1 and decision["kind"] == "behavior"
     assert decision["action"] == "hold" and "1 failing eval(s) in a row" in decision["reason"]
     assert "metric(s) under threshold" in proc.stderr
 
@@ -81,8 +85,9 @@ def test_cli_eval_holds_then_dag_triggers_lora_retrain(behavior_settings, behavi
     assert tags["tandem.adapter_version"] == live_adapter and tags["tandem.eval_source"] == "cli"
     assert tags["tandem.spec_version"] == "2026.1" and len(tags["tandem.base_model_sha256"]) == 64
     assert "Decision: hold" in tags["mlflow.note.content"]
-    assert run.data.metrics["json_valid"] == summary["metrics"]["json_valid"]
-    assert run.data.metrics["class_behavior"] == 1.0 and run.data.metrics["n_examples"] == 3
+    assert run.data.metrics["json_valid"] == pytest.approx(summary["metrics"]["json_valid"], abs=1e-4)
+    assert run.data.metrics["class_behavior"] == pytest.approx(2 / 3) and run.data.metrics["n_examples"] == 3
+    assert run.data.metrics["n_refused_by_similarity"] == 1
     table = json.loads(Path(client.download_artifacts(run.info.run_id, "eval_table.json")).read_text())
     assert len(table["data"]) == 3
     for column in ("question", "retrieved_ids", "raw_output", "json_valid", "refusal_correct", "diagnosis"):
@@ -103,7 +108,8 @@ def test_cli_eval_holds_then_dag_triggers_lora_retrain(behavior_settings, behavi
     assert tags["tandem.eval_source"] == "airflow" and tags["tandem.airflow_dag_id"] == "behavior_eval"
     assert tags["tandem.airflow_run_url"].startswith(behavior_settings.airflow_url)
     assert tags["tandem.index_version"] == str(behavior_index["index_version"])
-    assert latest.data.metrics["pass_rate"] == 0.0 and latest.data.metrics["class_behavior"] == 1.0
+    assert latest.data.metrics["pass_rate"] == pytest.approx(1 / 3)
+    assert latest.data.metrics["class_behavior"] == pytest.approx(2 / 3)
     assert "eval_table.json" in [a.path for a in client.list_artifacts(latest.info.run_id)]
 
     with sqlite3.connect(airflow.db) as conn:

@@ -81,3 +81,24 @@ def test_bad_model_or_adapter_is_a_user_error(base_model_path, tmp_path):
         Generator(str(tmp_path / "missing"))
     with pytest.raises(UserError, match="adapter_config.json"):
         Generator(str(base_model_path), str(tmp_path))
+
+
+def test_eval_refuses_like_the_answer_path_without_generating(generator):
+    """Items flagged by the similarity gate get the spec's refusal and are not generated; the rest are."""
+    from tandem.behavior.evalset import Example
+    from tandem.behavior.evaluate import evaluate
+    from tandem.behavior.spec import load_spec
+    from tandem.demo.data import BEHAVIOR_SPEC_PATH
+
+    spec = load_spec(BEHAVIOR_SPEC_PATH)
+    ctx = [{"doc_id": "acme/pricing.md", "title": "Pricing", "text": "The Pro plan costs $49 per month."}]
+    items = [(Example(id="a", question="How much is the Pro plan?", gold_doc_ids=("acme/pricing.md",),
+                      gold_facts=("$49",), reference_answer="", answerable=True), ctx),
+             (Example(id="u", question="Do you sell hardware?", gold_doc_ids=(), gold_facts=(),
+                      reference_answer="", answerable=False), ctx)]
+    result = evaluate(spec, generator, items, max_new_tokens=8, batch_size=2, refuse=[False, True])
+    assert generator.last_stats["examples"] == 1  # only the first item reached the model
+    answered, refused = result.rows
+    assert refused["refused_by_similarity"] and refused["refusal_correct"] and refused["schema_valid"]
+    assert not answered["refused_by_similarity"] and answered["raw_output"] != refused["raw_output"]
+    assert result.stats["refused_by_similarity"] == 1

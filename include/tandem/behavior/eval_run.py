@@ -95,7 +95,8 @@ def retrieve(settings: Settings, spec: Spec, examples: list[Example], progress: 
 
 def _table(rows: list[dict]) -> dict[str, list]:
     """The per-example table for ``mlflow.log_table``: one column per field, lists as text."""
-    columns = ["id", "question", "answerable", "gold_doc_ids", "retrieved_ids", "raw_output", *VERDICTS,
+    columns = ["id", "question", "answerable", "gold_doc_ids", "retrieved_ids", "refused_by_similarity", "raw_output",
+               *VERDICTS,
                "passed", "diagnosis", "failed_rules", "missing_docs", "facts_not_in_context", "missing_facts",
                "invented_citations",
                "forbidden_found", "parse_error"]
@@ -123,6 +124,7 @@ def run_eval(settings: Settings, *, adapter: str = "champion", limit: int | None
 
     from tandem.behavior.evaluate import evaluate
     from tandem.behavior.generate import Generator
+    from tandem.serve.answer import refusal_decision
 
     started = time.monotonic()
     p = prepared or prepare(settings, adapter=adapter, limit=limit)
@@ -130,8 +132,13 @@ def run_eval(settings: Settings, *, adapter: str = "champion", limit: int | None
     log.info("eval of %s (base %s, sha256 %s) on index %s: %d examples, spec %s", p.adapter_label, p.base_model,
              p.base_sha256[:12], p.index_version, len(p.examples), spec.version)
     items = retrieve(settings, spec, p.examples, progress)
+    # the answer path's similarity gate, so the eval scores what `tandem ask` and the API would answer
+    threshold = float(settings.refusal_min_similarity)
+    refuse = [refusal_decision(hits, threshold)[0] for _, hits in items]
+    log.info("%d of %d questions refused without generating (best similarity < %s)", sum(refuse), len(items),
+             threshold)
     generator = Generator(p.base_model, p.adapter_path, threads=settings.torch_threads)
-    result = evaluate(spec, generator, items,
+    result = evaluate(spec, generator, items, refuse=refuse,
                       progress=(lambda n: progress("generate", n, len(items))) if progress else None)
     wall = time.monotonic() - started
 
@@ -147,6 +154,7 @@ def run_eval(settings: Settings, *, adapter: str = "champion", limit: int | None
     metrics = {**result.metrics, "n_examples": result.n, "wall_s": round(wall, 2),
                "generation_s": round(result.stats.get("generation_s", 0.0), 2),
                "examples_per_s": round(result.stats.get("examples_per_s", 0.0), 4),
+               "n_refused_by_similarity": sum(refuse),
                **{f"n_{name}": count for name, count in result.counts.items()}}
     run_name = f"eval {p.adapter_label if p.adapter_version is None else 'v' + p.adapter_label} @ {p.index_version}"
     with mlflow.start_run(experiment_id=exp.experiment_id, run_name=run_name) as run:
@@ -155,6 +163,7 @@ def run_eval(settings: Settings, *, adapter: str = "champion", limit: int | None
                            "retrieval_k": spec.retrieval_k, "max_new_tokens": spec.max_new_tokens,
                            "batch_size": spec.batch_size, "max_context_chars": spec.max_context_chars,
                            "limit": limit if limit is not None else "all", "n_examples": result.n,
+                           "refusal_min_similarity": threshold,
                            "device": generator.device})
         mlflow.log_metrics(metrics)
         mlflow.log_table(_table(result.rows), artifact_file=TABLE_FILE)
@@ -168,6 +177,7 @@ def run_eval(settings: Settings, *, adapter: str = "champion", limit: int | None
             "diagnosis_mix": mix, "thresholds": spec.thresholds, "primary_metric": spec.primary_metric,
             "missing_docs": result.missing_docs(), "wall_s": round(wall, 1),
             "generation_s": metrics["generation_s"], "examples_per_s": metrics["examples_per_s"],
+            "refused_by_similarity": sum(refuse),
         }
         mlflow.log_dict(summary, SUMMARY_FILE)
     log.info("eval run %s logged: %d examples in %.1fs (%.2f examples/s generating); pass_rate %.3f; %s",

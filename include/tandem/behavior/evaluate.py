@@ -14,7 +14,7 @@ from typing import Any, Callable, Sequence
 from tandem.behavior.diagnosis import class_counts, class_rates, diagnose
 from tandem.behavior.evalset import Example
 from tandem.behavior.metrics import FAILURE_CLASSES, VERDICTS
-from tandem.behavior.prompt import build_messages, context_text, shown_doc_ids
+from tandem.behavior.prompt import build_messages, context_text, refusal_target, shown_doc_ids
 from tandem.behavior.scoring import aggregate, applicable_counts, score_output
 
 log = logging.getLogger(__name__)
@@ -79,15 +79,31 @@ def score_items(spec, items: Sequence[Item], outputs: Sequence[str]) -> EvalResu
 
 
 def evaluate(spec, generator, items: Sequence[Item], *, max_new_tokens: int | None = None,
-             batch_size: int | None = None, progress: Callable[[int], None] | None = None) -> EvalResult:
-    """Generate an answer for every item with ``generator`` (a ``Generator``), then score and diagnose."""
-    conversations = [build_messages(example.question, contexts, spec) for example, contexts in items]
+             batch_size: int | None = None, progress: Callable[[int], None] | None = None,
+             refuse: Sequence[bool] | None = None) -> EvalResult:
+    """Generate an answer for every item with ``generator`` (a ``Generator``), then score and diagnose.
+
+    ``refuse[i]`` True: item i gets the spec's refusal without generating, as the answer path does when the
+    best retrieved chunk is under the similarity threshold (``tandem.serve.answer.refusal_decision``)."""
+    refuse = list(refuse) if refuse is not None else [False] * len(items)
+    if len(refuse) != len(items):
+        raise ValueError(f"{len(items)} items but {len(refuse)} refusal flags")
+    todo = [i for i, r in enumerate(refuse) if not r]
+    conversations = [build_messages(items[i][0].question, items[i][1], spec) for i in todo]
+    if progress is not None and len(todo) < len(items):
+        progress(len(items) - len(todo))
     started = time.monotonic()
-    outputs = generator.generate(conversations, max_new_tokens=max_new_tokens or spec.max_new_tokens,
-                                 batch_size=batch_size or spec.batch_size, progress=progress)
+    generated = generator.generate(conversations, max_new_tokens=max_new_tokens or spec.max_new_tokens,
+                                   batch_size=batch_size or spec.batch_size, progress=progress) if todo else []
     seconds = time.monotonic() - started
+    outputs = [refusal_target(spec)] * len(items)
+    for i, text in zip(todo, generated):
+        outputs[i] = text
     result = score_items(spec, items, outputs)
-    result.stats = {"generation_s": seconds, "examples_per_s": len(items) / seconds if seconds else 0.0,
+    for row, refused in zip(result.rows, refuse):
+        row["refused_by_similarity"] = refused
+    result.stats = {"generation_s": seconds, "examples_per_s": len(todo) / seconds if seconds else 0.0,
+                    "refused_by_similarity": len(items) - len(todo),
                     **{k: v for k, v in (getattr(generator, "last_stats", {}) or {}).items()
                        if k in ("new_tokens", "prompt_tokens")}}
     log.info("scored %d examples: pass_rate %.3f, %s", result.n, result.metrics["pass_rate"],
