@@ -109,10 +109,10 @@ def _wait_components(settings: Settings, timeout: float = 90) -> dict:
     return health
 
 
-def airflow_health(settings: Settings) -> dict:
+def airflow_health(settings: Settings, timeout: float = 3) -> dict:
     url = f"http://{settings.bind_host}:{settings.airflow_port}/api/v2/monitor/health"
     try:
-        with urllib.request.urlopen(url, timeout=3) as resp:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
             return json.loads(resp.read())
     except Exception:  # noqa: BLE001 - not answering means not healthy
         return {}
@@ -141,11 +141,15 @@ def down(settings: Settings) -> int:
     return 0
 
 
+STATUS_TIMEOUT = 15.0  # seconds per health request of `make status`
+
+
 def status(settings: Settings) -> int:
     rows = []
     pg_up = postgres.is_running(settings.pg_data)
     rows.append(("postgres", postgres.pid(settings.pg_data) if pg_up else None, "healthy" if pg_up else "down"))
-    health = airflow_health(settings)
+    # generous timeouts: a busy machine (a training run on 2 cores) answers slowly but is not down
+    health = airflow_health(settings, timeout=STATUS_TIMEOUT)
     component = {"airflow-scheduler": "scheduler", "airflow-dag-processor": "dag_processor",
                  "airflow-triggerer": "triggerer"}
     for svc in services.all_services(settings):
@@ -153,7 +157,7 @@ def status(settings: Settings) -> int:
         if pid is None:
             state = "down"
         elif svc.health_url:
-            state = "healthy" if process.http_ok(svc.health_url) else "starting/unhealthy"
+            state = "healthy" if process.http_ok(svc.health_url, timeout=STATUS_TIMEOUT) else "starting/unhealthy"
         else:
             state = health.get(component[svc.name], {}).get("status") or "running (no heartbeat yet)"
         rows.append((svc.name, pid, state))
