@@ -24,9 +24,16 @@ def test_gate_promotes_only_a_better_candidate_meeting_every_threshold():
     d = gate.decide(good, champion, thresholds=THRESHOLDS, primary="schema_valid_rate", margin=0.02, tolerance=0.02)
     assert not d.promote and "does not beat the incumbent" in d.reason
 
+    # a gated metric that still meets its threshold but drops beyond the tolerance blocks the promotion
+    strong = dict(base, citation_validity=0.99)
+    d = gate.decide(good, strong, thresholds=THRESHOLDS, primary="schema_valid_rate", margin=0.02, tolerance=0.02)
+    assert not d.promote and "citation_validity 0.950 regressed" in d.reason
+
+    # a metric the spec does not gate: reported with the decision, not blocking
     regress = dict(good, refusal_accuracy=0.3)
     d = gate.decide(regress, base, thresholds=THRESHOLDS, primary="schema_valid_rate", margin=0.02, tolerance=0.02)
-    assert not d.promote and "refusal_accuracy 0.300 regressed" in d.reason
+    assert d.promote and "not gated, regressed: refusal_accuracy 0.300 (incumbent 0.500)" in d.reason
+    assert [c["metric"] for c in d.ungated_regressions] == ["refusal_accuracy"]
 
     missing = {"schema_valid_rate": 1.0}
     d = gate.decide(missing, None, thresholds=THRESHOLDS, primary="schema_valid_rate", margin=0.0, tolerance=0.0)
@@ -34,8 +41,8 @@ def test_gate_promotes_only_a_better_candidate_meeting_every_threshold():
 
 
 def test_gate_lower_is_better_metrics():
-    d = gate.decide({"latency_p95_s": 3.0, "x": 1.0}, {"latency_p95_s": 1.0, "x": 0.5}, thresholds={},
-                    primary="x", margin=0.1, tolerance=0.5)
+    d = gate.decide({"latency_p95_s": 3.0, "x": 1.0}, {"latency_p95_s": 1.0, "x": 0.5},
+                    thresholds={"latency_p95_s": 5.0}, primary="x", margin=0.1, tolerance=0.5)
     assert not d.promote and "latency_p95_s" in d.reason
 
 

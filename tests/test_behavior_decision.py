@@ -5,16 +5,28 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import tempfile
 import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tandem.behavior import antiflap
 from tandem.behavior.decision import decide, failing_metrics
 from tandem.behavior.spec import load_spec
 
-SPEC = load_spec(Path(__file__).resolve().parents[1] / "include/tandem/data/demo/behavior_spec.yaml")
+# The demo spec with production-like gates, fixed here so that tuning the demo cannot change these tests.
+_DATA = yaml.safe_load((Path(__file__).resolve().parents[1] / "include/tandem/data/demo/behavior_spec.yaml").read_text())
+_DATA.update(
+    thresholds={"json_valid": 0.95, "schema_valid": 0.95, "citations_valid": 0.95, "grounded": 0.80,
+                "style_max_words": 0.95, "style_forbidden_phrases": 0.98, "refusal_correct": 0.80,
+                "no_false_refusal": 0.90, "answer_correct": 0.60, "retrieval_hit": 0.80, "pass_rate": 0.50},
+    primary_metric="pass_rate",
+    anti_flap={"consecutive_failures": 2, "min_hours_between_retrains": 24, "max_retrains_per_week": 2})
+_SPEC_DIR = tempfile.mkdtemp(prefix="tandem-decision-spec-")
+(Path(_SPEC_DIR) / "spec.yaml").write_text(yaml.safe_dump(_DATA, sort_keys=False))
+SPEC = load_spec(Path(_SPEC_DIR) / "spec.yaml")
 NOW = dt.datetime(2026, 11, 20, 12, 0, tzinfo=dt.timezone.utc)
 GOOD = {name: 1.0 for name in SPEC.thresholds}
 NO_HISTORY = antiflap.History(failing_streak=1, retrain_times=())  # one failing eval before this one

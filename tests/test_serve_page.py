@@ -100,8 +100,9 @@ def test_status_json_matches_the_page(page_app, small_run):
     assert b["champion"]["version"] == small_run["v1"] and b["challenger"]["version"] == small_run["v2"]
     assert b["last_eval"]["run_id"] == small_run["eval"]["run_id"]
     assert b["last_eval"]["decision"] == small_run["decision"].action
-    assert b["primary_metric"] == "pass_rate" and b["trend"][-1]["value"] == pytest.approx(
-        small_run["eval"]["metrics"]["pass_rate"], abs=1e-4)
+    primary = yaml.safe_load(Path(small_run["settings"].spec_path).read_text())["primary_metric"]
+    assert b["primary_metric"] == primary and b["trend"][-1]["value"] == pytest.approx(
+        small_run["eval"]["metrics"][primary], abs=1e-4)
     assert set(b["last_eval"]["diagnosis"]) >= {"knowledge", "behavior"}
     policy = yaml.safe_load(Path(small_run["settings"].spec_path).read_text())["anti_flap"]
     assert b["anti_flap"]["policy"]["consecutive_failures"] == policy["consecutive_failures"]

@@ -4,9 +4,12 @@ A candidate is promoted only if
 1. it meets every threshold of the behavior spec (``thresholds: {metric: minimum}``),
 2. it beats the incumbent (the champion, or the base model when there is no champion yet) on the spec's
    primary metric by at least ``promotion_margin``, and
-3. no other metric the two share drops more than ``regression_tolerance`` below the incumbent's.
+3. no other metric the spec gates (its ``thresholds``) drops more than ``regression_tolerance`` below the
+   incumbent's.
 
-Otherwise it becomes ``challenger`` and the reasons are recorded as the tag ``tandem.gate_reason``.
+Otherwise it becomes ``challenger`` and the reasons are recorded as the tag ``tandem.gate_reason``. Metrics
+the spec does not gate are compared too: a regression there does not block, but the reason names it
+("not gated, regressed: ..."), so a reviewer sees it on the version in MLflow.
 Pure functions: nothing here touches MLflow or Airflow.
 """
 
@@ -30,12 +33,22 @@ class Decision:
         return [c for c in self.checks if not c["ok"]]
 
     @property
+    def ungated_regressions(self) -> list[dict]:
+        return [c for c in self.checks if c["check"] == "regression" and not c.get("gated", True) and c["regressed"]]
+
+    @property
     def reason(self) -> str:
         if self.promote:
             ok = next((c for c in self.checks if c["check"] == "margin"), None)
-            return (f"passed the gate: {self.primary} {ok['value']:.3f} >= {ok['bound']:.3f}" if ok
+            text = (f"passed the gate: {self.primary} {ok['value']:.3f} >= {ok['bound']:.3f}" if ok
                     else "passed the gate")
-        return "; ".join(_describe(c) for c in self.failed)
+        else:
+            text = "; ".join(_describe(c) for c in self.failed)
+        noted = self.ungated_regressions
+        if noted:
+            text += "; not gated, regressed: " + ", ".join(
+                f"{c['metric']} {c['value']:.3f} (incumbent {c['incumbent']:.3f})" for c in noted)
+        return text
 
     def as_dict(self) -> dict[str, Any]:
         return {"promote": self.promote, "primary": self.primary, "reason": self.reason, "checks": list(self.checks)}
@@ -71,8 +84,11 @@ def decide(candidate: dict[str, float], incumbent: dict[str, float] | None, *, t
         for metric in sorted(set(incumbent) & set(candidate) - {primary}):
             sign = 1 if metric in LOWER_IS_BETTER else -1
             bound = incumbent[metric] + sign * tolerance
+            held = _better_or_equal(metric, candidate[metric], bound)
+            gated = metric in thresholds
             checks.append({"check": "regression", "metric": metric, "value": candidate[metric], "bound": bound,
-                           "ok": _better_or_equal(metric, candidate[metric], bound)})
+                           "incumbent": incumbent[metric], "gated": gated, "regressed": not held,
+                           "ok": held or not gated})
     return Decision(promote=all(c["ok"] for c in checks), checks=tuple(checks), primary=primary)
 
 

@@ -48,7 +48,8 @@ SCHEMA: dict[str, tuple[Any, dict, str]] = {
     "promotion_margin": (0.02, {"type": "number", "minimum": 0, "maximum": 1},
                          "The candidate must beat the champion's primary metric by at least this much."),
     "regression_tolerance": (0.02, {"type": "number", "minimum": 0, "maximum": 1},
-                             "No other metric may drop more than this below the champion's."),
+                             "No metric the spec gates (its thresholds) may drop more than this below the champion's; "
+                             "others are reported with the gate's reason."),
     "auto_promote": (True, {"type": "boolean"},
                      "Promote a candidate that passes the gate. Off: it stays challenger for a manual promote."),
     "require_approval": (False, {"type": "boolean"},
