@@ -31,7 +31,7 @@ from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOpe
 from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, dag, task
 
 from tandem.airflow.assets import BEHAVIOR_ADAPTER
-from tandem.airflow.defaults import DEFAULT_ARGS, START_DATE, TAG
+from tandem.airflow.defaults import DEFAULT_ARGS, TAG
 from tandem.config import Settings
 
 _settings = Settings.load()  # environment only: no database or network at parse time
@@ -41,9 +41,10 @@ ROUTES = {"retrain": "trigger_lora_retrain", "reindex": "trigger_knowledge_reind
 
 @dag(
     dag_id="behavior_eval",
-    schedule=AssetOrTimeSchedule(timetable=CronTriggerTimetable(_settings.eval_cron, timezone=_settings.timezone),
+    # no start_date, run_immediately=False: a fresh stack waits for the next slot (see knowledge_reindex)
+    schedule=AssetOrTimeSchedule(timetable=CronTriggerTimetable(_settings.eval_cron, timezone=_settings.timezone,
+                                                                run_immediately=False),
                                  assets=[BEHAVIOR_ADAPTER]),
-    start_date=START_DATE,
     catchup=False,
     max_active_runs=1,
     default_args=DEFAULT_ARGS,

@@ -21,7 +21,7 @@ from __future__ import annotations
 from airflow.sdk import CronTriggerTimetable, Param, dag, task, teardown
 
 from tandem.airflow.assets import KNOWLEDGE_INDEX
-from tandem.airflow.defaults import DEFAULT_ARGS, KNOWLEDGE_POOL, START_DATE, TAG
+from tandem.airflow.defaults import DEFAULT_ARGS, KNOWLEDGE_POOL, TAG
 from tandem.config import Settings
 
 _settings = Settings.load()  # environment only: no database or network at parse time
@@ -34,8 +34,9 @@ def _owner(context) -> str:
 
 @dag(
     dag_id="knowledge_reindex",
-    schedule=CronTriggerTimetable(_settings.reindex_cron, timezone=_settings.timezone),
-    start_date=START_DATE,
+    # no start_date and run_immediately=False: a fresh `make up` waits for the next 02:00 instead of running
+    # last night's slot at once (with a start_date, Airflow 3 runs the most recent past slot on first unpause)
+    schedule=CronTriggerTimetable(_settings.reindex_cron, timezone=_settings.timezone, run_immediately=False),
     catchup=False,
     max_active_runs=1,
     default_args=DEFAULT_ARGS,
