@@ -63,6 +63,26 @@ def test_register_resolve_promote_rollback(clean_registry, adapter_dirs):
     again = registry.resolve(settings, v2)
     assert weights_sha256(again.path) == weights_sha256(adapter_dirs[1])
 
+    # a fresh process with no MLflow URI set globally (an Airflow task) downloads from the configured server,
+    # not from MLflow's default local registry (which once answered "Registered Model ... not found")
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    fresh = settings.home / "fresh-download"
+    fresh.mkdir(exist_ok=True)
+    code = ("import json; from tandem.config import Settings; from tandem.adapters import registry; "
+            f"r = registry.resolve(Settings.load(), {v3!r}); print(json.dumps([r.version, str(r.path)]))")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TANDEM_", "MLFLOW_"))}
+    proc = subprocess.run([sys.executable, "-c", code], env={**env, **settings.as_env()}, cwd=fresh,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    version, path = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert version == v3 and weights_sha256(Path(path)) == weights_sha256(adapter_dirs[2])
+    assert not (fresh / "mlflow.db").exists() and not (fresh / "mlruns").exists()
+
     assert registry.promote(settings, v1, reason="first")["changed"]
     assert registry.resolve(settings, "champion", download=False).version == v1
     out = registry.promote(settings, v2, reason="better")

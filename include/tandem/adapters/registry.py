@@ -214,8 +214,11 @@ def download_version(settings: Settings, cl, mv) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     started = time.monotonic()
     try:
-        got = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{MODEL}/{mv.version}",
-                                                       dst_path=str(tmp), tracking_uri=settings.mlflow_uri))
+        # the version's own artifact location, from this client's registry: a "models:/" URI would be resolved
+        # against MLflow's process-wide default registry (a local sqlite file where none was set)
+        source = cl.get_model_version_download_uri(MODEL, str(mv.version))
+        got = Path(mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(tmp),
+                                                       tracking_uri=settings.mlflow_uri))
         folder = got if (got / "adapter_config.json").exists() else tmp
         if not (folder / "adapter_config.json").exists():
             raise JobFailed(f"adapter version {mv.version} has no adapter_config.json in its artifacts",
