@@ -70,7 +70,8 @@ class Browser:
     def cookie(self, name: str, value: str) -> None:
         self._cmd("POST", "/cookie", {"cookie": {"name": name, "value": value, "path": "/"}})
 
-    def shot(self, url: str, dest: Path, wait: float) -> Path:
+    def shot(self, url: str, dest: Path, wait: float, height: int = 900) -> Path:
+        self._cmd("POST", "/window/rect", {"width": 1400, "height": height})
         self.get(url)
         time.sleep(wait)  # the Airflow and MLflow UIs render client-side after the load event
         dest.write_bytes(base64.b64decode(self._cmd("GET", "/screenshot")["value"]))
@@ -133,10 +134,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         browser.get(f"{settings.airflow_url}/api/v2/monitor/health")  # a page on the Airflow origin for the cookie
         browser.cookie("_token", token)
-        browser.shot(f"{settings.airflow_url}/dags/{args.dag}/grid", args.out / "airflow-grid.png", args.wait)
+        browser.shot(f"{settings.airflow_url}/dags/{args.dag}", args.out / "airflow-grid.png", args.wait)
         browser.shot(f"{settings.mlflow_ui_url}/#/models/tandem-adapter", args.out / "mlflow-registry.png", args.wait)
         browser.shot(newest_training_run_url(settings), args.out / "mlflow-run.png", args.wait)
-        browser.shot(f"{settings.airflow_url}/tandem/", args.out / "status-page.png", args.wait / 2)
+        browser.shot(f"{settings.airflow_url}/tandem/", args.out / "status-page.png", args.wait / 2, height=1700)
     finally:
         browser.close()
     return 0

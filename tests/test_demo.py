@@ -84,7 +84,7 @@ def test_fast_demo_end_to_end(base_model_path):
         assert ask["new_fact_present"] and not ask["old_fact_present"], ask
         assert ask["cites_changed_doc"], ask
 
-        for needle in ("== 7. Where to look", "/dags/lora_retrain/grid", "#/models/tandem-adapter", "/tandem/"):
+        for needle in ("== 7. Where to look", "/dags/lora_retrain", "#/models/tandem-adapter", "/tandem/"):
             assert needle in proc.stdout
     finally:
         down = subprocess.run([sys.executable, "-m", "tandem.stack", "down"], env=env, capture_output=True,
