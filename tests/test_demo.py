@@ -80,7 +80,7 @@ def test_fast_demo_end_to_end(base_model_path):
         assert r2["index_version"] != r1["index_version"]
 
         ask = o["ask"]
-        assert ask["adapter"] == "1" and ask["valid"], ask
+        assert ask["adapter"] == "v1" and ask["valid"], ask
         assert ask["new_fact_present"] and not ask["old_fact_present"], ask
         assert ask["cites_changed_doc"], ask
 
