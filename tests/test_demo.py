@@ -39,6 +39,14 @@ def test_an_unfinished_demo_continues_from_its_next_step(tmp_path):
     assert said == [f"Continuing an unfinished demo: 2 step(s) done, next is {STEPS[2]}."]
 
 
+def test_an_unknown_question_is_refused_before_any_step(tmp_path):
+    from tandem.errors import UserError
+
+    with pytest.raises(UserError, match="unknown release-2 question 'r999'") as err:
+        Demo(Settings.load(home=tmp_path), question="r999")
+    assert "r001" in err.value.fix
+
+
 @pytest.mark.slow
 def test_fast_demo_end_to_end(base_model_path):
     from conftest import short_tmp

@@ -40,10 +40,13 @@ STEPS = ("reindex_release1", "eval_base", "retrain", "eval_champion", "reindex_r
 
 
 class Demo:
-    def __init__(self, settings: Settings, *, fast: bool = False, question: str = ASK_QUESTION, out=print):
+    def __init__(self, settings: Settings, *, question: str = ASK_QUESTION, out=print):
         self.settings = settings
-        self.fast = fast
-        self.question_id = question
+        questions = {q["id"]: q for q in data.read_jsonl(data.RELEASE2_QUESTIONS_PATH)}
+        if question not in questions:  # checked before any step runs, not 15 minutes in
+            raise UserError(f"unknown release-2 question {question!r}",
+                            fix=f"use one of: {', '.join(sorted(questions))} ({data.RELEASE2_QUESTIONS_PATH})")
+        self.question = questions[question]
         self.say = out
         self.dir = settings.home / "demo"
         self.source = self.dir / data.SOURCE_NAME
@@ -198,11 +201,7 @@ class Demo:
         import os
         import subprocess
 
-        questions = {q["id"]: q for q in data.read_jsonl(data.RELEASE2_QUESTIONS_PATH)}
-        if self.question_id not in questions:
-            raise UserError(f"unknown release-2 question {self.question_id!r}",
-                            fix=f"use one of: {', '.join(sorted(questions))} ({data.RELEASE2_QUESTIONS_PATH})")
-        question = questions[self.question_id]
+        question = self.question
         self.say(f"    $ tandem ask {json.dumps(question['question'])} --json")
         tandem = Path(sys.executable).parent / "tandem"
         proc = subprocess.run([str(tandem), "ask", question["question"], "--json"], capture_output=True, text=True,
@@ -302,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
             settings = _fast_settings(settings)
         up(settings)
         question = args.question or (fast.ASK_QUESTION if args.fast else ASK_QUESTION)
-        report = Demo(settings, fast=args.fast, question=question,
+        report = Demo(settings, question=question,
                       out=lambda m: print(m, flush=True)).run(reset=args.reset)
     except TandemError as exc:
         print(f"make demo: {exc}", file=sys.stderr)
