@@ -33,38 +33,11 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
+from tandem.stack.ephemeral import EphemeralStack  # noqa: E402 - after the environment defaults
+
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 TARGET_WALL_S = 600  # the issue: the demo eval (~80 examples) on CPU in <= 10 minutes
-
-
-class Stack:
-    """An ephemeral Postgres + MLflow under a temporary TANDEM_HOME (the test fixtures' recipe)."""
-
-    def __init__(self, home: Path):
-        from tandem.config import Settings
-        from tandem.stack import process
-
-        configured = Settings.load()  # the converted base model stays where `make setup` put it
-        self.settings = Settings.load(home=home, mlflow_port=process.free_port(), base_model=configured.base_model)
-        self.service = None
-
-    def __enter__(self):
-        from tandem.stack import postgres, process, services
-
-        postgres.start(self.settings.pg_data)
-        postgres.ensure_databases(self.settings.pg_data)
-        self.service = services.mlflow_service(self.settings)
-        process.start(self.service, self.settings.run_dir, self.settings.logs_dir)
-        process.wait_healthy(self.service, self.settings.run_dir, self.settings.logs_dir, timeout=180)
-        return self.settings
-
-    def __exit__(self, *exc):
-        from tandem.stack import postgres, process
-
-        if self.service is not None:
-            process.stop(self.service, self.settings.run_dir)
-        postgres.stop(self.settings.pg_data)
 
 
 def load() -> str:
@@ -134,7 +107,7 @@ def main(argv=None) -> int:
     else:
         tmp = Path(tempfile.mkdtemp(prefix="tandem-bench-", dir="/tmp"))
         os.chmod(tmp, 0o755)  # the embedded Postgres runs as its own system user
-        stack = Stack(tmp)
+        stack = EphemeralStack(tmp)
     result: dict = {"started_under": load()}
     try:
         if stack is not None:

@@ -32,42 +32,13 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
+from tandem.stack.ephemeral import EphemeralStack  # noqa: E402 - after the environment defaults
+
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 TARGETS = {"schema_valid": 0.95, "citations_valid": 0.90}
 SHOWN = ("json_valid", "schema_valid", "citations_valid", "refusal_correct", "no_false_refusal", "grounded",
          "answer_correct", "style_max_words", "pass_rate")
-
-
-class Stack:
-    """An ephemeral Postgres + MLflow under a temporary TANDEM_HOME (the test fixtures' recipe)."""
-
-    def __init__(self, home: Path):
-        from tandem.config import Settings
-        from tandem.stack import process
-
-        self.home = home
-        configured = Settings.load()  # the base model stays the configured one (converted by `make setup`)
-        self.settings = Settings.load(home=home, mlflow_port=process.free_port(), base_model=configured.base_model)
-        self.service = None
-
-    def __enter__(self):
-        from tandem.stack import postgres, process, services
-
-        pgdata = self.settings.pg_data
-        postgres.start(pgdata)
-        postgres.ensure_databases(pgdata)
-        self.service = services.mlflow_service(self.settings)
-        process.start(self.service, self.settings.run_dir, self.settings.logs_dir)
-        process.wait_healthy(self.service, self.settings.run_dir, self.settings.logs_dir, timeout=180)
-        return self.settings
-
-    def __exit__(self, *exc):
-        from tandem.stack import postgres, process
-
-        if self.service is not None:
-            process.stop(self.service, self.settings.run_dir)
-        postgres.stop(self.settings.pg_data)
 
 
 def reindex_demo(settings) -> tuple[object, float]:
@@ -129,7 +100,7 @@ def main(argv=None) -> int:
     else:
         tmp = Path(tempfile.mkdtemp(prefix="tandem-bench-", dir="/tmp"))
         os.chmod(tmp, 0o755)  # the embedded Postgres runs as its own system user
-        stack = Stack(tmp)
+        stack = EphemeralStack(tmp)
     try:
         if stack is not None:
             settings = stack.__enter__()
