@@ -1,97 +1,81 @@
 """Screenshots of the running stack for the README, taken with headless Chromium (``make screenshots``).
 
 Needs the Debian packages ``chromium`` and ``chromium-driver`` and a stack that ran the demo (``make demo``).
-It drives chromedriver over the W3C WebDriver protocol with the standard library (no Selenium), logs in to
-Airflow with the admin password from ``$TANDEM_HOME`` (a JWT from ``/auth/token`` set as the UI's ``_token``
-cookie), and writes PNGs to ``docs/images/``:
+Selenium drives the Debian chromedriver as it is (no driver download), logs in to Airflow with the admin
+password from ``$TANDEM_HOME`` (a JWT from ``/auth/token`` set as the UI's ``_token`` cookie), waits for each
+page to render, and writes PNGs to ``docs/images/``:
 
 - ``airflow-grid.png``: the grid of ``lora_retrain`` (or ``--dag``);
 - ``mlflow-registry.png``: the registered model ``tandem-adapter`` with its aliases;
 - ``mlflow-run.png``: the newest ``tandem-lora-training`` run;
 - ``status-page.png``: the Tandem status page at ``/tandem/``.
 
-    python docs/screenshots.py [--out docs/images] [--dag lora_retrain] [--wait 6]
+    python docs/screenshots.py [--out docs/images] [--dag lora_retrain] [--timeout 30]
 """
 
 from __future__ import annotations
 
 import argparse
-import base64
-import json
 import shutil
-import subprocess
 import sys
-import tempfile
-import time
-import urllib.request
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 
-
-def _http(method: str, url: str, body: dict | None = None, timeout: float = 60) -> dict:
-    data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=timeout) as resp:
-        return json.loads(resp.read() or b"{}")
+# What each page shows once the client-side app has rendered (CSS selectors or page text).
+RENDERED = {
+    "airflow-grid.png": "lora_retrain",
+    "mlflow-registry.png": "tandem-adapter",
+    "mlflow-run.png": "Metrics",
+    "status-page.png": "Knowledge",
+}
 
 
 class Browser:
-    """A headless Chromium session through chromedriver (W3C WebDriver over HTTP)."""
+    """Headless Chromium through Selenium and the system chromedriver."""
 
-    def __init__(self, width: int = 1400, height: int = 900):
-        from tandem.stack.process import free_port
+    def __init__(self, width: int = 1400, height: int = 900, timeout: float = 30):
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
 
-        self.port = free_port()
-        self.profile = tempfile.mkdtemp(prefix="tandem-shots-")
-        self.driver = subprocess.Popen([CHROMEDRIVER, f"--port={self.port}"], stdout=subprocess.DEVNULL,
-                                       stderr=subprocess.DEVNULL)
-        self.base = f"http://127.0.0.1:{self.port}"
-        for _ in range(50):
-            try:
-                _http("GET", f"{self.base}/status", timeout=2)
-                break
-            except OSError:
-                time.sleep(0.2)
-        caps = {"capabilities": {"alwaysMatch": {"browserName": "chrome", "goog:chromeOptions": {
-            "binary": CHROMIUM,
-            "args": ["--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", f"--window-size={width},{height}",
-                     f"--user-data-dir={self.profile}"]}}}}
-        self.session = _http("POST", f"{self.base}/session", caps)["value"]["sessionId"]
-
-    def _cmd(self, method: str, path: str, body: dict | None = None) -> dict:
-        return _http(method, f"{self.base}/session/{self.session}{path}", body)
-
-    def get(self, url: str) -> None:
-        self._cmd("POST", "/url", {"url": url})
+        options = webdriver.ChromeOptions()
+        options.binary_location = CHROMIUM
+        for arg in ("--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                    f"--window-size={width},{height}"):
+            options.add_argument(arg)
+        self.driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
+        self.timeout = timeout
 
     def cookie(self, name: str, value: str) -> None:
-        self._cmd("POST", "/cookie", {"cookie": {"name": name, "value": value, "path": "/"}})
+        self.driver.add_cookie({"name": name, "value": value, "path": "/"})
 
-    def shot(self, url: str, dest: Path, wait: float, height: int = 900) -> Path:
-        self._cmd("POST", "/window/rect", {"width": 1400, "height": height})
-        self.get(url)
-        time.sleep(wait)  # the Airflow and MLflow UIs render client-side after the load event
-        dest.write_bytes(base64.b64decode(self._cmd("GET", "/screenshot")["value"]))
+    def shot(self, url: str, dest: Path, text: str, height: int = 900) -> Path:
+        from selenium.common.exceptions import TimeoutException
+        from selenium.webdriver.common.by import By
+        from selenium.webdriver.support import expected_conditions as ec
+        from selenium.webdriver.support.ui import WebDriverWait
+
+        self.driver.set_window_size(1400, height)
+        self.driver.get(url)
+        try:  # the Airflow and MLflow UIs render client-side after the load event
+            WebDriverWait(self.driver, self.timeout).until(ec.text_to_be_present_in_element((By.TAG_NAME, "body"), text))
+        except TimeoutException:
+            print(f"  warning: {url} did not show {text!r} within {self.timeout:.0f}s; shot as it is", file=sys.stderr)
+        self.driver.save_screenshot(str(dest))
         print(f"  {dest.relative_to(REPO) if dest.is_relative_to(REPO) else dest}  <-  {url}")
         return dest
 
     def close(self) -> None:
-        try:
-            self._cmd("DELETE", "")
-        finally:
-            self.driver.terminate()
-            shutil.rmtree(self.profile, ignore_errors=True)
+        self.driver.quit()
 
 
 def airflow_token(settings) -> str:
+    from tandem.airflow.rest import login
     from tandem.stack.services import airflow_password
 
-    body = _http("POST", f"{settings.airflow_url}/auth/token",
-                 {"username": "admin", "password": airflow_password(settings)})
-    return body["access_token"]
+    return login(settings.airflow_url, "admin", airflow_password(settings))
 
 
 def newest_training_run_url(settings) -> str:
@@ -116,28 +100,32 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=REPO / "docs" / "images")
     ap.add_argument("--dag", default="lora_retrain", help="the DAG whose grid is shot")
-    ap.add_argument("--wait", type=float, default=6.0, help="seconds to let each page render")
+    ap.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for each page to render")
     args = ap.parse_args(argv)
     for path, package in ((CHROMIUM, "chromium"), (CHROMEDRIVER, "chromium-driver")):
         if not Path(path).exists():
             print(f"screenshots: {path} is missing; install the Debian package {package}", file=sys.stderr)
             return 2
     settings = Settings.load()
+    from tandem.errors import TandemError
+
     try:
         token = airflow_token(settings)
-    except OSError as exc:
-        print(f"screenshots: Airflow at {settings.airflow_url} did not answer ({exc}); run `make up` and "
-              "`make demo` first", file=sys.stderr)
+    except TandemError as exc:
+        print(f"screenshots: {exc}; run `make up` and `make demo` first", file=sys.stderr)
         return 2
     args.out.mkdir(parents=True, exist_ok=True)
-    browser = Browser()
+    browser = Browser(timeout=args.timeout)
     try:
-        browser.get(f"{settings.airflow_url}/api/v2/monitor/health")  # a page on the Airflow origin for the cookie
+        browser.driver.get(f"{settings.airflow_url}/api/v2/monitor/health")  # the Airflow origin, for the cookie
         browser.cookie("_token", token)
-        browser.shot(f"{settings.airflow_url}/dags/{args.dag}", args.out / "airflow-grid.png", args.wait)
-        browser.shot(f"{settings.mlflow_ui_url}/#/models/tandem-adapter", args.out / "mlflow-registry.png", args.wait)
-        browser.shot(newest_training_run_url(settings), args.out / "mlflow-run.png", args.wait)
-        browser.shot(f"{settings.airflow_url}/tandem/", args.out / "status-page.png", args.wait / 2, height=1700)
+        pages = [(f"{settings.airflow_url}/dags/{args.dag}", "airflow-grid.png", 900),
+                 (f"{settings.mlflow_ui_url}/#/models/tandem-adapter", "mlflow-registry.png", 900),
+                 (newest_training_run_url(settings), "mlflow-run.png", 900),
+                 (f"{settings.airflow_url}/tandem/", "status-page.png", 1700)]
+        for url, name, height in pages:
+            text = args.dag if name == "airflow-grid.png" else RENDERED[name]
+            browser.shot(url, args.out / name, text, height=height)
     finally:
         browser.close()
     return 0

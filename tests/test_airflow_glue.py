@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 from types import SimpleNamespace
 
 from tandem.airflow.assets import BEHAVIOR_ADAPTER, KNOWLEDGE_INDEX
-from tandem.airflow.settings import db_url_from_connection
+from tandem.airflow.settings import connection_env, connection_specs, db_url_from_connection
 from tandem.config import Settings
-from tandem.stack.airflow_init import connection_specs
+from tandem.db import url_parts
+
+NASTY = "p@ss/w:rd %20 x"  # every character that breaks a hand-built URL
 
 
 def test_assets_match_contracts():
@@ -20,10 +23,46 @@ def test_socket_and_tcp_connections_round_trip(tmp_path):
     spec = connection_specs(settings)["tandem_db"]
     conn = SimpleNamespace(login=spec["login"], password=spec["password"], schema=spec["schema"],
                            host=spec["host"], port=spec["port"])
-    assert db_url_from_connection(conn) == settings.db_url
+    assert url_parts(db_url_from_connection(conn)) == url_parts(settings.db_url)
 
     tcp = SimpleNamespace(login="tandem", password="s3cret", schema="tandem", host="postgres", port=5432)
     assert db_url_from_connection(tcp) == "postgresql://tandem:s3cret@postgres:5432/tandem"
+
+
+def test_a_password_with_url_characters_round_trips_through_airflow(tmp_path, monkeypatch):
+    """settings -> AIRFLOW_CONN_TANDEM_DB (JSON) -> Airflow's own connection parsing -> the task's db URL."""
+    from airflow.models.connection import Connection
+
+    settings = Settings.load(home=tmp_path, pg_user="tandem", pg_password=NASTY, pg_host="db.internal", pg_port=6543)
+    assert url_parts(settings.db_url) == {"host": "db.internal", "port": 6543, "user": "tandem",
+                                          "password": NASTY, "dbname": "tandem"}
+    env = connection_env(settings)
+    conn = Connection(conn_id="tandem_db", **json.loads(env["AIRFLOW_CONN_TANDEM_DB"]))
+    assert (conn.login, conn.password, conn.host, conn.port, conn.schema) == ("tandem", NASTY, "db.internal", 6543,
+                                                                               "tandem")
+    assert url_parts(db_url_from_connection(conn)) == url_parts(settings.db_url)
+
+    # the task side: Airflow's environment-variable secrets backend reads the same JSON
+    from airflow.secrets.environment_variables import EnvironmentVariablesBackend
+
+    monkeypatch.setenv("AIRFLOW_CONN_TANDEM_DB", env["AIRFLOW_CONN_TANDEM_DB"])
+    found = EnvironmentVariablesBackend().get_connection("tandem_db")
+    assert found.password == NASTY and found.login == "tandem"
+
+
+def test_sqlalchemy_urls_keep_the_password(tmp_path):
+    from sqlalchemy.engine import make_url
+
+    from tandem.config import local_pg_url
+    from tandem.db import redact, sqlalchemy_url
+
+    settings = Settings.load(home=tmp_path, pg_user="tandem", pg_password=NASTY)
+    for db in ("airflow", "mlflow"):
+        url = make_url(sqlalchemy_url(local_pg_url(settings.values, db), "psycopg2"))
+        assert (url.username, url.password, url.database) == ("tandem", NASTY, db)
+        assert url.query["host"] == str(tmp_path / "postgres" / "data")
+    shown = redact(settings.db_url)
+    assert NASTY not in shown and "%40" not in shown and ":***@" in shown
 
 
 def test_mlflow_connection_spec_matches_setting(tmp_path):

@@ -1,5 +1,5 @@
 """Integrity of every file in dags/: imports cleanly, nothing heavy or networked at parse time,
-owner/tags/retries as the team requires, DAG ids from CONTRACTS.
+owner/tags/retries as the team requires, DAG ids from docs/architecture.md.
 
 Each file is parsed in a fresh subprocess with an audit hook that refuses any socket connection or
 DNS lookup, and with TANDEM_* pointing at unreachable services, so a parse-time DB/network access or

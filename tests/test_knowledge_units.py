@@ -34,6 +34,20 @@ def test_globs_span_folders():
     assert not sources.selected("drafts/a.md", inc, exc)
 
 
+def test_globs_negation_braces_and_single_folder_stars():
+    # `!` in the include list excludes; `*` stays inside one folder; braces expand
+    inc = ("**/*.{md,rst}", "!archive/**")
+    assert sources.selected("guide/a.rst", inc, ())
+    assert not sources.selected("archive/2019/a.md", inc, ())
+    assert sources.selected("docs/archive.md", inc, ())
+    assert not sources.selected("a/b.md", ("*.md",), ())
+    assert sources.selected("a/b.md", ("a/*.md",), ())
+    assert not sources.selected("a/b/c.md", ("a/*.md",), ())
+    # only exclusions: everything else is selected
+    assert sources.selected("x/y.bin", ("!**/*.md",), ())
+    assert not sources.selected("x/y.md", ("!**/*.md",), ())
+
+
 def test_list_entries_ids_and_problems(tmp_path):
     root = tmp_path / "kb"
     (root / "sub").mkdir(parents=True)

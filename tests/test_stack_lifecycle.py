@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -30,35 +29,67 @@ def _procs_mentioning(text: str) -> list[str]:
     return [line for line in out.splitlines() if text in line and "ps -eo" not in line]
 
 
+# Compose-style credentials: a role of its own whose password holds every character that breaks a hand-built URL.
+NASTY_PASSWORD = "p@ss/w:rd %20 x"
+
+
 @pytest.mark.slow
 def test_up_status_down_leaves_no_process(base_model_path):
     from conftest import short_tmp
 
     home = short_tmp("stack")
     (home / "models").symlink_to(base_model_path.parent)  # the prepared model, not a second conversion
-    ports = {"TANDEM_AIRFLOW_PORT": str(process.free_port()), "TANDEM_MLFLOW_PORT": str(process.free_port())}
+    ports = {"TANDEM_AIRFLOW_PORT": str(process.free_port()), "TANDEM_MLFLOW_PORT": str(process.free_port()),
+             "TANDEM_PG_USER": "tandem", "TANDEM_PG_PASSWORD": NASTY_PASSWORD}
     try:
         up = _stack(home, "up", ports)
         assert up.returncode == 0, up.stdout + up.stderr
         assert "Tandem is up" in up.stdout and "password" in up.stdout
+        assert NASTY_PASSWORD not in up.stdout  # the database URL is printed redacted
+
+        from tandem.airflow import rest
 
         base = f"http://127.0.0.1:{ports['TANDEM_AIRFLOW_PORT']}"
-        with urllib.request.urlopen(f"{base}/api/v2/monitor/health", timeout=10) as resp:
-            assert resp.status == 200
-            health = json.loads(resp.read())
+        health = rest.health(base, timeout=10)
         assert health["scheduler"]["status"] == "healthy"
-        with urllib.request.urlopen(f"http://127.0.0.1:{ports['TANDEM_MLFLOW_PORT']}/health", timeout=10) as resp:
-            assert resp.status == 200
+        import httpx
+
+        assert httpx.get(f"http://127.0.0.1:{ports['TANDEM_MLFLOW_PORT']}/health", timeout=10).status_code == 200
 
         import psycopg
 
-        with psycopg.connect(postgres.url(home / "postgres" / "data", "tandem")) as conn:
+        settings = Settings.load(env={"TANDEM_HOME": str(home), **ports})
+        # Airflow's metadata DB and MLflow's store run as that role (MLflow answered health above; Airflow's
+        # api-server too), and the knowledge DB takes its password; a wrong password is refused
+        with psycopg.connect(settings.db_url) as conn:
+            assert conn.execute("SELECT current_user").fetchone()[0] == "tandem"
             assert conn.execute("SELECT 1 FROM pg_extension WHERE extname = 'vector'").fetchone()
+        with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
+            psycopg.connect(Settings.load(env={"TANDEM_HOME": str(home), **ports, "TANDEM_PG_PASSWORD": "wrong"}).db_url)
         with psycopg.connect(postgres.url(home / "postgres" / "data", "airflow")) as conn:
-            conns = {r[0] for r in conn.execute("SELECT conn_id FROM connection")}
-            pools = {r[0] for r in conn.execute("SELECT pool FROM slot_pool")}
-        assert {"tandem_db", "tandem_mlflow"} <= conns
-        assert {"training", "knowledge"} <= pools
+            owners = dict(conn.execute("SELECT datname, pg_get_userbyid(datdba) FROM pg_database "
+                                       "WHERE datname IN ('airflow', 'mlflow', 'tandem')").fetchall())
+        assert owners == {"airflow": "tandem", "mlflow": "tandem", "tandem": "tandem"}
+
+        # the connections reach Airflow as AIRFLOW_CONN_* variables, with the password intact
+        from tandem.stack import services
+
+        got = subprocess.run([services._bin("airflow"), "connections", "get", "tandem_db", "-o", "json"],
+                             env={**os.environ, **services.airflow_env(settings)}, capture_output=True, text=True,
+                             timeout=120, cwd=str(home))
+        assert got.returncode == 0, got.stderr
+        (conn_row,) = json.loads(got.stdout)
+        assert (conn_row["login"], conn_row["password"], conn_row["schema"]) == ("tandem", NASTY_PASSWORD, "tandem")
+
+        # pools through the REST client; a CLI promotion's asset event through the same client
+        client = rest.AirflowClient(base, "admin", services.airflow_password(settings))
+        assert client.ensure_pools(services.POOLS) == {"knowledge": "kept", "training": "kept"}
+        client.wait_for_dag("adapter_rollback")
+        from tandem.adapters.events import ASSET_URI, emit_adapter_event
+
+        assert emit_adapter_event(settings, {"tandem.test": "lifecycle"}) is None
+        events = client.assets.get_asset_events(asset_id=client.asset_id(ASSET_URI)).asset_events
+        assert [e.extra.get("tandem.test") for e in events] == ["lifecycle"]
 
         again = _stack(home, "up", ports)
         assert again.returncode == 0 and "already running" in again.stdout, again.stdout + again.stderr
@@ -91,13 +122,35 @@ def test_port_taken_is_a_clear_error(tmp_path):
     assert str(port) in str(err.value) and "TANDEM_MLFLOW_PORT" in str(err.value)
 
 
+def test_a_reused_pid_is_not_mistaken_for_our_service(tmp_path, capsys):
+    """The pid file names a live process that is not the one we started (the pid was reused)."""
+    svc = process.Service("mlflow", ["true"])
+    run = tmp_path / "run"
+    run.mkdir()
+    other = subprocess.Popen(["sleep", "30"], start_new_session=True)  # stop() signals its group
+    try:
+        started = process.psutil.Process(other.pid).create_time()
+        svc.pidfile(run).write_text(json.dumps({"pid": other.pid, "create_time": started - 3600}))
+        assert process.running_pid(svc, run) is None
+        assert not svc.pidfile(run).exists()
+        assert "belongs to another program" in capsys.readouterr().out
+        assert other.poll() is None  # and nothing was done to that program
+        # the same process, recorded with its own start time, is ours
+        svc.pidfile(run).write_text(json.dumps({"pid": other.pid, "create_time": started}))
+        assert process.running_pid(svc, run) == other.pid
+        assert process.stop(svc, run, timeout=5)
+        assert other.wait(timeout=5) is not None
+    finally:
+        other.kill()
+
+
 def test_stale_pid_file_is_recovered(tmp_path, capsys):
     svc = process.Service("mlflow", ["true"])
     run = tmp_path / "run"
     run.mkdir()
     dead = subprocess.Popen(["true"])
     dead.wait()
-    svc.pidfile(run).write_text(f"{dead.pid}\n")
+    svc.pidfile(run).write_text(json.dumps({"pid": dead.pid, "create_time": None}))
     assert process.running_pid(svc, run) is None
     assert not svc.pidfile(run).exists()
     assert "stale pid file" in capsys.readouterr().out

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -77,6 +78,12 @@ def _list(text: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in text.split(",") if part.strip())
 
 
+def _role(text: str) -> str:
+    if not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", text):
+        raise ValueError("a role name is lowercase letters, digits and underscores, starting with a letter")
+    return text
+
+
 def _path(text: str) -> Path:
     return Path(text).expanduser()
 
@@ -94,6 +101,15 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("mlflow_port", 5000, _port, "MLflow tracking server port."),
     Setting("airflow_parallelism", 4, _pos_int, "Airflow core.parallelism for the local LocalExecutor (keep small on small machines)."),
     # --- databases
+    Setting("pg_host", lambda s: str(Path(s["home"]) / "postgres" / "data"), str,
+            "Postgres host of the stack's databases: a host name, or a socket folder (local default: the embedded "
+            "server's data folder). Compose: postgres."),
+    Setting("pg_port", 5432, _port, "Postgres port (compose) or socket number (local)."),
+    Setting("pg_user", "postgres", _role,
+            "Role the local stack's services log in as (compose: POSTGRES_USER)."),
+    Setting("pg_password", "", str,
+            "Password of that role (compose: POSTGRES_PASSWORD). With a role other than postgres, `make up` "
+            "creates it with this password and the socket requires it. Any characters work: URLs are encoded for you."),
     Setting("db_url", lambda s: local_pg_url(s, "tandem"), str,
             "Knowledge database (pgvector), as a libpq URL. Local default: the embedded Postgres socket."),
     Setting("mlflow_uri", lambda s: f"http://{s['bind_host']}:{s['mlflow_port']}", str,
@@ -112,7 +128,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("sources", lambda s: str(s["home"] / "knowledge"), _list,
             "Comma-separated source roots (paths or s3://, gs:// URIs) for the knowledge index."),
     Setting("include_globs", "**/*.md,**/*.markdown,**/*.txt,**/*.rst,**/*.html,**/*.htm", _list,
-            "Comma-separated globs of files to index, relative to each source root."),
+            "Comma-separated globs of files to index, relative to each source root (`**` spans folders; `!glob` excludes)."),
     Setting("exclude_globs", "**/.*/**,**/.*", _list, "Comma-separated globs to skip."),
     Setting("index_name", "default", str, "Name of the knowledge index (tables are prefixed with it)."),
     Setting("reindex_cron", "0 2 * * *", str, "knowledge_reindex schedule (cron)."),
@@ -239,9 +255,23 @@ class Settings:
 
 
 def local_pg_url(values: Mapping[str, Any], database: str) -> str:
-    """libpq URL of a database in the local embedded Postgres (Unix socket in the data folder)."""
-    socket_dir = Path(values["home"]) / "postgres" / "data"
-    return f"postgresql://postgres@/{database}?host={socket_dir}"
+    """libpq URL of one of the stack's databases (``airflow``, ``mlflow``, ``tandem``) from the TANDEM_PG_* settings."""
+    from tandem.db import pg_url
+
+    port = values["pg_port"]
+    return pg_url(dbname=database, user=values["pg_user"], password=values["pg_password"], host=str(values["pg_host"]),
+                  port=None if port == 5432 else port)
+
+
+def shown_values(settings: Settings) -> dict[str, str]:
+    """The settings as TANDEM_* variables with secrets hidden, for printing."""
+    from tandem.db import redact
+
+    env = settings.as_env()
+    if settings.pg_password:
+        env["TANDEM_PG_PASSWORD"] = "***"
+    env["TANDEM_DB_URL"] = redact(settings.db_url)
+    return env
 
 
 def markdown_table() -> str:

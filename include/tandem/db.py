@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from contextlib import contextmanager
 from typing import Iterator
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import quote
 
 import psycopg
 from psycopg import sql
@@ -55,27 +55,56 @@ def connection(url: str, **kwargs) -> Iterator[psycopg.Connection]:
         conn.close()
 
 
-def redact(url: str) -> str:
-    """A URL with its password hidden, for messages and logs."""
-    return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", url)
+def pg_url(*, dbname: str, user: str = "postgres", password: str = "", host: str = "", port: int | None = None) -> str:
+    """A libpq URL with every part percent-encoded, so a password such as ``p@ss/w:rd %`` survives.
 
-
-def sqlalchemy_url(url: str, driver: str = "psycopg") -> str:
-    """The libpq URL as a SQLAlchemy URL for ``driver`` (psycopg, psycopg2, asyncpg)."""
-    scheme, rest = url.split("://", 1)
-    if not scheme.startswith("postgres"):
-        raise UserError(f"not a Postgres URL: {redact(url)}", fix="use postgresql://user:pass@host:port/db")
-    return f"postgresql+{driver}://{rest}"
+    A host that is a folder (a Unix socket, as the local embedded Postgres uses) goes in ``?host=``.
+    """
+    auth = quote(user, safe="") + (":" + quote(password, safe="") if password else "") + "@"
+    db = quote(dbname, safe="")
+    if host.startswith("/"):
+        return f"postgresql://{auth}/{db}?host={quote(host)}" + (f"&port={port}" if port else "")
+    return f"postgresql://{auth}{host}{f':{port}' if port else ''}/{db}"
 
 
 def url_parts(url: str) -> dict:
-    """host/port/user/password/dbname of a libpq URL (host may be a socket folder from ?host=)."""
-    parts = urlsplit(url)
-    query = parse_qs(parts.query)
+    """host/port/user/password/dbname of a libpq connection string (URL or ``key=value``), decoded."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    try:
+        parts = conninfo_to_dict(url)
+    except psycopg.ProgrammingError as exc:
+        raise UserError(f"the database URL is not a valid libpq connection string: {exc}",
+                        fix="write it as postgresql://user:password@host:port/db, percent-encoding special "
+                            "characters of the password (@ as %40, / as %2F, : as %3A, % as %25, space as %20)") from None
     return {
-        "host": query.get("host", [parts.hostname or "localhost"])[0],
-        "port": parts.port or int(query.get("port", ["5432"])[0]),
-        "user": parts.username or "postgres",
-        "password": parts.password or "",
-        "dbname": parts.path.lstrip("/") or "postgres",
+        "host": str(parts.get("host") or "localhost"),
+        "port": int(parts.get("port") or 5432),
+        "user": str(parts.get("user") or "postgres"),
+        "password": str(parts.get("password") or ""),
+        "dbname": str(parts.get("dbname") or "postgres"),
     }
+
+
+def redact(url: str) -> str:
+    """A connection string with its password hidden, for messages and logs."""
+    try:
+        parts = url_parts(url)
+    except UserError:
+        return "<unparsable connection string>"
+    shown = pg_url(dbname=parts["dbname"], user=parts["user"], host=parts["host"],
+                   port=None if parts["port"] == 5432 else parts["port"])
+    return shown.replace("@", ":***@", 1) if parts["password"] else shown
+
+
+def sqlalchemy_url(url: str, driver: str = "psycopg") -> str:
+    """The libpq connection string as a SQLAlchemy URL for ``driver`` (psycopg, psycopg2, asyncpg)."""
+    from sqlalchemy.engine import URL
+
+    parts = url_parts(url)
+    socket = parts["host"].startswith("/")
+    return URL.create(
+        f"postgresql+{driver}", username=parts["user"], password=parts["password"] or None,
+        host=None if socket else parts["host"], port=None if socket else parts["port"], database=parts["dbname"],
+        query={"host": parts["host"]} if socket else {},
+    ).render_as_string(hide_password=False)

@@ -1,6 +1,6 @@
 """Errors that reach users. Each names what went wrong and what to do about it.
 
-The CLI maps them to exit codes (see CONTRACTS): ``UserError`` -> 2 (the input was wrong),
+The CLI maps them to exit codes (docs/architecture.md): ``UserError`` -> 2 (the input was wrong),
 ``JobFailed`` -> 1 (the job ran and failed; its summary is still printed).
 """
 

@@ -1,6 +1,6 @@
 """MLflow conventions shared by every cadence: experiment names, tags, run links.
 
-Names are fixed by CONTRACTS: experiments ``tandem-knowledge``, ``tandem-behavior-eval``,
+Names are fixed in docs/architecture.md: experiments ``tandem-knowledge``, ``tandem-behavior-eval``,
 ``tandem-lora-training``; registered model ``tandem-adapter``; tags prefixed ``tandem.``.
 """
 

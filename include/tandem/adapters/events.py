@@ -1,7 +1,7 @@
 """The ``behavior_adapter`` asset event from outside Airflow (``tandem adapters promote|rollback``).
 
 Inside Airflow the promoting task declares the asset as an outlet and Airflow records the event. The CLI
-posts the event to Airflow's REST API (``POST /api/v2/assets/events``) so that the DAGs scheduled on the
+posts the event through Airflow's REST API (``apache-airflow-client``, ``tandem.airflow.rest``) so that the DAGs scheduled on the
 asset see CLI promotions too. Credentials: ``TANDEM_AIRFLOW_USER`` / ``TANDEM_AIRFLOW_PASSWORD`` when set,
 else the local stack's admin password file ($TANDEM_HOME/airflow/passwords.json).
 """
@@ -11,14 +11,13 @@ from __future__ import annotations
 import json
 import logging
 import os
-from urllib.parse import quote
 
 from tandem.config import Settings
 from tandem.errors import TandemError
 
 log = logging.getLogger(__name__)
 
-ASSET_URI = "tandem://behavior/adapter"  # = tandem.airflow.assets.BEHAVIOR_ADAPTER.uri (CONTRACTS)
+ASSET_URI = "tandem://behavior/adapter"  # = tandem.airflow.assets.BEHAVIOR_ADAPTER.uri (docs/architecture.md)
 
 
 def _credentials(settings: Settings) -> tuple[str, str] | None:
@@ -43,11 +42,10 @@ def emit_adapter_event(settings: Settings, extra: dict) -> str | None:
                 f"{settings.airflow_home / 'passwords.json'})")
     try:
         client = AirflowClient(settings.airflow_url, creds[0], creds[1], timeout=10)
-        found = client.request("GET", f"/api/v2/assets?uri_pattern={quote(ASSET_URI, safe='')}&limit=10")
-        ids = [a["id"] for a in (found or {}).get("assets", []) if a.get("uri") == ASSET_URI]
-        if not ids:
+        asset_id = client.asset_id(ASSET_URI)
+        if asset_id is None:
             return f"Airflow does not know the asset {ASSET_URI} yet (no DAG declaring it has been parsed)"
-        client.request("POST", "/api/v2/assets/events", {"asset_id": ids[0], "extra": extra})
+        client.emit_asset_event(asset_id, extra)
     except TandemError as exc:
         return str(exc).splitlines()[0]
     except Exception as exc:  # noqa: BLE001 - the alias move already happened; report, do not crash

@@ -4,9 +4,9 @@ What a version is: the peft ``save_pretrained`` output ONLY (adapter weights + a
 ``tandem-adapter.json``), logged as artifacts of its training run and registered with
 ``MlflowClient.create_model_version``. The base model is a reference (path or hub id) plus the sha256 of
 its weights (tag ``tandem.base_model_sha256``), never a copy: ``mlflow.transformers.log_model`` on a
-PEFT model with a local base logs wrong weights (FIELD-NOTES), so Tandem never uses it.
+PEFT model with a local base logs wrong weights (docs/decisions.md), so Tandem never uses it.
 
-Aliases (CONTRACTS): ``champion`` is live, ``challenger`` is the latest candidate that was not promoted,
+Aliases (docs/architecture.md): ``champion`` is live, ``challenger`` is the latest candidate that was not promoted,
 ``previous`` is the champion before the current one. The order of champion changes is kept in the
 registered model's tag ``tandem.champion_history`` so that rollback can walk back more than one step.
 Alias moves are ordered so that ``champion`` always names a complete, registered version: ``previous``

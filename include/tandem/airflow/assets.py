@@ -1,4 +1,4 @@
-"""The assets that tie the cadences together (names and URIs fixed by CONTRACTS)."""
+"""The assets that tie the cadences together (names and URIs fixed in docs/architecture.md)."""
 
 from airflow.sdk import Asset
 

@@ -12,7 +12,7 @@ DEFAULT_ARGS = {
     "retry_delay": timedelta(minutes=1),
 }
 TAG = "tandem"
-# Queue and pool for training tasks (CONTRACTS): a GPU Celery worker can serve the queue.
+# Queue and pool for training tasks (names fixed in docs/architecture.md): a GPU Celery worker can serve the queue.
 TRAINING_POOL = "training"
 TRAINING_QUEUE = "training"
 KNOWLEDGE_POOL = "knowledge"

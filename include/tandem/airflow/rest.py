@@ -1,17 +1,22 @@
-"""A small client for Airflow 3's REST API (``/api/v2``): log in, trigger a DAG run, wait for it.
+"""Airflow 3's REST API (``/api/v2``) through the official ``apache-airflow-client``.
 
-Used by ``make demo`` to drive real DAG runs the way a user (or their CI) would.
+Tandem speaks HTTP to Airflow only here. ``make demo`` drives real DAG runs with it, the CLI records asset
+events, and ``make up`` creates pools and reads health. A thin layer over the generated client: it logs in
+for a JWT, turns the client's exceptions into Tandem's errors (a refused input is a ``UserError``, an
+unreachable server a ``ServiceUnavailable``), and waits for runs.
 """
 
 from __future__ import annotations
 
 import json
 import time
-import urllib.error
-import urllib.request
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable
-from urllib.parse import quote
+from typing import Any, Callable, Iterator
+
+import airflow_client.client as af
+from airflow_client.client.exceptions import ApiException, NotFoundException
+from urllib3.exceptions import HTTPError as TransportError
 
 from tandem.errors import JobFailed, ServiceUnavailable, UserError
 
@@ -29,61 +34,94 @@ class DagRun:
     end_date: str | None = None
 
     @classmethod
-    def from_api(cls, data: dict) -> "DagRun":
-        return cls(data["dag_id"], data["dag_run_id"], data["state"], data.get("conf") or {},
-                   data.get("run_after"), data.get("start_date"), data.get("end_date"))
+    def from_api(cls, data: Any) -> "DagRun":
+        def text(value):
+            return value.isoformat() if hasattr(value, "isoformat") else value
+
+        state = data.state.value if hasattr(data.state, "value") else str(data.state)
+        return cls(data.dag_id, data.dag_run_id, state, data.conf or {}, text(data.run_after),
+                   text(data.start_date), text(data.end_date))
+
+
+def _client(base_url: str, token: str | None = None, retries: int = 2) -> af.ApiClient:
+    config = af.Configuration(host=base_url.rstrip("/"), access_token=token)
+    config.retries = retries
+    return af.ApiClient(config)
+
+
+def _detail(exc: ApiException) -> str:
+    body = exc.body if isinstance(exc.body, str) else (exc.body or b"").decode(errors="replace")
+    try:
+        body = json.dumps(json.loads(body).get("detail", body))
+    except (ValueError, AttributeError):
+        pass
+    return body[:1000]
+
+
+@contextmanager
+def _translated(base_url: str, what: str) -> Iterator[None]:
+    """Airflow's refusals of our input become UserError; a server that is down or failing, ServiceUnavailable."""
+    try:
+        yield
+    except ApiException as exc:
+        if exc.status in (400, 404, 409, 422):
+            raise UserError(f"Airflow answered {exc.status} to {what}: {_detail(exc)}") from None
+        raise ServiceUnavailable(f"Airflow answered {exc.status} to {what}: {_detail(exc)}") from None
+    except TransportError as exc:
+        raise ServiceUnavailable(f"Airflow is not answering at {base_url}: {exc}",
+                                 fix="start the stack with `make up`") from None
+
+
+def login(base_url: str, username: str, password: str, timeout: float = 30) -> str:
+    """A JWT for the REST API from the auth manager's ``/auth/token`` (not part of the generated API)."""
+    with _client(base_url) as api, _translated(base_url, "the login"):
+        method, url, headers, body, _ = api.param_serialize(
+            "POST", "/auth/token", header_params={"Content-Type": "application/json", "Accept": "application/json"},
+            body={"username": username, "password": password})
+        response = api.call_api(method, url, headers, body, _request_timeout=timeout)
+        response.read()
+    if response.status in (401, 403):
+        raise UserError(f"Airflow refused the login of {username!r}",
+                        fix="use the password printed by `make up` (.tandem/airflow/passwords.json)")
+    if response.status >= 400:
+        raise ServiceUnavailable(f"Airflow answered {response.status} to the login: {response.data[:500]!r}")
+    return json.loads(response.data)["access_token"]
+
+
+def health(base_url: str, timeout: float = 3) -> dict:
+    """``/api/v2/monitor/health`` as a dict; empty when Airflow does not answer (not answering is not healthy)."""
+    try:
+        with _client(base_url, retries=0) as api:
+            return af.MonitorApi(api).get_health(_request_timeout=timeout).to_dict()
+    except (ApiException, TransportError, ValueError):
+        return {}
 
 
 class AirflowClient:
     def __init__(self, base_url: str, username: str, password: str, timeout: float = 30):
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
-        self._token = self._login(username, password)
+        self.api = _client(self.base_url, login(self.base_url, username, password, timeout))
+        self.dags = af.DAGApi(self.api)
+        self.dag_runs = af.DagRunApi(self.api)
+        self.task_instances_api = af.TaskInstanceApi(self.api)
+        self.xcoms = af.XComApi(self.api)
+        self.assets = af.AssetApi(self.api)
+        self.pools = af.PoolApi(self.api)
 
-    def _login(self, username: str, password: str) -> str:
-        try:
-            data = self._raw("POST", "/auth/token", {"username": username, "password": password}, token=None)
-        except urllib.error.HTTPError as exc:
-            if exc.code in (401, 403):
-                raise UserError(f"Airflow refused the login of {username!r}",
-                                fix="use the password printed by `make up` (.tandem/airflow/passwords.json)") from None
-            raise
-        return data["access_token"]
-
-    def _raw(self, method: str, path: str, body: Any = None, token: str | None = "use") -> Any:
-        headers = {"Content-Type": "application/json", "Accept": "application/json"}
-        if token == "use":
-            headers["Authorization"] = f"Bearer {self._token}"
-        request = urllib.request.Request(self.base_url + path, method=method, headers=headers,
-                                         data=None if body is None else json.dumps(body).encode())
-        try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as resp:
-                payload = resp.read()
-        except urllib.error.URLError as exc:
-            if isinstance(exc, urllib.error.HTTPError):
-                raise
-            raise ServiceUnavailable(f"Airflow is not answering at {self.base_url}: {exc.reason}",
-                                     fix="start the stack with `make up`") from None
-        return json.loads(payload) if payload else None
-
-    def request(self, method: str, path: str, body: Any = None) -> Any:
-        try:
-            return self._raw(method, path, body)
-        except urllib.error.HTTPError as exc:
-            detail = exc.read().decode(errors="replace")[:1000]
-            if exc.code in (400, 404, 409, 422):
-                raise UserError(f"Airflow answered {exc.code} to {method} {path}: {detail}") from None
-            raise ServiceUnavailable(f"Airflow answered {exc.code} to {method} {path}: {detail}") from None
+    def _call(self, what: str, fn: Callable, *args, **kwargs) -> Any:
+        with _translated(self.base_url, what):
+            return fn(*args, _request_timeout=self.timeout, **kwargs)
 
     # --- DAGs and runs
-    def wait_for_dag(self, dag_id: str, timeout: float = 180) -> dict:
-        """Wait until the dag-processor has parsed the DAG (a fresh stack needs a few seconds)."""
+    def wait_for_dag(self, dag_id: str, timeout: float = 180) -> Any:
+        """Wait until the dag-processor has parsed the DAG (a fresh stack needs a few seconds); unpause it."""
         deadline = time.monotonic() + timeout
         while True:
             try:
-                dag = self.request("GET", f"/api/v2/dags/{quote(dag_id)}")
-                if dag.get("is_paused"):
-                    self.request("PATCH", f"/api/v2/dags/{quote(dag_id)}", {"is_paused": False})
+                dag = self._call(f"GET dag {dag_id}", self.dags.get_dag, dag_id)
+                if dag.is_paused:
+                    self._call(f"PATCH dag {dag_id}", self.dags.patch_dag, dag_id, af.DAGPatchBody(is_paused=False))
                 return dag
             except UserError:
                 if time.monotonic() > deadline:
@@ -92,28 +130,38 @@ class AirflowClient:
                 time.sleep(2)
 
     def trigger(self, dag_id: str, conf: dict | None = None) -> DagRun:
-        data = self.request("POST", f"/api/v2/dags/{quote(dag_id)}/dagRuns",
-                            {"logical_date": None, "conf": conf or {}})
-        return DagRun.from_api(data)
+        body = af.TriggerDAGRunPostBody(logical_date=None, conf=conf or {})
+        return DagRun.from_api(self._call(f"trigger {dag_id}", self.dag_runs.trigger_dag_run, dag_id, body))
 
     def get_run(self, dag_id: str, run_id: str) -> DagRun:
-        return DagRun.from_api(self.request("GET", f"/api/v2/dags/{quote(dag_id)}/dagRuns/{quote(run_id, safe='')}"))
+        return DagRun.from_api(self._call(f"GET run {run_id}", self.dag_runs.get_dag_run, dag_id, run_id))
 
     def runs(self, dag_id: str, limit: int = 20) -> list[DagRun]:
-        data = self.request("GET", f"/api/v2/dags/{quote(dag_id)}/dagRuns?order_by=-run_after&limit={limit}")
-        return [DagRun.from_api(r) for r in data.get("dag_runs", [])]
+        data = self._call(f"GET runs of {dag_id}", self.dag_runs.get_dag_runs, dag_id, limit=limit,
+                          order_by=["-run_after"])
+        return [DagRun.from_api(r) for r in data.dag_runs]
 
     def task_instances(self, dag_id: str, run_id: str) -> list[dict]:
-        data = self.request("GET", f"/api/v2/dags/{quote(dag_id)}/dagRuns/{quote(run_id, safe='')}/taskInstances")
-        return data.get("task_instances", [])
+        """The run's task instances as plain dicts (task_id, map_index, state, hostname, queue, ...)."""
+        data = self._call(f"GET task instances of {run_id}", self.task_instances_api.get_task_instances,
+                          dag_id, run_id)
+        rows = []
+        for ti in data.task_instances:
+            row = ti.to_dict()
+            state = row.get("state")
+            row["state"] = getattr(state, "value", state)
+            rows.append(row)
+        return rows
 
     def xcom(self, dag_id: str, run_id: str, task_id: str, key: str = "return_value") -> Any:
-        path = (f"/api/v2/dags/{quote(dag_id)}/dagRuns/{quote(run_id, safe='')}/taskInstances/"
-                f"{quote(task_id)}/xcomEntries/{quote(key)}?deserialize=true")
-        try:
-            return self.request("GET", path).get("value")
-        except UserError:
-            return None
+        """A task's XCom value (deserialized), or None when there is none."""
+        with _translated(self.base_url, f"GET xcom {task_id}.{key}"):
+            try:
+                entry = self.xcoms.get_xcom_entry(dag_id, task_id, run_id, key, deserialize=True,
+                                                  _request_timeout=self.timeout)
+            except NotFoundException:
+                return None
+        return getattr(entry.actual_instance, "value", None)
 
     def wait(self, run: DagRun, timeout: float = 3600, on_progress: Callable[[DagRun, list], None] | None = None,
              poll: float = 3) -> DagRun:
@@ -144,3 +192,27 @@ class AirflowClient:
                     return run
             time.sleep(3)
         raise JobFailed(f"no new {dag_id} run appeared within {timeout:.0f}s")
+
+    # --- assets and pools
+    def asset_id(self, uri: str) -> int | None:
+        """The id of the asset with exactly this URI, or None when no parsed DAG declares it."""
+        found = self._call(f"GET assets {uri}", self.assets.get_assets, uri_pattern=uri, limit=10)
+        ids = [a.id for a in found.assets if a.uri == uri]
+        return ids[0] if ids else None
+
+    def emit_asset_event(self, asset_id: int, extra: dict) -> None:
+        body = af.CreateAssetEventsBody(asset_id=asset_id, extra=extra)
+        self._call("POST asset event", self.assets.create_asset_event, body)
+
+    def ensure_pools(self, pools: dict[str, tuple[int, str]]) -> dict[str, str]:
+        """Create the pools that are missing; keep existing ones as users set them. Returns name -> what happened."""
+        existing = {p.name for p in self._call("GET pools", self.pools.get_pools, limit=1000).pools}
+        done = {}
+        for name, (slots, description) in sorted(pools.items()):
+            if name in existing:
+                done[name] = "kept"
+                continue
+            body = af.PoolBody(name=name, slots=slots, description=description, include_deferred=False)
+            self._call(f"POST pool {name}", self.pools.post_pool, body)
+            done[name] = f"created ({slots} slots)"
+        return done

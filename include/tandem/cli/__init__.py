@@ -1,6 +1,6 @@
 """The ``tandem`` command line. Each area registers its own verbs from a module in this package.
 
-Exit codes (CONTRACTS): 0 success; 1 the job failed (its summary is still printed); 2 the user's input
+Exit codes (docs/architecture.md): 0 success; 1 the job failed (its summary is still printed); 2 the user's input
 was wrong. A user's mistake never prints a traceback: it prints what was wrong and how to fix it.
 """
 

@@ -18,6 +18,6 @@ def run(args) -> int:
         print(config.markdown_table())
         return 0
     settings = config.load()
-    values = {s.env: settings.as_env()[s.env] for s in config.SETTINGS}
+    values = config.shown_values(settings)
     emit(values, args.json, "\n".join(f"{k}={v}" for k, v in values.items()))
     return 0

@@ -10,8 +10,9 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-from functools import lru_cache
 from typing import Iterable, Iterator
+
+from wcmatch import glob
 
 from tandem.errors import UserError
 
@@ -88,46 +89,24 @@ def parse_sources(specs: Iterable[str]) -> list[Source]:
     return sorted(sources, key=lambda s: s.name)
 
 
-@lru_cache(maxsize=None)
-def _glob_regex(pattern: str) -> re.Pattern:
-    out, i = [], 0
-    while i < len(pattern):
-        if pattern.startswith("**/", i):
-            out.append("(?:.*/)?")
-            i += 3
-        elif pattern.startswith("**", i):
-            out.append(".*")
-            i += 2
-        elif pattern[i] == "*":
-            out.append("[^/]*")
-            i += 1
-        elif pattern[i] == "?":
-            out.append("[^/]")
-            i += 1
-        elif pattern[i] == "[":
-            end = pattern.find("]", i + 1)
-            if end == -1:
-                out.append(re.escape("["))
-                i += 1
-            else:
-                body = pattern[i + 1:end].replace("\\", "\\\\")
-                if body.startswith("!"):
-                    body = "^" + body[1:]
-                out.append(f"[{body}]")
-                i = end + 1
-        else:
-            out.append(re.escape(pattern[i]))
-            i += 1
-    return re.compile("^" + "".join(out) + "$")
+# wcmatch's globs: `**` spans zero or more folders (GLOBSTAR), `*` and `**` match dot-names too (DOTGLOB),
+# a pattern starting with `!` excludes what it matches (NEGATE), as in `**/*.md,!drafts/**`, and braces
+# expand (BRACE): `**/*.{md,rst}`.
+_GLOB_FLAGS = glob.GLOBSTAR | glob.DOTGLOB | glob.NEGATE | glob.BRACE
 
 
 def glob_match(rel_path: str, pattern: str) -> bool:
-    """Match a relative posix path against a glob where ``**/`` spans zero or more folders."""
-    return bool(_glob_regex(pattern).match(rel_path))
+    """Match a relative posix path against one glob."""
+    return glob.globmatch(rel_path, pattern, flags=_GLOB_FLAGS)
 
 
 def selected(rel_path: str, include: Iterable[str], exclude: Iterable[str]) -> bool:
-    return any(glob_match(rel_path, p) for p in include) and not any(glob_match(rel_path, p) for p in exclude)
+    """Selected by the include globs (which may hold `!` exclusions) and by none of the exclude globs."""
+    include, exclude = list(include), list(exclude)
+    if not any(not p.startswith("!") for p in include):
+        include.append("**")  # only exclusions given: they apply to everything
+    return glob.globmatch(rel_path, include, flags=_GLOB_FLAGS) and not (
+        exclude and glob.globmatch(rel_path, exclude, flags=_GLOB_FLAGS))
 
 
 def root_path(source: Source):

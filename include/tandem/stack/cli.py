@@ -1,6 +1,6 @@
 """``make up`` / ``make down`` / ``make status`` / ``make logs``: the local stack without Docker.
 
-    python -m tandem.stack up|down|status|logs
+    python -m tandem.stack up|down|status|logs|pools-json
 
 ``up`` starts PostgreSQL (embedded), MLflow and Airflow (api-server, scheduler, dag-processor,
 triggerer), waits until each is healthy, then prints the URLs and how to log in. A second ``up``
@@ -15,10 +15,10 @@ import os
 import subprocess
 import sys
 import time
-import urllib.request
 
 from tandem import models
 from tandem.config import Settings
+from tandem.db import redact
 from tandem.errors import TandemError, UserError
 from tandem.stack import postgres, process, services
 
@@ -48,14 +48,16 @@ def _init_airflow(settings: Settings) -> None:
         raise TandemError(f"airflow db migrate failed:\n{result.stderr[-3000:]}",
                           fix="read the error above; `make down`, then `make up` again")
     _say(f"  airflow db migrate: ok ({time.monotonic() - started:.1f}s)")
-    env = {**os.environ, **services.airflow_env(settings)}
-    init = subprocess.run([sys.executable, "-m", "tandem.stack.airflow_init"], env=env, capture_output=True,
-                          text=True, timeout=300, cwd=str(settings.airflow_home))
-    if init.returncode != 0:
-        raise TandemError(f"creating Airflow connections/pools failed:\n{init.stderr[-3000:]}")
-    for line in init.stdout.splitlines():
-        if line.startswith("  "):
-            _say(line)
+
+
+def _ensure_pools(settings: Settings) -> None:
+    """Create the pools Tandem's DAGs use through the REST API; pools a user changed are kept as they are."""
+    from tandem.airflow.rest import AirflowClient
+
+    client = AirflowClient(f"http://{settings.bind_host}:{settings.airflow_port}", "admin",
+                           services.airflow_password(settings))
+    for name, what in client.ensure_pools(services.POOLS).items():
+        _say(f"  pool {name}: {what}")
 
 
 def up(settings: Settings) -> int:
@@ -78,6 +80,7 @@ def up(settings: Settings) -> int:
 
     pg_started = postgres.start(settings.pg_data)
     postgres.ensure_databases(settings.pg_data)
+    postgres.ensure_login(settings.pg_data, settings.pg_user, settings.pg_password)
     _say(f"  postgres: {'started' if pg_started else 'already running'} "
          f"(PostgreSQL {postgres.MAJOR} + pgvector, socket in {settings.pg_data})")
     if not running["airflow-api-server"]:
@@ -88,7 +91,8 @@ def up(settings: Settings) -> int:
             _say(f"  {svc.name}: started (pid {pid})")
     for svc in all_services:
         waited = process.wait_healthy(svc, settings.run_dir, settings.logs_dir, timeout=180)
-        _say(f"  {svc.name}: healthy" + (f" after {waited:.1f}s" if svc.health_url else ""))
+        _say(f"  {svc.name}: healthy" + (f" after {waited:.1f}s" if svc.health else ""))
+    _ensure_pools(settings)
     _wait_components(settings)
     _say(f"Tandem is up in {time.monotonic() - started:.1f}s.")
     _print_urls(settings)
@@ -110,12 +114,9 @@ def _wait_components(settings: Settings, timeout: float = 90) -> dict:
 
 
 def airflow_health(settings: Settings, timeout: float = 3) -> dict:
-    url = f"http://{settings.bind_host}:{settings.airflow_port}/api/v2/monitor/health"
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
-            return json.loads(resp.read())
-    except Exception:  # noqa: BLE001 - not answering means not healthy
-        return {}
+    from tandem.airflow import rest
+
+    return rest.health(f"http://{settings.bind_host}:{settings.airflow_port}", timeout=timeout)
 
 
 def _print_urls(settings: Settings) -> None:
@@ -123,7 +124,7 @@ def _print_urls(settings: Settings) -> None:
     _say(f"""
   Airflow UI   http://{settings.bind_host}:{settings.airflow_port}   (user admin, password {password})
   MLflow UI    http://{settings.bind_host}:{settings.mlflow_port}
-  Postgres     {settings.db_url}
+  Postgres     {redact(settings.db_url)}
   Tandem page  http://{settings.bind_host}:{settings.airflow_port}/tandem/  (once logged in to Airflow)
   State        {settings.home}   (logs: `make logs`)""")
 
@@ -156,8 +157,8 @@ def status(settings: Settings) -> int:
         pid = process.running_pid(svc, settings.run_dir)
         if pid is None:
             state = "down"
-        elif svc.health_url:
-            state = "healthy" if process.http_ok(svc.health_url, timeout=STATUS_TIMEOUT) else "starting/unhealthy"
+        elif svc.health:
+            state = "healthy" if svc.health(STATUS_TIMEOUT) else "starting/unhealthy"
         else:
             state = health.get(component[svc.name], {}).get("status") or "running (no heartbeat yet)"
         rows.append((svc.name, pid, state))
@@ -175,13 +176,21 @@ def logs(settings: Settings) -> int:
     return 0
 
 
+def pools_json(settings: Settings) -> int:
+    """The pools Tandem's DAGs use, in the format of `airflow pools import` (compose's init job)."""
+    print(json.dumps({name: {"slots": slots, "description": description, "include_deferred": False}
+                      for name, (slots, description) in sorted(services.POOLS.items())}, indent=2))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tandem.stack", description=__doc__.splitlines()[0])
-    parser.add_argument("action", choices=["up", "down", "status", "logs"])
+    parser.add_argument("action", choices=["up", "down", "status", "logs", "pools-json"])
     args = parser.parse_args(argv)
     try:
         settings = Settings.load()
-        return {"up": up, "down": down, "status": status, "logs": logs}[args.action](settings)
+        actions = {"up": up, "down": down, "status": status, "logs": logs, "pools-json": pools_json}
+        return actions[args.action](settings)
     except TandemError as exc:
         print(f"tandem {args.action}: error: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -169,3 +169,35 @@ def ensure_databases(pgdata: Path, databases: tuple[str, ...] = DATABASES, *, ve
                 admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     with psycopg.connect(url(pgdata, vector_in), autocommit=True) as conn:
         conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
+
+
+_HBA_TRUST = "local all all trust\n"
+# The superuser keeps trust on the socket (the folder is private to the server's user and root) so that
+# `make up` can manage roles; every other role must give its password.
+_HBA_PASSWORD = "local all postgres trust\nlocal all all scram-sha-256\n"
+
+
+def ensure_login(pgdata: Path, user: str, password: str, databases: tuple[str, ...] = DATABASES) -> bool:
+    """Make ``user`` (with ``password``) own the databases, as compose's POSTGRES_USER/POSTGRES_PASSWORD do.
+
+    With a password, the socket requires it from every role but the superuser. Idempotent; returns True
+    when the server's authentication rules changed (and were reloaded).
+    """
+    import psycopg
+    from psycopg import sql
+
+    if user != "postgres":
+        with psycopg.connect(url(pgdata, "postgres"), autocommit=True) as admin:
+            exists = admin.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (user,)).fetchone()
+            verb = "ALTER" if exists else "CREATE"
+            secret = sql.SQL(" PASSWORD {}").format(sql.Literal(password)) if password else sql.SQL("")
+            admin.execute(sql.SQL(verb + " ROLE {} LOGIN").format(sql.Identifier(user)) + secret)
+            for name in databases:
+                admin.execute(sql.SQL("ALTER DATABASE {} OWNER TO {}").format(sql.Identifier(name), sql.Identifier(user)))
+    hba = pgdata / "pg_hba.conf"
+    wanted = _HBA_PASSWORD if password and user != "postgres" else _HBA_TRUST
+    if hba.read_text() == wanted:
+        return False
+    hba.write_text(wanted)
+    _run([str(_bin() / "pg_ctl"), "-D", str(pgdata), "reload"])
+    return True

@@ -1,21 +1,24 @@
 """Background services as process groups: start detached, record the pid, stop the whole group.
 
 Each service runs in its own session (``setsid``), so stopping it signals the process group and
-leaves no orphans (Airflow's api-server, for example, forks workers). A pid file whose process is
-gone is stale: it is reported and removed, never trusted.
+leaves no orphans (Airflow's api-server, for example, forks workers). The pid file records the pid and
+the process's start time (psutil): a pid file whose process is gone, or whose pid now belongs to another
+process (a reused pid), is stale. It is reported and removed, never trusted.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
 import subprocess
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
+
+import psutil
 
 from tandem.errors import ServiceUnavailable, UserError
 
@@ -25,7 +28,8 @@ class Service:
     name: str
     argv: list[str]
     env: dict[str, str] = field(default_factory=dict)
-    health_url: str | None = None  # HTTP 200 means healthy; None: healthy while the process lives
+    # health(timeout) -> True when healthy; None: healthy while the process lives
+    health: Callable[[float], bool] | None = None
     port: int | None = None  # checked free before starting
     host: str = "127.0.0.1"
 
@@ -36,39 +40,66 @@ class Service:
         return logs_dir / f"{self.name}.log"
 
 
-def _alive(pid: int) -> bool:
+@dataclass(frozen=True)
+class PidRecord:
+    pid: int
+    create_time: float | None  # None: a pid file written by an older Tandem (pid only)
+
+
+def read_pid(pidfile: Path) -> PidRecord | None:
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie is not alive
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().split()[2] != "Z"
+        text = pidfile.read_text().strip()
     except OSError:
-        return True
-
-
-def read_pid(pidfile: Path) -> int | None:
-    try:
-        return int(pidfile.read_text().strip())
-    except (OSError, ValueError):
         return None
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return None
+    if isinstance(data, int):
+        return PidRecord(data, None)
+    try:
+        created = data["create_time"]
+        return PidRecord(int(data["pid"]), None if created is None else float(created))
+    except (TypeError, KeyError, ValueError):
+        return None
+
+
+def write_pid(pidfile: Path, pid: int) -> None:
+    try:
+        created = psutil.Process(pid).create_time()
+    except psutil.NoSuchProcess:  # it exited already: the next read finds it gone
+        created = None
+    record = {"pid": pid, "create_time": created}
+    pidfile.write_text(json.dumps(record) + "\n")
+
+
+def _why_stale(record: PidRecord) -> str | None:
+    """None when the recorded process is alive and is the one we started; else why not."""
+    try:
+        proc = psutil.Process(record.pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return f"process {record.pid} is gone"
+        if record.create_time is not None and abs(proc.create_time() - record.create_time) > 1.0:
+            return f"pid {record.pid} now belongs to another program ({' '.join(proc.cmdline()[:3]) or proc.name()})"
+    except psutil.NoSuchProcess:
+        return f"process {record.pid} is gone"
+    except psutil.AccessDenied:
+        return None
+    return None
 
 
 def running_pid(service: Service, run_dir: Path) -> int | None:
     """The live pid of a service, or None. Removes a stale pid file (and says so)."""
     pidfile = service.pidfile(run_dir)
-    pid = read_pid(pidfile)
-    if pid is None:
-        if pidfile.exists():
-            pidfile.unlink()
+    record = read_pid(pidfile)
+    if record is None:
+        pidfile.unlink(missing_ok=True)
         return None
-    if _alive(pid):
-        return pid
-    print(f"  {service.name}: removed stale pid file {pidfile} (process {pid} is gone)")
-    pidfile.unlink()
+    why = _why_stale(record)
+    if why is None:
+        return record.pid
+    print(f"  {service.name}: removed stale pid file {pidfile} ({why})")
+    pidfile.unlink(missing_ok=True)
     return None
 
 
@@ -108,16 +139,8 @@ def start(service: Service, run_dir: Path, logs_dir: Path) -> int:
         cwd=str(run_dir),
     )
     log.close()
-    service.pidfile(run_dir).write_text(f"{proc.pid}\n")
+    write_pid(service.pidfile(run_dir), proc.pid)
     return proc.pid
-
-
-def http_ok(url: str, timeout: float = 2.0) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
-            return resp.status == 200
-    except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
-        return False
 
 
 def wait_healthy(service: Service, run_dir: Path, logs_dir: Path, timeout: float = 120) -> float:
@@ -128,10 +151,11 @@ def wait_healthy(service: Service, run_dir: Path, logs_dir: Path, timeout: float
             tail = service.logfile(logs_dir).read_text(errors="replace")[-3000:]
             raise ServiceUnavailable(f"{service.name} exited during start-up. Last log lines:\n{tail}",
                                      fix=f"read {service.logfile(logs_dir)}")
-        if service.health_url is None or http_ok(service.health_url):
+        if service.health is None or service.health(2.0):
             return time.monotonic() - started
         time.sleep(0.5)
-    raise ServiceUnavailable(f"{service.name} was not healthy after {timeout:.0f}s ({service.health_url})",
+    target = getattr(service.health, "target", "its health check")
+    raise ServiceUnavailable(f"{service.name} was not healthy after {timeout:.0f}s ({target})",
                              fix=f"read {service.logfile(logs_dir)}, then `make down && make up`")
 
 
@@ -161,15 +185,10 @@ def stop(service: Service, run_dir: Path, timeout: float = 30) -> bool:
 
 def group_alive(pgid: int) -> bool:
     """True while any non-zombie process of the group is left."""
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
+    for proc in psutil.process_iter(["status"]):
         try:
-            with open(f"/proc/{entry}/stat") as fh:
-                fields = fh.read().rsplit(")", 1)[1].split()
-        except OSError:
+            if proc.info["status"] != psutil.STATUS_ZOMBIE and os.getpgid(proc.pid) == pgid:
+                return True
+        except (ProcessLookupError, psutil.NoSuchProcess):
             continue
-        # fields after the command: state, ppid, pgrp, ...
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            return True
     return False

@@ -12,10 +12,12 @@ import secrets
 import sys
 from pathlib import Path
 
-from tandem.config import Settings, _CHECKOUT
+from tandem.airflow.settings import connection_env
+from tandem.config import Settings, _CHECKOUT, local_pg_url
+from tandem.db import sqlalchemy_url
 from tandem.stack.process import Service
 
-# Pools Tandem's DAGs use (name -> (slots, description)). `training` is fixed by CONTRACTS.
+# Pools Tandem's DAGs use (name -> (slots, description)). `training` is fixed in docs/architecture.md.
 POOLS = {
     "training": (1, "LoRA training: one job at a time"),
     "knowledge": (2, "knowledge_reindex embedding batches"),
@@ -69,7 +71,7 @@ def airflow_env(settings: Settings) -> dict[str, str]:
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(home / "passwords.json"),
         "AIRFLOW__CORE__FERNET_KEY": _secret(secrets_dir / "fernet_key", _fernet_key),
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"postgresql+psycopg2://postgres@/airflow?host={settings.pg_data}",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": sqlalchemy_url(local_pg_url(settings.values, "airflow"), "psycopg2"),
         "AIRFLOW__API__BASE_URL": base_url,
         "AIRFLOW__API__HOST": settings.bind_host,
         "AIRFLOW__API__PORT": str(settings.airflow_port),
@@ -85,6 +87,7 @@ def airflow_env(settings: Settings) -> dict[str, str]:
         "TOKENIZERS_PARALLELISM": "false",
         "NO_PROXY": "*",
     }
+    env.update(connection_env(settings))
     env.update(settings.as_env())
     return env
 
@@ -96,7 +99,7 @@ def _fernet_key() -> str:
 
 
 def mlflow_backend_uri(settings: Settings) -> str:
-    return f"postgresql+psycopg://postgres@/mlflow?host={settings.pg_data}"
+    return sqlalchemy_url(local_pg_url(settings.values, "mlflow"), "psycopg")
 
 
 def mlflow_service(settings: Settings) -> Service:
@@ -107,7 +110,7 @@ def mlflow_service(settings: Settings) -> Service:
               "--artifacts-destination", str(settings.mlflow_artifacts),
               "--host", settings.bind_host, "--port", str(settings.mlflow_port), "--workers", "1"],
         env={"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
-        health_url=f"http://{settings.bind_host}:{settings.mlflow_port}/health",
+        health=http_health(f"http://{settings.bind_host}:{settings.mlflow_port}/health"),
         port=settings.mlflow_port,
         host=settings.bind_host,
     )
@@ -115,10 +118,9 @@ def mlflow_service(settings: Settings) -> Service:
 
 def airflow_services(settings: Settings) -> list[Service]:
     env = airflow_env(settings)
-    health = f"http://{settings.bind_host}:{settings.airflow_port}/api/v2/monitor/health"
     airflow = _bin("airflow")
     return [
-        Service("airflow-api-server", [airflow, "api-server"], env, health_url=health,
+        Service("airflow-api-server", [airflow, "api-server"], env, health=airflow_health(settings),
                 port=settings.airflow_port, host=settings.bind_host),
         # --skip-serve-logs: with LocalExecutor the api-server reads task logs from local files, so no
         # log server is needed (it would bind every interface on 8793/8794).
@@ -126,6 +128,35 @@ def airflow_services(settings: Settings) -> list[Service]:
         Service("airflow-dag-processor", [airflow, "dag-processor"], env),
         Service("airflow-triggerer", [airflow, "triggerer", "--skip-serve-logs"], env),
     ]
+
+
+def http_health(url: str):
+    """A health check: ``url`` answers 200."""
+
+    def check(timeout: float) -> bool:
+        import httpx
+
+        try:
+            return httpx.get(url, timeout=timeout).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    check.target = url
+    return check
+
+
+def airflow_health(settings: Settings):
+    """A health check: the api-server answers its health endpoint (through apache-airflow-client)."""
+
+    base = f"http://{settings.bind_host}:{settings.airflow_port}"
+
+    def check(timeout: float) -> bool:
+        from tandem.airflow import rest
+
+        return bool(rest.health(base, timeout=timeout))
+
+    check.target = f"{base}/api/v2/monitor/health"
+    return check
 
 
 def all_services(settings: Settings) -> list[Service]:
