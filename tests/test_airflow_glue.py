@@ -92,3 +92,21 @@ def test_a_fresh_stack_waits_for_the_next_scheduled_slot(tmp_path, monkeypatch):
             earliest=dag.start_date, latest=None, catchup=dag.catchup))
         assert info.run_after > now, (name, info.run_after)
         assert info.run_after - now <= dt.timedelta(days=1)
+
+
+def test_compose_reads_database_urls_through_the_db_url_command(tmp_path):
+    """What compose's AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_CMD and RESULT_BACKEND_CMD print, from compose's env."""
+    import os
+    import subprocess
+    import sys
+
+    from sqlalchemy.engine import make_url
+
+    env = {**os.environ, "TANDEM_HOME": str(tmp_path), "TANDEM_PG_HOST": "postgres", "TANDEM_PG_USER": "tandem",
+           "TANDEM_PG_PASSWORD": NASTY}
+    out = subprocess.run([sys.executable, "-m", "tandem.stack.db_url", "airflow", "--driver", "psycopg2",
+                          "--prefix", "db+"], env=env, capture_output=True, text=True, check=True).stdout.strip()
+    assert out.startswith("db+postgresql+psycopg2://")
+    url = make_url(out.removeprefix("db+"))
+    assert (url.username, url.password, url.host, url.port, url.database) == ("tandem", NASTY, "postgres", 5432,
+                                                                              "airflow")
