@@ -94,7 +94,8 @@ def lora_retrain():
     def promote(**context):
         from tandem.adapters import tasks
 
-        return tasks.promote(context["ti"].xcom_pull(task_ids="gate"), context["outlet_events"], BEHAVIOR_ADAPTER)
+        return tasks.promote(context["ti"].xcom_pull(task_ids="gate"), context["outlet_events"], BEHAVIOR_ADAPTER,
+                             context["run_id"])
 
     @task(trigger_rule="one_failed")
     def mark_failed(**context):

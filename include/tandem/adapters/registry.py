@@ -7,10 +7,16 @@ its weights (tag ``tandem.base_model_sha256``), never a copy: ``mlflow.transform
 PEFT model with a local base logs wrong weights (docs/decisions.md), so Tandem never uses it.
 
 Aliases (docs/architecture.md): ``champion`` is live, ``challenger`` is the latest candidate that was not promoted,
-``previous`` is the champion before the current one. The order of champion changes is kept in the
-registered model's tag ``tandem.champion_history`` so that rollback can walk back more than one step.
-Alias moves are ordered so that ``champion`` always names a complete, registered version: ``previous``
-is set first, then ``champion`` in a single call; a crash in between leaves the old champion live.
+``previous`` is the champion before the current one.
+
+Every alias move (the gate's challenger, a promotion, a rollback, the CLI) runs under one Postgres advisory
+lock (``alias_lock``) and re-reads the state inside it. The state is the registered model's tag
+``tandem.champion_history``: the order of champions (``"base"`` where the base model served by choice) and
+the id of the last move. A move writes that state first, then makes the aliases follow it: ``previous``
+first, then ``champion`` in a single call, so ``champion`` always names a complete, registered version and
+a crash in between leaves the old champion live. A retry of the same move (same ``op_id``, e.g. the Airflow
+try of the same run) finds its own state written and only finishes the aliases: it converges, and counts as
+the success it was.
 """
 
 from __future__ import annotations
@@ -21,8 +27,10 @@ import logging
 import os
 import shutil
 import time
+import uuid
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from tandem import tracking
 from tandem.config import Settings
@@ -55,6 +63,7 @@ class ResolvedAdapter:
     base_model: str  # the base reference recorded with the version (the configured base for "base")
     aliases: tuple[str, ...] = ()
     tags: dict[str, str] = dataclasses.field(default_factory=dict)
+    base_by_choice: bool = False  # "champion" is the base model because a promotion or rollback chose it
 
     @property
     def is_base(self) -> bool:
@@ -171,7 +180,9 @@ def resolve(settings: Settings, ref: str | None = "champion", *, download: bool 
         if mv is None:
             if text == CHAMPION:
                 base, sha = base_ref(settings)
-                return ResolvedAdapter(ref=text, version=None, path=None, base_sha256=sha, base_model=base)
+                history = _read_state(cl).history
+                return ResolvedAdapter(ref=text, version=None, path=None, base_sha256=sha, base_model=base,
+                                       base_by_choice=bool(history) and history[-1] == "base")
             raise UserError(f"no adapter version has the alias {text!r}", fix=LIST_FIX)
     else:
         raise UserError(f"unknown adapter reference {text!r}",
@@ -241,20 +252,38 @@ def _safe_sha(folder: Path) -> str | None:
         return None
 
 
-def _history(cl) -> list[str]:
+@dataclasses.dataclass(frozen=True)
+class AliasState:
+    """The registered model's champion history and the last move that wrote it."""
+
+    history: list[str]
+    op: str | None = None
+    kind: str | None = None  # "promote" or "rollback"
+    moved_from: str | None = None  # the champion the last move replaced
+
+
+def _read_state(cl) -> AliasState:
     from mlflow.exceptions import MlflowException
 
     try:
         rm = cl.get_registered_model(MODEL)
     except MlflowException as exc:
         if _not_found(exc):
-            return []
+            return AliasState([])
         raise
     raw = (rm.tags or {}).get(HISTORY_TAG)
     try:
-        return [str(v) for v in json.loads(raw)] if raw else []
+        data = json.loads(raw) if raw else []
     except ValueError:
-        return []
+        return AliasState([])
+    if isinstance(data, list):  # written by an older Tandem: the history alone
+        return AliasState([str(v) for v in data])
+    return AliasState([str(v) for v in data.get("history", [])], data.get("op"), data.get("kind"),
+                      data.get("from"))
+
+
+def _history(cl) -> list[str]:
+    return _read_state(cl).history
 
 
 def _metrics_of(mv) -> dict[str, float]:
@@ -348,59 +377,135 @@ def set_version_tags(settings: Settings, version: str, tags: dict[str, str]) -> 
         cl.set_model_version_tag(MODEL, str(version), key, str(value)[:5000])
 
 
-def _set_history(cl, history: list[str]) -> None:
-    cl.set_registered_model_tag(MODEL, HISTORY_TAG, json.dumps(history[-_HISTORY_MAX:]))
+LOCK_NAME = "tandem-adapter aliases"
+
+
+@contextmanager
+def alias_lock(settings: Settings, timeout: float = 120) -> Iterator[None]:
+    """Serialize alias moves across processes and hosts: a Postgres advisory lock in the knowledge database.
+
+    The lock belongs to a session of its own, so a process killed while holding it releases it with its
+    connection. Waiting longer than ``timeout`` is a ServiceUnavailable that says who to look for.
+    """
+    import psycopg
+
+    from tandem.db import connect
+
+    conn = connect(settings.db_url, autocommit=True, register_vector=False)
+    try:
+        conn.execute("SELECT set_config('lock_timeout', %s, false)", (f"{int(timeout * 1000)}ms",))
+        try:
+            conn.execute("SELECT pg_advisory_lock(hashtextextended(%s, 0))", (LOCK_NAME,))
+        except psycopg.errors.LockNotAvailable:
+            raise ServiceUnavailable(f"another alias move held the lock for more than {timeout:.0f}s",
+                                     fix="wait for the running promotion or rollback to finish, then retry") from None
+        yield
+    finally:
+        conn.close()  # ends the session: the advisory lock is released with it
+
+
+def _write_state(cl, history: list[str], op: str, kind: str, moved_from: str | None) -> None:
+    value = {"history": history[-_HISTORY_MAX:], "op": op, "kind": kind, "from": moved_from}
+    cl.set_registered_model_tag(MODEL, HISTORY_TAG, json.dumps(value))
+
+
+def _follow(cl, history: list[str]) -> None:
+    """Make the aliases match the history: ``previous`` first, then ``champion`` (idempotent)."""
+    champion = history[-1] if history else "base"
+    previous = history[-2] if len(history) >= 2 and history[-2] != "base" else None
+    if previous is None:
+        if _alias_version(cl, PREVIOUS) is not None:
+            cl.delete_registered_model_alias(MODEL, PREVIOUS)
+    elif _alias_version(cl, PREVIOUS) != previous:
+        cl.set_registered_model_alias(MODEL, PREVIOUS, previous)
+    current = _alias_version(cl, CHAMPION)
+    if champion == "base":
+        if current is not None:
+            cl.delete_registered_model_alias(MODEL, CHAMPION)
+    elif current != champion:
+        cl.set_registered_model_alias(MODEL, CHAMPION, champion)  # the single switch users see
+
+
+def _consistent(cl, state: AliasState) -> list[str]:
+    """The history, rebuilt from the aliases when they were moved outside Tandem."""
+    current = _alias_version(cl, CHAMPION) or "base"
+    if state.history and state.history[-1] == current:
+        return list(state.history)
+    prev = _alias_version(cl, PREVIOUS)
+    return ([prev] if prev else []) + [current]
+
+
+def _shown(history: list[str]) -> dict[str, str | None]:
+    champion = history[-1] if history else "base"
+    previous = history[-2] if len(history) >= 2 and history[-2] != "base" else None
+    return {"champion": None if champion == "base" else champion, "previous": previous}
 
 
 def set_challenger(settings: Settings, version: str, reason: str) -> None:
     """The candidate was not promoted: alias ``challenger`` and the reason as tags. Champion is untouched."""
-    cl = client(settings)
-    cl.set_registered_model_alias(MODEL, CHALLENGER, str(version))
-    for key, value in {tracking.tag("gate_decision"): "challenger", tracking.tag("gate_reason"): reason}.items():
-        cl.set_model_version_tag(MODEL, str(version), key, value[:5000])
+    with alias_lock(settings):
+        cl = client(settings)
+        if _alias_version(cl, CHAMPION) == str(version):  # a move that already made it champion stays
+            return
+        cl.set_registered_model_alias(MODEL, CHALLENGER, str(version))
+        for key, value in {tracking.tag("gate_decision"): "challenger", tracking.tag("gate_reason"): reason}.items():
+            cl.set_model_version_tag(MODEL, str(version), key, value[:5000])
 
 
-def promote(settings: Settings, version: str, *, reason: str, actor: str = "tandem") -> dict[str, Any]:
-    """Make ``version`` the champion ("base": no champion, the base model serves). The old champion
-    becomes ``previous``. Returns {"champion", "previous", "changed"}."""
-    cl = client(settings)
+def _normalise_target(version: str) -> str:
     target = str(version).strip()
     if target.lower().startswith("v") and target[1:].isdigit():
         target = target[1:]
-    current = _by_alias(cl, CHAMPION)
-    current_v = None if current is None else str(current.version)
-    if target == "base":
-        if current_v is None:
-            return {"champion": None, "previous": _alias_version(cl, PREVIOUS), "changed": False}
-        history = _history(cl) or [current_v]
-        cl.set_registered_model_alias(MODEL, PREVIOUS, current_v)
-        cl.delete_registered_model_alias(MODEL, CHAMPION)
-        _set_history(cl, history + ["base"])
-        log.info("champion removed (base model serves); previous=%s (%s)", current_v, reason)
-        return {"champion": None, "previous": current_v, "changed": True}
-    if not target.isdigit():
+    if target != "base" and not target.isdigit():
         raise UserError(f"not a version number: {version!r}", fix=LIST_FIX + " (or use 'base')")
-    mv = _version(cl, target)
-    if _is_failed(mv):
-        raise UserError(f"adapter version {target} is tagged failed and cannot become champion",
-                        fix="pick another version; " + LIST_FIX)
-    if current_v == target:
-        return {"champion": target, "previous": _alias_version(cl, PREVIOUS), "changed": False}
-    history = _history(cl)
-    if not history or history[-1] != (current_v or "base"):
-        history = history + [current_v or "base"]
-    if current_v is not None:
-        cl.set_registered_model_alias(MODEL, PREVIOUS, current_v)
-    cl.set_registered_model_alias(MODEL, CHAMPION, target)  # the single switch users see
-    if CHALLENGER in (getattr(mv, "aliases", []) or []):
-        cl.delete_registered_model_alias(MODEL, CHALLENGER)
-    _set_history(cl, history + [target])
-    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    for key, value in {tracking.tag("promoted_at"): now, tracking.tag("promoted_by"): actor,
-                       tracking.tag("promotion_reason"): reason}.items():
-        cl.set_model_version_tag(MODEL, target, key, value[:5000])
-    log.info("champion: %s -> %s (%s)", current_v or "base", target, reason)
-    return {"champion": target, "previous": current_v, "changed": True}
+    return target
+
+
+_ANY = object()
+
+
+def promote(settings: Settings, version: str, *, reason: str, actor: str = "tandem",
+            op_id: str | None = None, expected: Any = _ANY) -> dict[str, Any]:
+    """Make ``version`` the champion ("base": the base model serves, by choice). The old champion becomes
+    ``previous``. Returns {"champion", "previous", "changed"}.
+
+    ``op_id`` names the move (an Airflow run); a retry with the same id finishes that move and reports it as
+    changed, so its caller emits the asset event it could not emit the first time. ``expected``: the champion
+    the caller compared against (a version, or None for the base model); if another is champion by the time
+    the lock is held, nothing moves and the result has ``conflict`` set to it.
+    """
+    target = _normalise_target(version)
+    with alias_lock(settings):
+        cl = client(settings)
+        state = _read_state(cl)
+        if op_id and state.op == op_id and state.kind == "promote":
+            _follow(cl, state.history)
+            log.info("promotion %s resumed: aliases follow the history it wrote", op_id)
+            return {**_shown(state.history), "changed": True}
+        if target != "base":
+            mv = _version(cl, target)
+            if _is_failed(mv):
+                raise UserError(f"adapter version {target} is tagged failed and cannot become champion",
+                                fix="pick another version; " + LIST_FIX)
+        history = _consistent(cl, state)
+        current = history[-1]
+        if current == target:
+            _follow(cl, history)
+            return {**_shown(history), "changed": False}
+        if expected is not _ANY and current != (expected or "base"):
+            return {**_shown(history), "changed": False, "conflict": current}
+        new = history + [target]
+        _write_state(cl, new, op_id or f"cli-{uuid.uuid4().hex[:12]}", "promote", current)
+        _follow(cl, new)
+        if target != "base":
+            if _alias_version(cl, CHALLENGER) == target:
+                cl.delete_registered_model_alias(MODEL, CHALLENGER)
+            now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+            for key, value in {tracking.tag("promoted_at"): now, tracking.tag("promoted_by"): actor,
+                               tracking.tag("promotion_reason"): reason}.items():
+                cl.set_model_version_tag(MODEL, target, key, value[:5000])
+    log.info("champion: %s -> %s (%s)", current, target, reason)
+    return {**_shown(new), "changed": True}
 
 
 def _alias_version(cl, alias: str) -> str | None:
@@ -408,44 +513,50 @@ def _alias_version(cl, alias: str) -> str | None:
     return None if mv is None else str(mv.version)
 
 
-def rollback(settings: Settings, *, reason: str = "rollback", actor: str = "tandem") -> dict[str, Any]:
-    """Put the previous champion back (``previous`` -> ``champion``), one step back in the history.
+def rollback(settings: Settings, *, reason: str = "rollback", actor: str = "tandem",
+             op_id: str | None = None) -> dict[str, Any]:
+    """Put the previous champion back, one step back in the history (to the base model, where it served).
 
-    The rolled-back version is tagged ``tandem.rolled_back_at``; ``previous`` moves one step further back
-    (or is removed when the history has no earlier champion). Raises UserError when there is nothing to
-    roll back to.
+    The rolled-back version is tagged ``tandem.rolled_back_at``. A retry with the same ``op_id`` finishes
+    that rollback and never steps back twice. Raises UserError when there is nothing to roll back to.
     """
-    cl = client(settings)
-    current_v = _alias_version(cl, CHAMPION)
-    history = _history(cl)
-    if not history or history[-1] != (current_v or "base"):
-        # aliases moved outside Tandem: trust them, rebuild a minimal history
-        prev = _alias_version(cl, PREVIOUS)
-        history = ([prev] if prev else []) + [current_v or "base"]
-    if len(history) < 2:
-        raise UserError("there is no previous champion to roll back to",
-                        fix="promote a version explicitly with `tandem adapters promote VERSION` (or 'base'); " + LIST_FIX)
-    target = history[-2]
-    earlier = history[-3] if len(history) >= 3 else None
-    if target == "base":
-        if current_v is not None:
-            cl.delete_registered_model_alias(MODEL, CHAMPION)
-    else:
-        mv = _version(cl, target)
-        if _is_failed(mv):
-            raise UserError(f"the previous champion (version {target}) is tagged failed", fix=LIST_FIX)
-        cl.set_registered_model_alias(MODEL, CHAMPION, target)  # the switch users see
-    if earlier is not None and earlier != "base":
-        cl.set_registered_model_alias(MODEL, PREVIOUS, earlier)
-    elif _alias_version(cl, PREVIOUS) is not None:
-        cl.delete_registered_model_alias(MODEL, PREVIOUS)
-    _set_history(cl, history[:-1])
-    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    if current_v is not None:
-        for key, value in {tracking.tag("rolled_back_at"): now, tracking.tag("rolled_back_by"): actor,
-                           tracking.tag("rollback_reason"): reason}.items():
-            cl.set_model_version_tag(MODEL, current_v, key, value[:5000])
-    champion = None if target == "base" else target
-    log.info("rollback: champion %s -> %s", current_v or "base", target)
-    return {"champion": champion, "previous": earlier if earlier != "base" else None,
-            "rolled_back": current_v, "changed": True}
+    with alias_lock(settings):
+        cl = client(settings)
+        state = _read_state(cl)
+        if op_id and state.op == op_id and state.kind == "rollback":
+            _follow(cl, state.history)
+            log.info("rollback %s resumed: aliases follow the history it wrote", op_id)
+            return {**_shown(state.history), "rolled_back": state.moved_from, "changed": True}
+        history = _consistent(cl, state)
+        if len(history) < 2:
+            raise UserError("there is no previous champion to roll back to",
+                            fix="promote a version explicitly with `tandem adapters promote VERSION` (or 'base'); "
+                                + LIST_FIX)
+        rolled, new = history[-1], history[:-1]
+        if new[-1] != "base" and _is_failed(_version(cl, new[-1])):
+            raise UserError(f"the previous champion (version {new[-1]}) is tagged failed", fix=LIST_FIX)
+        _write_state(cl, new, op_id or f"cli-{uuid.uuid4().hex[:12]}", "rollback", rolled)
+        _follow(cl, new)
+        if rolled != "base":
+            now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+            for key, value in {tracking.tag("rolled_back_at"): now, tracking.tag("rolled_back_by"): actor,
+                               tracking.tag("rollback_reason"): reason}.items():
+                cl.set_model_version_tag(MODEL, rolled, key, value[:5000])
+    log.info("rollback: champion %s -> %s", rolled, new[-1])
+    return {**_shown(new), "rolled_back": None if rolled == "base" else rolled, "changed": True}
+
+
+def reset_aliases(settings: Settings) -> None:
+    """No champion, challenger or previous, and an empty history (the demo's reset). Versions are kept."""
+    from mlflow.exceptions import MlflowException
+
+    with alias_lock(settings):
+        cl = client(settings)
+        for alias in ALIASES:
+            if _alias_version(cl, alias) is not None:
+                cl.delete_registered_model_alias(MODEL, alias)
+        try:
+            _write_state(cl, [], f"reset-{uuid.uuid4().hex[:12]}", "reset", None)
+        except MlflowException as exc:
+            if not _not_found(exc):
+                raise

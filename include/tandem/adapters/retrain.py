@@ -321,19 +321,24 @@ def gate(settings: Settings, state: dict) -> dict:
 # --- 6. promote
 
 
-def promote(settings: Settings, state: dict, *, actor: str = "lora_retrain") -> dict:
-    """Make the candidate champion, unless the champion changed since the evaluation (then: challenger)."""
+def promote(settings: Settings, state: dict, *, actor: str = "lora_retrain", op_id: str | None = None) -> dict:
+    """Make the candidate champion, unless the champion changed since the evaluation (then: challenger).
+
+    The check happens under the alias lock. ``op_id`` (the Airflow run) makes a retry converge: a promotion
+    that moved the aliases before its task failed is finished, and reported as promoted.
+    """
     p = params_mod.validate(state["params"])
     settings = _effective(settings, p)
     version = state["version"]
     compared = state["evaluation"]["champion_version"]
-    current = registry.champion_version(settings)
-    if current != compared:
-        reason = (f"the champion changed during the run (compared with {compared or 'base'}, now {current or 'base'}); "
+    out = registry.promote(settings, version, reason=state.get("reason") or "gate passed", actor=actor,
+                           op_id=op_id, expected=compared)
+    if "conflict" in out:
+        current = out["conflict"]
+        reason = (f"the champion changed during the run (compared with {compared or 'base'}, now {current}); "
                   f"re-run the retrain or promote with `tandem adapters promote {version}`")
         registry.set_challenger(settings, version, reason)
         return {**state, "promoted": False, "reason": reason}
-    out = registry.promote(settings, version, reason=state.get("reason") or "gate passed", actor=actor)
     registry.set_version_tags(settings, version, {tracking.tag("gate_decision"): "promoted"})
     return {**state, "promoted": bool(out["changed"]), "aliases": out}
 
@@ -341,12 +346,24 @@ def promote(settings: Settings, state: dict, *, actor: str = "lora_retrain") -> 
 # --- failure
 
 
+APPROVAL_TIMED_OUT = "approval timed out"
+
+
 def fail(settings: Settings, state: dict | None, run_id: str | None, error: str) -> None:
-    """Mark a partial run: the MLflow run FAILED + tagged, its version (if any) tagged failed."""
+    """Mark a partial run: the MLflow run FAILED + tagged, its version (if any) tagged failed.
+
+    A version that passed the gate and waited for an approval that never came is not broken: it stays
+    ``challenger`` with the reason "approval timed out", and the run is marked the same way.
+    """
     from mlflow import MlflowClient
 
     run_id = run_id or (state or {}).get("run_id")
     version = (state or {}).get("version")
+    if version and (state or {}).get("action") == "approve" and not (state or {}).get("promoted"):
+        registry.set_challenger(settings, version, APPROVAL_TIMED_OUT)
+        registry.set_version_tags(settings, version, {tracking.tag("gate_decision"): "challenger"})
+        error = APPROVAL_TIMED_OUT
+        version = None  # not failed
     if version and not (state or {}).get("promoted"):
         current = None
         try:

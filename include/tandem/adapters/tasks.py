@@ -49,13 +49,16 @@ def step(name: str, state: dict) -> dict:
     return _no_retry_on_user_error(fn, _settings(), state)
 
 
-def promote(state: dict, outlet_events, asset) -> dict:
-    """Promote the gated candidate; no asset event (skip) when the champion changed meanwhile."""
+def promote(state: dict, outlet_events, asset, run_id: str) -> dict:
+    """Promote the gated candidate; no asset event (skip) when the champion changed meanwhile.
+
+    The move is named after the run, so a retry of this task finishes a promotion that its failed try began
+    and emits the asset event then (exactly once: a failed try records none)."""
     from airflow.sdk.exceptions import AirflowSkipException
 
     from tandem.adapters import retrain
 
-    out = _no_retry_on_user_error(retrain.promote, _settings(), state)
+    out = _no_retry_on_user_error(retrain.promote, _settings(), state, op_id=f"{run_id}:promote")
     if not out.get("promoted"):
         raise AirflowSkipException(out.get("reason") or "not promoted")
     outlet_events[asset].extra = {"action": "promote", "champion": out["version"],
@@ -71,9 +74,12 @@ def mark_failed(states: list[dict | None], run_id: str) -> None:
 
     latest = next((s for s in reversed(states) if s), None)
     retrain.fail(_settings(), latest, None, f"lora_retrain run {run_id} failed")
+    version = (latest or {}).get("version") or "(none registered)"
+    if (latest or {}).get("action") == "approve":
+        raise AirflowFailException(f"{retrain.APPROVAL_TIMED_OUT}: version {version} stays challenger; promote it "
+                                   f"with `tandem adapters promote {version}`; the champion was not touched")
     raise AirflowFailException(f"a step failed; MLflow run {(latest or {}).get('run_id') or '(not started)'} and "
-                               f"version {(latest or {}).get('version') or '(none registered)'} marked failed; "
-                               "the champion was not touched")
+                               f"version {version} marked failed; the champion was not touched")
 
 
 def move_champion(params: dict, run_id: str, outlet_events, asset) -> dict:
@@ -84,12 +90,13 @@ def move_champion(params: dict, run_id: str, outlet_events, asset) -> dict:
 
     settings = _settings()
     actor = f"adapter_rollback {run_id}"
+    op_id = f"{run_id}:move_champion"  # a retry of this task finishes the move instead of making another
     if params.get("version"):
         out = _no_retry_on_user_error(registry.promote, settings, params["version"], reason=params["reason"],
-                                      actor=actor)
+                                      actor=actor, op_id=op_id)
         action = "promote"
     else:
-        out = _no_retry_on_user_error(registry.rollback, settings, reason=params["reason"], actor=actor)
+        out = _no_retry_on_user_error(registry.rollback, settings, reason=params["reason"], actor=actor, op_id=op_id)
         action = "rollback"
     if not out["changed"]:
         raise AirflowSkipException(f"{out['champion'] or 'base'} is already champion")  # no asset event

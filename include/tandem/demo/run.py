@@ -254,21 +254,9 @@ class Demo:
 
 def clear_aliases(settings: Settings) -> None:
     """Take the demo's registered model back to 'no champion' (base only). Versions and runs are kept."""
-    from mlflow.exceptions import MlflowException
-
     from tandem.adapters import registry
-    from tandem.tracking import ALIAS_CHALLENGER, ALIAS_CHAMPION, ALIAS_PREVIOUS, REGISTERED_MODEL
 
-    cl = registry.client(settings)
-    for alias in (ALIAS_CHAMPION, ALIAS_CHALLENGER, ALIAS_PREVIOUS):
-        try:
-            cl.delete_registered_model_alias(REGISTERED_MODEL, alias)
-        except MlflowException:
-            pass  # no such model or alias yet
-    try:
-        registry._set_history(cl, [])
-    except MlflowException:
-        pass
+    registry.reset_aliases(settings)
 
 
 def _fast_settings(settings: Settings) -> Settings:
