@@ -180,9 +180,8 @@ def resolve(settings: Settings, ref: str | None = "champion", *, download: bool 
         if mv is None:
             if text == CHAMPION:
                 base, sha = base_ref(settings)
-                history = _read_state(cl).history
                 return ResolvedAdapter(ref=text, version=None, path=None, base_sha256=sha, base_model=base,
-                                       base_by_choice=bool(history) and history[-1] == "base")
+                                       base_by_choice=base_by_choice(cl))
             raise UserError(f"no adapter version has the alias {text!r}", fix=LIST_FIX)
     else:
         raise UserError(f"unknown adapter reference {text!r}",
@@ -284,6 +283,12 @@ def _read_state(cl) -> AliasState:
 
 def _history(cl) -> list[str]:
     return _read_state(cl).history
+
+
+def base_by_choice(cl) -> bool:
+    """True when the base model serves because a promotion or rollback chose it (not for lack of a champion)."""
+    history = _history(cl)
+    return bool(history) and history[-1] == "base"
 
 
 def _metrics_of(mv) -> dict[str, float]:

@@ -228,19 +228,20 @@ def answer(settings: Settings, question: str, k: int | None = None, adapter: str
 
     if not cache.is_loaded(key):
         step("load model")
-    t0 = time.perf_counter()
-    loaded = cache.load(key)
-    if time.perf_counter() - t0 > 0.05:
-        timings["adapter_load_ms"] = round((time.perf_counter() - t0) * 1000, 1)
-
-    step("generate")
     from tandem.behavior.prompt import build_messages, shown_doc_ids
 
     messages = build_messages(question, hits, spec)
     t0 = time.perf_counter()
-    with _generate_lock:
-        raw = loaded.generator.generate([messages], max_new_tokens=spec.max_new_tokens, batch_size=1)[0]
-    timings["generation_ms"] = round((time.perf_counter() - t0) * 1000, 1)
+    with cache.use(key) as loaded:  # the generator stays alive until this answer is generated
+        if time.perf_counter() - t0 > 0.05:
+            timings["adapter_load_ms"] = round((time.perf_counter() - t0) * 1000, 1)
+        step("generate")
+        t0 = time.perf_counter()
+        with _generate_lock:
+            raw = loaded.generator.generate([messages], max_new_tokens=spec.max_new_tokens, batch_size=1)[0]
+        timings["generation_ms"] = round((time.perf_counter() - t0) * 1000, 1)
+        label = loaded.label  # the exact version that produced this answer
+    del loaded  # the cache may free it now
 
     step("validate")
     shown_ids = shown_doc_ids(hits)
@@ -251,8 +252,8 @@ def answer(settings: Settings, question: str, k: int | None = None, adapter: str
     sources = [{"doc_id": cid, "title": first_hit[cid].title, "uri": first_hit[cid].uri} for cid in contract["citations"]]
     timings["total_ms"] = round((time.perf_counter() - started) * 1000, 1)
     if not valid:
-        log.info("output of %s broke the contract: %s", loaded.label, "; ".join(violations))
-    return Answer(question=question, contract=contract, sources=sources, adapter=loaded.label,
+        log.info("output of %s broke the contract: %s", label, "; ".join(violations))
+    return Answer(question=question, contract=contract, sources=sources, adapter=label,
                   index_version=index_version, refused=False, best_similarity=best, threshold=threshold,
                   valid=valid, violations=violations, retrieved=retrieved, timings=timings,
                   raw_output=str(raw)[:MAX_RAW_CHARS])

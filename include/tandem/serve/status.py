@@ -192,6 +192,7 @@ def behavior(settings: Settings) -> dict[str, Any]:
              for ev in reversed(evals) if ev["primary"] is not None]
     section: dict[str, Any] = {
         "champion": by_alias.get(registry.CHAMPION),
+        "base_by_choice": by_alias.get(registry.CHAMPION) is None and registry.base_by_choice(cl),
         "challenger": by_alias.get(registry.CHALLENGER),
         "previous": by_alias.get(registry.PREVIOUS),
         "versions": versions,
