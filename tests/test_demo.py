@@ -53,7 +53,8 @@ def test_fast_demo_end_to_end(base_model_path):
 
     home = short_tmp("demo")
     (home / "models").symlink_to(base_model_path.parent)  # the prepared model, not a second conversion
-    ports = {"TANDEM_AIRFLOW_PORT": str(process.free_port()), "TANDEM_MLFLOW_PORT": str(process.free_port())}
+    ports = {"TANDEM_AIRFLOW_PORT": str(process.free_port()), "TANDEM_MLFLOW_PORT": str(process.free_port()),
+             "TANDEM_SERVE_PORT": str(process.free_port())}
     env = _env(home, ports)
     report_path = home / "report.json"
     try:

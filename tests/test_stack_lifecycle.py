@@ -40,6 +40,7 @@ def test_up_status_down_leaves_no_process(base_model_path):
     home = short_tmp("stack")
     (home / "models").symlink_to(base_model_path.parent)  # the prepared model, not a second conversion
     ports = {"TANDEM_AIRFLOW_PORT": str(process.free_port()), "TANDEM_MLFLOW_PORT": str(process.free_port()),
+             "TANDEM_SERVE_PORT": str(process.free_port()),
              "TANDEM_PG_USER": "tandem", "TANDEM_PG_PASSWORD": NASTY_PASSWORD}
     try:
         up = _stack(home, "up", ports)
@@ -96,7 +97,14 @@ def test_up_status_down_leaves_no_process(base_model_path):
 
         status = _stack(home, "status", ports)
         assert status.returncode == 0, status.stdout
-        assert status.stdout.count("healthy") >= 6
+        assert status.stdout.count("healthy") >= 7 and "tandem-serve" in status.stdout
+
+        # the answer process: health without a login, the API only with the token `make up` printed
+        serve = f"http://127.0.0.1:{ports['TANDEM_SERVE_PORT']}"
+        assert httpx.get(f"{serve}/health", timeout=10).json()["status"] == "ok"
+        assert httpx.post(f"{serve}/api/ask", json={"question": "hi"}, timeout=10).status_code == 401
+        token = services.serve_env(settings)["TANDEM_SERVE_TOKEN"]
+        assert token in up.stdout
     finally:
         down = _stack(home, "down", ports)
     assert down.returncode == 0, down.stderr

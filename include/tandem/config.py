@@ -171,6 +171,13 @@ SETTINGS: tuple[Setting, ...] = (
             "The answer path re-checks the MLflow `champion` alias at most this often (0: on every request)."),
     Setting("ask_max_question_chars", 1000, _pos_int, "Longest question `tandem ask` and the API accept."),
     Setting("ask_max_k", 20, _pos_int, "Largest k (chunks retrieved) `tandem ask` and the API accept."),
+    Setting("serve_port", 8090, _port, "`tandem serve` (the answer API process) port."),
+    Setting("serve_url", "", str,
+            "Where the Airflow plugin forwards /tandem/api/ask: the `tandem serve` process (`make up` sets it; "
+            "empty: the plugin answers in the api-server's own process)."),
+    Setting("serve_token", "", str,
+            "Bearer token of `tandem serve`. Empty: generated once under TANDEM_HOME/airflow/secrets and printed "
+            "by `make up`."),
     Setting("serve_base_without_champion", False, _bool,
             "With no champion adapter yet, serve the base model (true) or answer 503 with what to run (false)."),
 )

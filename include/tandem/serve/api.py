@@ -142,17 +142,11 @@ def _error(status: int, message: str, fix: str | None = None, headers: dict | No
     return JSONResponse({"error": message, "fix": fix}, status_code=status, headers=headers)
 
 
-def create_app(settings=None, *, cache=None, settings_factory: Callable[[], Any] | None = None) -> FastAPI:
-    """The FastAPI app. ``settings``/``cache`` default to ``Settings.load()`` and a new AdapterCache on first use."""
-    app = FastAPI(
-        title="Tandem",
-        summary="Ask the live model (index + champion adapter) and see the state of both cadences.",
-        description=__doc__,
-        version="1",
-        docs_url=None,  # Swagger UI / ReDoc fetch their assets from a CDN: nothing is fetched from the internet
-        redoc_url=None,
-    )
-    app.state.tandem = _State(settings, cache, settings_factory)
+AIRFLOW_LOGIN_FIX = "log in to the Airflow UI, or send 'Authorization: Bearer <token>' (POST /auth/token)"
+
+
+def install_error_handlers(app: FastAPI, login_fix: str = AIRFLOW_LOGIN_FIX) -> None:
+    """JSON errors {"error", "fix"}: bad input 400/422, unauthenticated 401, a missing index or champion 503."""
 
     @app.exception_handler(UserError)
     async def _user_error(_request: Request, exc: UserError):
@@ -181,18 +175,35 @@ def create_app(settings=None, *, cache=None, settings_factory: Callable[[], Any]
     async def _http(_request: Request, exc: HTTPException):
         fix = None
         if exc.status_code in (401, 403):
-            fix = "log in to the Airflow UI, or send 'Authorization: Bearer <token>' (POST /auth/token)"
+            fix = login_fix
         return _error(exc.status_code, str(exc.detail), fix, headers=getattr(exc, "headers", None))
+
+
+def create_app(settings=None, *, cache=None, settings_factory: Callable[[], Any] | None = None) -> FastAPI:
+    """The FastAPI app. ``settings``/``cache`` default to ``Settings.load()`` and a new AdapterCache on first use."""
+    app = FastAPI(
+        title="Tandem",
+        summary="Ask the live model (index + champion adapter) and see the state of both cadences.",
+        description=__doc__,
+        version="1",
+        docs_url=None,  # Swagger UI / ReDoc fetch their assets from a CDN: nothing is fetched from the internet
+        redoc_url=None,
+    )
+    app.state.tandem = _State(settings, cache, settings_factory)
+
+    install_error_handlers(app)
 
     def state(request: Request) -> _State:
         return request.app.state.tandem
 
     @app.post("/api/ask", response_model=AskResponse, responses=ERRORS, tags=["ask"],
               summary="Answer a question from the live index with the champion adapter")
-    def ask(body: AskRequest, request: Request, _user=Depends(require_user)) -> dict:
+    def ask(body: AskRequest, request: Request, _user=Depends(require_user)) -> Any:
+        st = state(request)
+        if st.settings.serve_url:  # the answer process (`tandem serve`): generation stays out of the api-server
+            return forward_ask(st.settings, body)
         from tandem.serve.answer import answer
 
-        st = state(request)
         return answer(st.settings, body.question, k=body.k, adapter=body.adapter, cache=st.cache).to_dict()
 
     @app.get("/api/status", responses=ERRORS, tags=["status"],
@@ -214,6 +225,27 @@ def create_app(settings=None, *, cache=None, settings_factory: Callable[[], Any]
         return HTMLResponse(render(collect(st.settings, cache=st.cache, dag_runs=airflow_dag_runs)))
 
     return app
+
+
+def forward_ask(settings, body: "AskRequest") -> JSONResponse:
+    """POST the question to `tandem serve` with its token; its answer (or its error) goes back as it is."""
+    import httpx
+
+    from tandem.serve.server import serve_token
+
+    url = settings.serve_url.rstrip("/") + "/api/ask"
+    try:
+        resp = httpx.post(url, json=body.model_dump(exclude_none=True), timeout=300.0,
+                          headers={"Authorization": f"Bearer {serve_token(settings)}"})
+    except httpx.HTTPError as exc:
+        raise ServiceUnavailable(f"the answer process at {settings.serve_url} is not answering ({type(exc).__name__})",
+                                 fix="start it with `make up` (or `tandem serve`), or unset TANDEM_SERVE_URL to answer "
+                                     "in the api-server") from None
+    if resp.status_code == 401:
+        raise ServiceUnavailable("the answer process refused the plugin's token",
+                                 fix="give the api-server and `tandem serve` the same TANDEM_SERVE_TOKEN")
+    headers = {k: v for k, v in resp.headers.items() if k.lower() in ("x-tandem-adapter", "retry-after")}
+    return JSONResponse(resp.json(), status_code=resp.status_code, headers=headers)
 
 
 async def _page_user(request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(_bearer)) -> Any:

@@ -76,7 +76,7 @@ def up(settings: Settings) -> int:
         if not running[svc.name] and svc.port is not None and process.port_in_use(svc.host, svc.port):
             raise UserError(f"{svc.name}: port {svc.host}:{svc.port} is already in use by another program",
                             fix=f"stop that program, or pick another port: "
-                                f"TANDEM_{svc.name.split('-')[0].upper()}_PORT=<port> make up")
+                                f"{svc.port_env}=<port> make up")
 
     pg_started = postgres.start(settings.pg_data)
     postgres.ensure_databases(settings.pg_data)
@@ -126,6 +126,8 @@ def _print_urls(settings: Settings) -> None:
   MLflow UI    http://{settings.bind_host}:{settings.mlflow_port}
   Postgres     {redact(settings.db_url)}
   Tandem page  http://{settings.bind_host}:{settings.airflow_port}/tandem/  (once logged in to Airflow)
+  Answer API   http://{settings.bind_host}:{settings.serve_port}/api/ask   (tandem serve; header
+               Authorization: Bearer {services.serve_env(settings)["TANDEM_SERVE_TOKEN"]})
   State        {settings.home}   (logs: `make logs`)""")
 
 

@@ -33,6 +33,12 @@ class Service:
     port: int | None = None  # checked free before starting
     host: str = "127.0.0.1"
 
+    @property
+    def port_env(self) -> str:
+        """The TANDEM_*_PORT setting of this service's port (airflow-api-server -> TANDEM_AIRFLOW_PORT)."""
+        words = self.name.split("-")
+        return f"TANDEM_{(words[1] if words[0] == 'tandem' else words[0]).upper()}_PORT"
+
     def pidfile(self, run_dir: Path) -> Path:
         return run_dir / f"{self.name}.pid"
 
@@ -124,7 +130,7 @@ def start(service: Service, run_dir: Path, logs_dir: Path) -> int:
     if service.port is not None and port_in_use(service.host, service.port):
         raise UserError(
             f"{service.name}: port {service.host}:{service.port} is already in use by another program",
-            fix=f"stop that program, or choose another port (TANDEM_{service.name.split('-')[0].upper()}_PORT)",
+            fix=f"stop that program, or choose another port ({service.port_env})",
         )
     run_dir.mkdir(parents=True, exist_ok=True)
     logs_dir.mkdir(parents=True, exist_ok=True)

@@ -89,7 +89,29 @@ def airflow_env(settings: Settings) -> dict[str, str]:
     }
     env.update(connection_env(settings))
     env.update(settings.as_env())
+    env.update(serve_env(settings))  # the plugin forwards /tandem/api/ask to `tandem serve`
     return env
+
+
+def serve_env(settings: Settings) -> dict[str, str]:
+    """Where `tandem serve` listens and its token, for the serve process and the api-server that forwards to it."""
+    from tandem.serve.server import serve_token
+
+    return {"TANDEM_SERVE_URL": settings.serve_url or f"http://{settings.bind_host}:{settings.serve_port}",
+            "TANDEM_SERVE_TOKEN": serve_token(settings)}
+
+
+def serve_service(settings: Settings) -> Service:
+    env = {**settings.as_env(), **serve_env(settings), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+           "TOKENIZERS_PARALLELISM": "false"}
+    return Service(
+        name="tandem-serve",
+        argv=[_bin("tandem"), "serve"],
+        env=env,
+        health=http_health(f"http://{settings.bind_host}:{settings.serve_port}/health"),
+        port=settings.serve_port,
+        host=settings.bind_host,
+    )
 
 
 def _fernet_key() -> str:
@@ -160,4 +182,4 @@ def airflow_health(settings: Settings):
 
 
 def all_services(settings: Settings) -> list[Service]:
-    return [mlflow_service(settings), *airflow_services(settings)]
+    return [mlflow_service(settings), *airflow_services(settings), serve_service(settings)]

@@ -1,0 +1,79 @@
+"""`tandem serve` as a real process (uvicorn) on the real models and index; the plugin forwards to it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from serve_fixtures import ANSWERABLE, airflow_app, clean_registry, tandem_subapp  # noqa: F401 - fixtures
+from tandem.stack import process
+
+
+@pytest.fixture(scope="module")
+def serve_process(serve_settings, serve_index):
+    port = process.free_port()
+    settings = serve_settings.replace(serve_port=port, serve_token="test-token-" + os.urandom(4).hex())
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TANDEM_")}
+    env.update(settings.as_env())
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "tandem"), "serve"], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.3)
+    else:
+        proc.kill()
+        pytest.fail("tandem serve did not become healthy: " + (proc.stdout.read() or "")[-3000:])
+    yield settings, url
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+def test_the_serve_process_answers_with_its_token_only(serve_process):
+    settings, url = serve_process
+    assert httpx.get(f"{url}/health", timeout=10).json()["status"] == "ok"
+    body = {"question": ANSWERABLE, "adapter": "base", "k": 2}
+    denied = httpx.post(f"{url}/api/ask", json=body, timeout=10)
+    assert denied.status_code == 401 and "TANDEM_SERVE_TOKEN" in denied.json()["fix"]
+    wrong = httpx.post(f"{url}/api/ask", json=body, headers={"Authorization": "Bearer nope"}, timeout=10)
+    assert wrong.status_code == 401
+    ok = httpx.post(f"{url}/api/ask", json=body, headers={"Authorization": f"Bearer {settings.serve_token}"},
+                    timeout=300)
+    assert ok.status_code == 200, ok.text
+    data = ok.json()
+    assert data["adapter"] == "base" and ok.headers["X-Tandem-Adapter"] == "base"
+    assert set(data) >= {"answer", "citations", "confidence", "index_version"}
+    bad = httpx.post(f"{url}/api/ask", json={"question": ""}, headers={"Authorization": f"Bearer {settings.serve_token}"},
+                     timeout=10)
+    assert bad.status_code == 400 and bad.json()["fix"]
+
+
+def test_the_plugin_forwards_ask_to_the_serve_process(serve_process, airflow_app):
+    from tandem.serve.api import configure
+
+    settings, url = serve_process
+    sub = tandem_subapp(airflow_app.client.app)
+    configure(sub, settings=settings.replace(serve_url=url))
+    try:
+        resp = airflow_app.client.post("/tandem/api/ask", json={"question": ANSWERABLE, "adapter": "base", "k": 2},
+                                       headers=airflow_app.headers())
+        assert resp.status_code == 200, resp.text
+        assert resp.headers["x-tandem-adapter"] == "base"  # set by the serve process, passed through
+        assert airflow_app.client.post("/tandem/api/ask", json={"question": ANSWERABLE}).status_code == 401
+        # the serve process down: a clear 503, not a 500
+        configure(sub, settings=settings.replace(serve_url=f"http://127.0.0.1:{process.free_port()}"))
+        down = airflow_app.client.post("/tandem/api/ask", json={"question": ANSWERABLE, "adapter": "base"},
+                                       headers=airflow_app.headers())
+        assert down.status_code == 503 and "tandem serve" in down.json()["fix"]
+    finally:
+        configure(sub, settings=settings)  # the session's other serve tests answer in-process again
