@@ -111,6 +111,34 @@ def test_retrain_end_to_end_registers_an_adapter_that_reloads_exactly(first_run)
     _, base = train.load_base(settings.base_model, device="cpu", dtype=None)
     assert not (train.probe_logits(base, tokenizer) == logits).all()  # the adapter really changes the model
 
+    # the version is an MLflow logged model of its run, with its metrics and dataset, loadable through pyfunc
+    model_id = mv.model_id or mv.source.removeprefix("models:/")
+    assert model_id.startswith("m-"), mv.source
+    logged = cl.get_logged_model(model_id)
+    assert logged.source_run_id == state["run_id"] and logged.name == "tandem-adapter"
+    assert {m.key for m in logged.metrics} >= {"candidate.schema_valid"}
+    assert any(m.dataset_name == "tandem-raft-holdout" for m in logged.metrics)
+    import os
+
+    import mlflow
+
+    saved = dict(os.environ)
+    os.environ.update(settings.as_env())  # the loading process's TANDEM_* settings name the live index
+    try:
+        mlflow.set_registry_uri(settings.mlflow_uri)
+        loaded = mlflow.pyfunc.load_model(f"models:/{registry.MODEL}/{version}")
+        inner = loaded.unwrap_python_model()
+        files_in_model = {p.name for p in inner.adapter_dir.iterdir()}
+        assert "adapter_model.safetensors" in files_in_model and "model.safetensors" not in files_in_model
+        _, through_pyfunc = train.load_adapter(settings.base_model, inner.adapter_dir, device="cpu", dtype=None)
+        assert train.logits_sha256(train.probe_logits(through_pyfunc, tokenizer)) == mv.tags["tandem.probe_logits_sha256"]
+        (answered,) = loaded.predict(["How much does the Team plan cost per month?"])
+        assert set(answered) >= {"answer", "citations", "confidence", "adapter", "index_version"}
+        assert answered["adapter"].startswith("adapter-sha256:") and answered["index_version"]
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
     # aliases follow the gate
     aliases = registry.list_versions(settings)[0]["aliases"]
     if state["promoted"]:

@@ -229,7 +229,9 @@ def download_version(settings: Settings, cl, mv) -> Path:
         source = cl.get_model_version_download_uri(MODEL, str(mv.version))
         got = Path(mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(tmp),
                                                        tracking_uri=settings.mlflow_uri))
-        folder = got if (got / "adapter_config.json").exists() else tmp
+        # raw artifacts hold the adapter at the top; a pyfunc model under artifacts/adapter/
+        found = sorted(got.rglob("adapter_config.json"), key=lambda p: len(p.parts))
+        folder = found[0].parent if found else got
         if not (folder / "adapter_config.json").exists():
             raise JobFailed(f"adapter version {mv.version} has no adapter_config.json in its artifacts",
                             fix="the version is incomplete: tag it failed and register a new one")
@@ -340,8 +342,13 @@ def champion_version(settings: Settings) -> str | None:
 
 
 def register_version(settings: Settings, run_id: str, *, tags: dict[str, str], description: str,
-                     artifact_path: str = ARTIFACT_PATH, adapter_dir: Path | None = None) -> str:
+                     artifact_path: str = ARTIFACT_PATH, adapter_dir: Path | None = None,
+                     model_info: Any = None) -> str:
     """Register the adapter logged by run ``run_id`` as a new version; returns the version number.
+
+    With ``model_info`` (the run's pyfunc model, ``tandem.adapters.pyfunc``) the version is that logged model,
+    so ``mlflow.pyfunc.load_model("models:/tandem-adapter@champion")`` loads it; without, the run's raw adapter
+    artifacts (versions registered by older Tandem releases).
 
     The version gets ``tags`` plus ``tandem.status=ok`` last: if anything fails after the version exists,
     it is tagged ``failed`` (and never served by ``resolve``) before the error propagates.
@@ -350,10 +357,14 @@ def register_version(settings: Settings, run_id: str, *, tags: dict[str, str], d
 
     cl = client(settings)
     ensure_registered_model(cl)
-    run = cl.get_run(run_id)
-    source = f"{run.info.artifact_uri.rstrip('/')}/{artifact_path}"
-    mv = cl.create_model_version(MODEL, source=source, run_id=run_id, description=description,
-                                 tags={STATUS_TAG: "registering"})
+    if model_info is not None:
+        mv = cl.create_model_version(MODEL, source=model_info.model_uri, run_id=run_id, description=description,
+                                     tags={STATUS_TAG: "registering"}, model_id=model_info.model_id)
+    else:
+        run = cl.get_run(run_id)
+        source = f"{run.info.artifact_uri.rstrip('/')}/{artifact_path}"
+        mv = cl.create_model_version(MODEL, source=source, run_id=run_id, description=description,
+                                     tags={STATUS_TAG: "registering"})
     version = str(mv.version)
     try:
         for key, value in sorted(tags.items()):

@@ -82,7 +82,6 @@ def _flat_params(p) -> dict[str, str]:
 
 def prepare(settings: Settings, values: dict | None, *, progress: Callable[[int], None] | None = None) -> dict:
     import mlflow
-    import pandas as pd
 
     from tandem.adapters import dataset
     from tandem.behavior.spec import load_spec
@@ -123,17 +122,25 @@ def prepare(settings: Settings, values: dict | None, *, progress: Callable[[int]
             snap = dataset.write_snapshot(rows, Path(tmp) / dataset.SNAPSHOT_FILE)
             mlflow.log_artifact(str(snap), SNAPSHOT_ARTIFACT)
         for side in ("train", "holdout"):
-            part = [r for r in rows if r["split"] == side]
-            frame = pd.DataFrame([{"id": r["id"], "kind": r["kind"], "question": r["question"],
-                                   "contexts": json.dumps([c["chunk_id"] for c in r["contexts"]]),
-                                   "target": json.dumps(r["target"], sort_keys=True)} for r in part])
-            ds = mlflow.data.from_pandas(frame, source=f"{settings.train_set_path}", name=f"tandem-raft-{side}",
-                                         digest=digest[:36])
-            mlflow.log_input(ds, context=side, tags={"rows": str(len(part)), "dataset_digest": digest})
+            ds = _mlflow_dataset(settings, rows, side, digest)
+            mlflow.log_input(ds, context=side, tags={"rows": str(ds.df.shape[0]), "dataset_digest": digest})
         mlflow.log_metrics({f"dataset_{k}": float(v) for k, v in counts.items()})
     return {"run_id": run_id, "params": p.as_dict(), "base_model": base, "base_sha256": base_sha,
             "dataset_digest": digest, "counts": counts, "index_version": index_version,
             "spec_version": spec_version, "airflow": tracking.airflow_context_tags(settings)}
+
+
+def _mlflow_dataset(settings: Settings, rows: list[dict], side: str, digest: str):
+    """One split of the RAFT rows as an MLflow dataset (what the run's inputs and the model's metrics name)."""
+    import mlflow.data
+    import pandas as pd
+
+    part = [r for r in rows if r["split"] == side]
+    frame = pd.DataFrame([{"id": r["id"], "kind": r["kind"], "question": r["question"],
+                           "contexts": json.dumps([c["chunk_id"] for c in r["contexts"]]),
+                           "target": json.dumps(r["target"], sort_keys=True)} for r in part])
+    return mlflow.data.from_pandas(frame, source=f"{settings.train_set_path}", name=f"tandem-raft-{side}",
+                                   digest=digest[:36])
 
 
 def _snapshot(settings: Settings, state: dict) -> list[dict]:
@@ -275,7 +282,15 @@ def register(settings: Settings, state: dict) -> dict:
                               context={"training run": state["run_id"], "trigger reason": p.reason,
                                        "triggering eval run": p.eval_run_id,
                                        "airflow run": (state.get("airflow") or {}).get(tracking.tag("airflow_run_url"))})
-    version = registry.register_version(settings, state["run_id"], tags=tags, description=description)
+    from tandem.adapters import pyfunc
+
+    with _resume(settings, state["run_id"]):  # the version is an MLflow model, linked to this run and its metrics
+        holdout = _mlflow_dataset(settings, _snapshot(settings, state), "holdout", state["dataset_digest"])
+        info = pyfunc.log_adapter_model(_adapter_dir(settings, state), base_model=state["base_model"],
+                                        base_sha256=state["base_sha256"], dataset=holdout,
+                                        metrics={m: v for m, v in cand.items() if isinstance(v, (int, float))})
+    version = registry.register_version(settings, state["run_id"], tags=tags, description=description,
+                                        model_info=info)
     with _resume(settings, state["run_id"]):
         import mlflow
 

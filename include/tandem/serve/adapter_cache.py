@@ -54,7 +54,7 @@ class Loaded:
 
     @property
     def label(self) -> str:
-        return "base" if self.key == BASE else f"v{self.key}"
+        return "base" if self.key == BASE else (f"v{self.key}" if self.key.isdigit() else self.key)
 
 
 class _Flight:
