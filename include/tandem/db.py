@@ -9,11 +9,11 @@ from __future__ import annotations
 import re
 from contextlib import contextmanager
 from typing import Iterator
-from urllib.parse import quote
 
 import psycopg
 from psycopg import sql
 
+from tandem.config import pg_url  # noqa: F401 - re-exported: URLs are built in one place
 from tandem.errors import ServiceUnavailable, UserError
 
 _IDENT = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
@@ -53,18 +53,6 @@ def connection(url: str, **kwargs) -> Iterator[psycopg.Connection]:
         yield conn
     finally:
         conn.close()
-
-
-def pg_url(*, dbname: str, user: str = "postgres", password: str = "", host: str = "", port: int | None = None) -> str:
-    """A libpq URL with every part percent-encoded, so a password such as ``p@ss/w:rd %`` survives.
-
-    A host that is a folder (a Unix socket, as the local embedded Postgres uses) goes in ``?host=``.
-    """
-    auth = quote(user, safe="") + (":" + quote(password, safe="") if password else "") + "@"
-    db = quote(dbname, safe="")
-    if host.startswith("/"):
-        return f"postgresql://{auth}/{db}?host={quote(host)}" + (f"&port={port}" if port else "")
-    return f"postgresql://{auth}{host}{f':{port}' if port else ''}/{db}"
 
 
 def url_parts(url: str) -> dict:
