@@ -302,18 +302,16 @@ def bench_answers(settings, questions: list[str], runs: int) -> dict:
             "contract_valid_rate": round(sum(valid) / len(valid), 3), "example_output": first.raw_output}
 
 
-def bench_swap(settings, question: str, runs: int, work: Path) -> dict:
-    """Champion moves between two real adapters; the first request after each move vs a steady one."""
+def register_two_adapters(settings, work: Path) -> list[str]:
+    """Two real LoRA adapters (random init, so they change the logits), registered as MLflow pyfunc versions."""
     import mlflow
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
     from tandem import tracking
-    from tandem.adapters import registry
+    from tandem.adapters import pyfunc, registry
     from tandem.models import base_model_sha256, weights_sha256
-    from tandem.serve.adapter_cache import AdapterCache
-    from tandem.serve.answer import answer
 
     versions = []
     for seed in (1, 2):
@@ -324,12 +322,24 @@ def bench_swap(settings, question: str, runs: int, work: Path) -> dict:
             peft = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
                                                     init_lora_weights=False, task_type="CAUSAL_LM"))
             peft.save_pretrained(folder)
+        base_sha = base_model_sha256(settings.base_model)
         tracking.use(settings, tracking.EXPERIMENT_TRAINING)
         with mlflow.start_run(run_name=f"bench-serve adapter {seed}") as run:
-            mlflow.log_artifacts(str(folder), registry.ARTIFACT_PATH)
-        tags = tracking.tags(base_model=settings.base_model, base_model_sha256=base_model_sha256(settings.base_model),
+            info = pyfunc.log_adapter_model(folder, base_model=settings.base_model, base_sha256=base_sha, metrics={})
+        tags = tracking.tags(base_model=settings.base_model, base_model_sha256=base_sha,
                              adapter_sha256=weights_sha256(folder))
-        versions.append(registry.register_version(settings, run.info.run_id, tags=tags, description="bench-serve"))
+        versions.append(registry.register_version(settings, run.info.run_id, tags=tags, description="bench-serve",
+                                                  model_info=info))
+    return versions
+
+
+def bench_swap(settings, question: str, runs: int, work: Path) -> dict:
+    """Champion moves between two real adapters; the first request after each move vs a steady one."""
+    from tandem.adapters import registry
+    from tandem.serve.adapter_cache import AdapterCache
+    from tandem.serve.answer import answer
+
+    versions = register_two_adapters(settings, work)
     forced = settings.replace(refusal_min_similarity=0.0, champion_check_seconds=0)
     registry.promote(forced, versions[0], reason="bench-serve")
     cache = AdapterCache(forced, check_seconds=0, max_loaded=1)  # one adapter in memory: every swap loads
@@ -353,6 +363,116 @@ def bench_swap(settings, question: str, runs: int, work: Path) -> dict:
             "steady_request_ms": summary(steady_ms), "alias_check_ms": summary(check_ms), "swaps": cache.swaps}
 
 
+def _serve_rss(pid: int) -> int:
+    import psutil
+
+    try:
+        proc = psutil.Process(pid)
+        return sum(p.memory_info().rss for p in [proc, *proc.children(recursive=True)])
+    except psutil.NoSuchProcess:
+        return 0
+
+
+def bench_load(settings, questions: list[str], work: Path, *, clients: int = 8, seconds: float = 60,
+               flip_every: float = 5) -> dict:
+    """`tandem serve` under load: ``clients`` concurrent askers for ``seconds`` while the champion alias flips
+    between two real adapters every ``flip_every`` s. Every answer must be 2xx and name a version that was
+    champion at some moment of its request."""
+    import subprocess
+    import threading
+
+    import httpx
+
+    from tandem.adapters import registry
+
+    versions = register_two_adapters(settings, work)
+    forced = settings.replace(refusal_min_similarity=0.0, champion_check_seconds=0, serve_port=process.free_port(),
+                              serve_token="bench-" + os.urandom(6).hex())
+    registry.promote(forced, versions[0], reason="bench-serve load")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TANDEM_")}
+    env.update(forced.as_env())
+    serve = subprocess.Popen([str(Path(sys.executable).parent / "tandem"), "serve"], env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{forced.serve_port}"
+    headers = {"Authorization": f"Bearer {forced.serve_token}"}
+    flips: list[tuple[float, float, str]] = [(0.0, time.monotonic(), versions[0])]
+    records: list[dict] = []
+    rss_peak = [0]
+    stop = threading.Event()
+    try:
+        for _ in range(600):
+            try:
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        warm = httpx.post(f"{url}/api/ask", json={"question": questions[0]}, headers=headers, timeout=600)
+        log(f"load: serve warm ({warm.status_code}, {warm.json().get('adapter')}); {clients} clients for {seconds:.0f}s, "
+            f"champion flips every {flip_every:.0f}s")
+
+        def flipper() -> None:
+            i = 1
+            while not stop.wait(flip_every):
+                target = versions[i % 2]
+                before = time.monotonic()
+                registry.promote(forced, target, reason="bench-serve flip")
+                flips.append((before, time.monotonic(), target))
+                i += 1
+
+        def client(n: int) -> None:
+            with httpx.Client(timeout=600) as http:
+                j = n
+                while not stop.is_set():
+                    q = questions[j % len(questions)]
+                    j += 1
+                    t0 = time.monotonic()
+                    try:
+                        resp = http.post(f"{url}/api/ask", json={"question": q}, headers=headers)
+                        status, adapter = resp.status_code, resp.json().get("adapter")
+                    except httpx.HTTPError as exc:
+                        status, adapter = 599, type(exc).__name__
+                    records.append({"t0": t0, "t1": time.monotonic(), "status": status, "adapter": adapter})
+
+        def sampler() -> None:
+            while not stop.wait(0.5):
+                rss_peak[0] = max(rss_peak[0], _serve_rss(serve.pid))
+
+        threads = [threading.Thread(target=flipper), threading.Thread(target=sampler),
+                   *[threading.Thread(target=client, args=(n,)) for n in range(clients)]]
+        started = time.monotonic()
+        for t in threads:
+            t.start()
+        time.sleep(seconds)
+        stop.set()
+        for t in threads:
+            t.join(timeout=900)
+        wall = time.monotonic() - started
+    finally:
+        serve.terminate()
+        serve.wait(timeout=60)
+
+    def champion_during(label: str, t0: float, t1: float) -> bool:
+        """Was ``label``'s version champion at some moment of [t0, t1]? (flip windows count for both sides)."""
+        for i, (_before, after, version) in enumerate(flips):
+            start = flips[i][0] if i else 0.0
+            end = flips[i + 1][1] if i + 1 < len(flips) else float("inf")
+            if label == f"v{version}" and start <= t1 and t0 <= end:
+                return True
+        return False
+
+    ok = [r for r in records if 200 <= r["status"] < 300]
+    return {
+        "clients": clients, "seconds": round(wall, 1), "flips": len(flips) - 1, "requests": len(records),
+        "answers_2xx": len(ok), "responses_5xx": sum(1 for r in records if r["status"] >= 500),
+        "other_status": sorted({r["status"] for r in records if not (200 <= r["status"] < 300 or r["status"] >= 500)}),
+        "answers_per_s": round(len(ok) / wall, 3),
+        "latency_ms": summary([(r["t1"] - r["t0"]) * 1000 for r in ok]) if ok else None,
+        "by_version": {v: sum(1 for r in ok if r["adapter"] == f"v{v}") for v in versions},
+        "misattributed": sum(1 for r in ok if not champion_during(r["adapter"], r["t0"], r["t1"])),
+        "serve_peak_rss_mb": round(rss_peak[0] / 2**20, 1),
+    }
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--chunks", type=int, default=100_000)
@@ -363,6 +483,10 @@ def main(argv=None) -> int:
     p.add_argument("--max-new-tokens", type=int, default=None, help="override the spec's generation budget")
     p.add_argument("--skip-generation", action="store_true")
     p.add_argument("--skip-swap", action="store_true")
+    p.add_argument("--load", action="store_true",
+                   help="also the load mode: `tandem serve` with 8 clients for 60 s while the champion flips every 5 s")
+    p.add_argument("--load-clients", type=int, default=8)
+    p.add_argument("--load-seconds", type=float, default=60)
     p.add_argument("--exact-embeddings", action="store_true", help="embed every chunk with the model (slow, cached)")
     p.add_argument("--home", type=Path, default=CACHE / "home", help="the bench's own state (Postgres, MLflow)")
     p.add_argument("--threads", type=int, default=1,
@@ -431,6 +555,14 @@ def main(argv=None) -> int:
             process.wait_healthy(mlflow_service, settings.run_dir, settings.logs_dir, timeout=180)
             log(f"champion swaps: {args.runs} alias moves between two real LoRA adapters")
             results["swap"] = bench_swap(settings, golden[0], args.runs, home)
+        if args.load:
+            if mlflow_service is None:
+                settings = settings.replace(mlflow_port=process.free_port())
+                settings = settings.replace(mlflow_uri=f"http://{settings.bind_host}:{settings.mlflow_port}")
+                mlflow_service = services.mlflow_service(settings)
+                process.start(mlflow_service, settings.run_dir, settings.logs_dir)
+                process.wait_healthy(mlflow_service, settings.run_dir, settings.logs_dir, timeout=180)
+            results["load"] = bench_load(settings, golden, home, clients=args.load_clients, seconds=args.load_seconds)
     finally:
         if mlflow_service is not None:
             process.stop(mlflow_service, settings.run_dir)
@@ -475,6 +607,14 @@ def report(r: dict) -> str:
         row("  of which: adapter load (base + LoRA, merged)", s["adapter_load_s"], "s")
         row("steady request (same champion)", s["steady_request_ms"])
         row("alias re-check (MLflow round trip)", s["alias_check_ms"])
+    if "load" in r:
+        ld = r["load"]
+        lines.append(f"load: {ld['clients']} clients for {ld['seconds']} s, champion flipped {ld['flips']} times "
+                     f"(tandem serve, peak RSS {ld['serve_peak_rss_mb']} MB)")
+        if ld["latency_ms"]:
+            row("  answer latency under load", ld["latency_ms"])
+        lines.append(f"  answers {ld['answers_2xx']} ({ld['answers_per_s']}/s), 5xx {ld['responses_5xx']}, "
+                     f"misattributed {ld['misattributed']}, by version {ld['by_version']}")
     return "\n".join(lines)
 
 
