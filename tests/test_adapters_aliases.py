@@ -29,6 +29,27 @@ def _assert_consistent(settings) -> list[str]:
     return history
 
 
+class DiesAtChampion:
+    """The real MLflow client, except that the task dies at the `champion` alias write: before it
+    (``after=False``) or right after it (``after=True``)."""
+
+    def __init__(self, cl, after: bool):
+        self._cl, self._after = cl, after
+
+    def __getattr__(self, name):
+        return getattr(self._cl, name)
+
+    def set_registered_model_alias(self, name, alias, version):
+        from tandem.adapters import registry
+
+        if alias == registry.CHAMPION and not self._after:
+            raise ConnectionError("injected: the task died between two alias writes")
+        result = self._cl.set_registered_model_alias(name, alias, version)
+        if alias == registry.CHAMPION:
+            raise ConnectionError("injected: the task died after its last alias write")
+        return result
+
+
 @pytest.fixture
 def three_versions(clean_registry, adapter_dirs):
     return clean_registry, [register_adapter(clean_registry, d) for d in adapter_dirs]
@@ -77,20 +98,7 @@ def test_a_failure_between_two_alias_writes_then_a_retry_converges(three_version
     settings, (v1, v2, _) = three_versions
     registry.promote(settings, v1, reason="start")
     real_client = registry.client
-
-    class Dies:
-        def __init__(self, cl):
-            self._cl = cl
-
-        def __getattr__(self, name):
-            return getattr(self._cl, name)
-
-        def set_registered_model_alias(self, name, alias, version):
-            if alias == registry.CHAMPION:
-                raise ConnectionError("injected: the task died between two alias writes")
-            return self._cl.set_registered_model_alias(name, alias, version)
-
-    monkeypatch.setattr(registry, "client", lambda s: Dies(real_client(s)))
+    monkeypatch.setattr(registry, "client", lambda s: DiesAtChampion(real_client(s), after=False))
     with pytest.raises(ConnectionError):
         registry.promote(settings, v2, reason="gate passed", op_id="run-1:promote")
     monkeypatch.setattr(registry, "client", real_client)
@@ -109,22 +117,8 @@ def test_a_rollback_retried_after_a_partial_write_steps_back_once(three_versions
     settings, (v1, v2, v3) = three_versions
     for v in (v1, v2, v3):
         registry.promote(settings, v, reason="up")
-    real_client = registry.client
-
-    class Dies:
-        def __init__(self, cl):
-            self._cl = cl
-
-        def __getattr__(self, name):
-            return getattr(self._cl, name)
-
-        def set_registered_model_alias(self, name, alias, version):
-            result = self._cl.set_registered_model_alias(name, alias, version)
-            if alias == registry.CHAMPION:  # the history and both aliases are written, then the task dies
-                raise ConnectionError("injected")
-            return result
-
-    monkeypatch.setattr(registry, "client", lambda s: Dies(real_client(s)))
+    real_client = registry.client  # the history and both aliases are written, then the task dies
+    monkeypatch.setattr(registry, "client", lambda s: DiesAtChampion(real_client(s), after=True))
     with pytest.raises(ConnectionError):
         registry.rollback(settings, reason="bad", op_id="run-9:move_champion")
     monkeypatch.setattr(registry, "client", real_client)

@@ -451,6 +451,15 @@ def _consistent(cl, state: AliasState) -> list[str]:
     return ([prev] if prev else []) + [current]
 
 
+def _resumed(cl, state: AliasState, op_id: str | None, kind: str) -> bool:
+    """A retry of the move that wrote ``state``: finish it (the aliases follow its history) and say so."""
+    if not op_id or state.op != op_id or state.kind != kind:
+        return False
+    _follow(cl, state.history)
+    log.info("%s %s resumed: the aliases follow the history it wrote", kind, op_id)
+    return True
+
+
 def _shown(history: list[str]) -> dict[str, str | None]:
     champion = history[-1] if history else "base"
     previous = history[-2] if len(history) >= 2 and history[-2] != "base" else None
@@ -494,9 +503,7 @@ def promote(settings: Settings, version: str, *, reason: str, actor: str = "tand
     with alias_lock(settings):
         cl = client(settings)
         state = _read_state(cl)
-        if op_id and state.op == op_id and state.kind == "promote":
-            _follow(cl, state.history)
-            log.info("promotion %s resumed: aliases follow the history it wrote", op_id)
+        if _resumed(cl, state, op_id, "promote"):
             return {**_shown(state.history), "changed": True}
         if target != "base":
             mv = _version(cl, target)
@@ -539,9 +546,7 @@ def rollback(settings: Settings, *, reason: str = "rollback", actor: str = "tand
     with alias_lock(settings):
         cl = client(settings)
         state = _read_state(cl)
-        if op_id and state.op == op_id and state.kind == "rollback":
-            _follow(cl, state.history)
-            log.info("rollback %s resumed: aliases follow the history it wrote", op_id)
+        if _resumed(cl, state, op_id, "rollback"):
             return {**_shown(state.history), "rolled_back": state.moved_from, "changed": True}
         history = _consistent(cl, state)
         if len(history) < 2:
