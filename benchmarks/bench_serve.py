@@ -384,6 +384,7 @@ def bench_load(settings, questions: list[str], work: Path, *, clients: int = 8, 
     import httpx
 
     from tandem.adapters import registry
+    from tandem.stack import process
 
     versions = register_two_adapters(settings, work)
     forced = settings.replace(refusal_min_similarity=0.0, champion_check_seconds=0, serve_port=process.free_port(),
@@ -586,7 +587,7 @@ def report(r: dict) -> str:
              f"{'figure':<48} {'p50':>10} {'p95':>10}  n"]
 
     def row(name, s, unit="ms"):
-        lines.append(f"{name:<48} {s['p50']:>8} {unit:<2}{s['p95']:>8} {unit:<2} {s['n']}")
+        lines.append(f"{name:<48} {s['p50']:>8} {unit:<2} {s['p95']:>8} {unit:<2} {s['n']}")
 
     ret = r["retrieval"]
     row(f"retrieval: search() at {r['chunks']:,} chunks (embed + SQL)", ret["search_ms"])
