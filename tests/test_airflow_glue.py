@@ -110,3 +110,18 @@ def test_compose_reads_database_urls_through_the_db_url_command(tmp_path):
     url = make_url(out.removeprefix("db+"))
     assert (url.username, url.password, url.host, url.port, url.database) == ("tandem", NASTY, "postgres", 5432,
                                                                               "airflow")
+
+
+def test_rest_client_says_when_airflow_is_not_there():
+    """Nothing listens on the port: a ServiceUnavailable naming the fix, and an empty health (not a traceback)."""
+    import pytest
+
+    from tandem.airflow import rest
+    from tandem.errors import ServiceUnavailable
+    from tandem.stack.process import free_port
+
+    base = f"http://127.0.0.1:{free_port()}"
+    with pytest.raises(ServiceUnavailable) as err:
+        rest.login(base, "admin", "secret", timeout=5)
+    assert base in str(err.value) and "make up" in err.value.fix
+    assert rest.health(base, timeout=2) == {}

@@ -83,6 +83,8 @@ def test_up_status_down_leaves_no_process(base_model_path):
         assert (conn_row["login"], conn_row["password"], conn_row["schema"]) == ("tandem", NASTY_PASSWORD, "tandem")
 
         # pools through the REST client; a CLI promotion's asset event through the same client
+        with pytest.raises(UserError, match="refused the login"):
+            rest.AirflowClient(base, "admin", "not-the-password")
         client = rest.AirflowClient(base, "admin", services.airflow_password(settings))
         assert client.ensure_pools(services.POOLS) == {"knowledge": "kept", "training": "kept"}
         client.wait_for_dag("adapter_rollback")
