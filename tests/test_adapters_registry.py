@@ -131,3 +131,34 @@ def test_adapter_on_another_base_is_refused(clean_registry, adapter_dirs):
     with pytest.raises(UserError) as err:
         registry.resolve(settings, v)
     assert "TANDEM_BASE_MODEL" in str(err.value)
+
+
+def test_concurrent_downloads_of_one_version_never_collide(clean_registry, adapter_dirs):
+    """Eight threads fetch the same version into an empty cache: every one gets a complete, verified folder."""
+    import shutil
+    import threading
+
+    from tandem.adapters import registry
+    from tandem.models import weights_sha256
+
+    settings = clean_registry
+    v = register_adapter(settings, adapter_dirs[0])
+    shutil.rmtree(settings.home / "adapters" / v, ignore_errors=True)
+    paths, errors = [], []
+
+    def fetch() -> None:
+        try:
+            paths.append(registry.resolve(settings, v).path)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=fetch) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert not errors, errors
+    assert set(paths) == {settings.home / "adapters" / v}
+    assert weights_sha256(paths[0]) == weights_sha256(adapter_dirs[0])
+    leftovers = [p.name for p in (settings.home / "adapters").iterdir() if p.name.startswith(".")]
+    assert leftovers == []  # no partial or stale folders left behind

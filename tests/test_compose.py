@@ -118,3 +118,14 @@ def test_docker_compose_config_validates(tmp_path):
     proc = subprocess.run(["docker", "compose", "--env-file", str(env_file), "-f", str(REPO / "docker-compose.yaml"),
                            "config", "--quiet"], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_one_password_file_path_everywhere():
+    """Compose's Airflow reads the admin password from where the CLI's asset events look for it."""
+    from tandem.config import Settings
+
+    env = SERVICES["airflow-apiserver"]["environment"]
+    settings = Settings.load(env={"TANDEM_HOME": env["TANDEM_HOME"]})
+    path = str(settings.airflow_home / "passwords.json")
+    assert env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE"] == path
+    assert f"> {path}" in " ".join(SERVICES["airflow-init"]["command"])

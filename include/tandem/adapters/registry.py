@@ -24,8 +24,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import shutil
+import tempfile
 import time
 import uuid
 from contextlib import contextmanager
@@ -220,8 +220,8 @@ def download_version(settings: Settings, cl, mv) -> Path:
     if dest.is_dir() and expected and _safe_sha(dest) == expected:
         return dest
     root.mkdir(parents=True, exist_ok=True)
-    tmp = root / f".{mv.version}.partial-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
+    # unique per download (several processes, threads or workers on one host may fetch the same version)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{mv.version}.partial-", dir=root))
     started = time.monotonic()
     try:
         # the version's own artifact location, from this client's registry: a "models:/" URI would be resolved
@@ -238,12 +238,33 @@ def download_version(settings: Settings, cl, mv) -> Path:
         if expected and weights_sha256(folder) != expected:
             raise JobFailed(f"adapter version {mv.version}: downloaded weights do not match tandem.adapter_sha256",
                             fix="retry; if it persists the artifact store is corrupt")
-        shutil.rmtree(dest, ignore_errors=True)
-        folder.rename(dest)  # appears complete or not at all
+        _swap_in(folder, dest, expected)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     log.info("downloaded adapter v%s to %s (%.1fs)", mv.version, dest, time.monotonic() - started)
     return dest
+
+
+def _swap_in(folder: Path, dest: Path, expected: str | None) -> None:
+    """Put a verified download at ``dest`` with renames only: readers see the old folder or the new one.
+
+    A stale ``dest`` is renamed aside first (a folder can't be renamed over a non-empty one); if another
+    download put a good copy there meanwhile, that copy is kept and this one dropped.
+    """
+    if dest.is_dir():
+        if expected and _safe_sha(dest) == expected:
+            return  # a concurrent download finished first
+        aside = dest.with_name(f".{dest.name}.stale-{uuid.uuid4().hex[:8]}")
+        try:
+            dest.rename(aside)
+        except OSError:
+            pass  # another download moved it already
+        shutil.rmtree(aside, ignore_errors=True)
+    try:
+        folder.rename(dest)
+    except OSError:
+        if not (dest.is_dir() and expected and _safe_sha(dest) == expected):
+            raise
 
 
 def _safe_sha(folder: Path) -> str | None:
