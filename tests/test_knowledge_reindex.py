@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -233,3 +234,14 @@ def test_lease_takeover_and_fencing(kn):
         lock.acquire(kn.db_url, n, "cli:other", stale_s=3600).release()
     finally:
         lock.release(kn.db_url, n, "cli:next")
+
+
+def test_a_cli_run_over_local_sources_does_not_import_airflow(kn, corpus):
+    """Local files are read through fsspec directly: the ~2 s Airflow import is left to remote sources."""
+    reindex.run(kn, progress=False)
+    code = ("import sys; from tandem.cli import main; rc = main(['reindex', '--json']); "
+            "print('AIRFLOW_IMPORTED' if 'airflow' in sys.modules else 'NO_AIRFLOW', file=sys.stderr); sys.exit(rc)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=cli_env(kn), timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(proc.stdout)["unchanged"] == len(CORPUS)  # a real no-change run, printed as JSON
+    assert "NO_AIRFLOW" in proc.stderr

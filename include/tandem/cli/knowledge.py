@@ -65,15 +65,16 @@ def _restore_cli_logging(args) -> None:
 
 
 def cmd_reindex(args) -> int:
-    from tandem.knowledge import reindex, summary
+    from tandem.knowledge import reindex, sources, summary
 
-    _restore_cli_logging(args)
     changes = {}
     if args.wait is not None:
         if args.wait < 0:
             raise UserError(f"--wait must be >= 0, got {args.wait}", fix="give seconds, for example --wait 600")
         changes["lock_wait_seconds"] = args.wait
     settings = _settings(**changes)
+    if not all(src.is_local for src in sources.parse_sources(args.sources or settings.sources)):
+        _restore_cli_logging(args)  # a remote source imports Airflow, which reconfigures logging
     result = reindex.run(settings, sources=args.sources, full=args.full, dry_run=args.dry_run,
                          allow_mass_delete=args.allow_mass_delete, progress=sys.stderr.isatty() or not args.json)
     emit(result, args.json, summary.text(result))
