@@ -53,6 +53,12 @@ def test_the_serve_process_answers_with_its_token_only(serve_process):
     data = ok.json()
     assert data["adapter"] == "base" and ok.headers["X-Tandem-Adapter"] == "base"
     assert set(data) >= {"answer", "citations", "confidence", "index_version"}
+    # the status page reads the serving state from this process
+    from tandem.serve.status import serving_state
+
+    state = serving_state(settings.replace(serve_url=url))
+    assert state["process"] == url and "base" in [item["adapter"] for item in state["loaded"]]
+    assert "error" in serving_state(settings.replace(serve_url=f"http://127.0.0.1:{process.free_port()}"))
     bad = httpx.post(f"{url}/api/ask", json={"question": ""}, headers={"Authorization": f"Bearer {settings.serve_token}"},
                      timeout=10)
     assert bad.status_code == 400 and bad.json()["fix"]

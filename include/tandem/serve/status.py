@@ -290,6 +290,21 @@ def links(settings: Settings) -> dict[str, Any]:
     }
 
 
+def serving_state(settings: Settings, cache=None) -> dict[str, Any]:
+    """The adapter cache that answers: the `tandem serve` process's (TANDEM_SERVE_URL), else this process's."""
+    if not settings.serve_url:
+        return cache.state() if cache is not None else {}
+    import httpx
+
+    url = settings.serve_url.rstrip("/")
+    try:
+        state = httpx.get(f"{url}/health", timeout=3.0).json()
+    except (httpx.HTTPError, ValueError) as exc:
+        return {"process": url, "error": f"tandem serve is not answering ({type(exc).__name__})"}
+    state.pop("status", None)
+    return {"process": url, **state}
+
+
 def collect(settings: Settings, *, cache=None, dag_runs: Callable[[Settings], dict] | None = None) -> dict:
     """Everything the status page shows (see the module docstring).
 
@@ -303,7 +318,7 @@ def collect(settings: Settings, *, cache=None, dag_runs: Callable[[Settings], di
         "airflow": _guard("airflow", lambda: dag_runs(settings)) if dag_runs else None,
         "serving": {"refusal_min_similarity": settings.refusal_min_similarity,
                     "champion_check_seconds": settings.champion_check_seconds,
-                    **(cache.state() if cache is not None else {})},
+                    **serving_state(settings, cache)},
         "links": links(settings),
     }
     return out
