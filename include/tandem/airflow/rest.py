@@ -54,7 +54,7 @@ def _detail(exc: ApiException) -> str:
     try:
         body = json.dumps(json.loads(body).get("detail", body))
     except (ValueError, AttributeError):
-        pass
+        pass  # not a JSON error body: the text as it came
     return body[:1000]
 
 
