@@ -62,7 +62,6 @@ class _Flight:
 
     def __init__(self):
         self.done = threading.Event()
-        self.item: Loaded | None = None
         self.error: BaseException | None = None
 
 
