@@ -50,7 +50,7 @@ def throughput(settings, spec, examples, batch_sizes, repeats, max_new_tokens) -
     from tandem.behavior.generate import Generator
     from tandem.behavior.prompt import build_messages
 
-    items = eval_run.retrieve(settings, spec, examples)
+    items, _version = eval_run.retrieve(settings, spec, examples)
     conversations = [build_messages(ex.question, hits, spec) for ex, hits in items]
     t0 = time.monotonic()
     gen = Generator(str(settings.base_model), threads=settings.torch_threads)

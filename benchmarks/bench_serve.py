@@ -265,12 +265,12 @@ def bench_retrieval(settings, queries: list[str], runs: int) -> dict:
             vec = embedder.encode([q])[0]
             embed.append((time.perf_counter() - t0) * 1000)
             t0 = time.perf_counter()
-            search_space(conn, space.table, q, vec, k=5, ef_search=settings.hnsw_ef_search)
+            search_space(conn, space.table, q, vec, release=space.release_no, k=5, ef_search=settings.hnsw_ef_search)
             sql_only.append((time.perf_counter() - t0) * 1000)
             conn.rollback()
             for mode, times in by_mode.items():  # where the SQL time goes
                 t0 = time.perf_counter()
-                search_space(conn, space.table, q, vec, k=5, mode=mode, ef_search=settings.hnsw_ef_search)
+                search_space(conn, space.table, q, vec, release=space.release_no, k=5, mode=mode, ef_search=settings.hnsw_ef_search)
                 times.append((time.perf_counter() - t0) * 1000)
                 conn.rollback()
     conn.close()

@@ -112,7 +112,8 @@ def expected_hashes(root: Path, source: str = "acme") -> dict[str, str]:
 
 
 def index_state(settings) -> dict:
-    """The live index, read back exactly: manifest rows and, per document, the chunk hashes and ordinals."""
+    """The published release, read back exactly through the live view: manifest rows and, per document, the
+    chunk hashes and ordinals."""
     n = store.names(settings.index_name)
     with db.connection(settings.db_url) as conn:
         if not store.exists(conn, n.spaces):
@@ -128,8 +129,8 @@ def index_state(settings) -> dict:
                         WHERE space_no = %s ORDER BY doc_id""").format(m=sql.Identifier(n.manifest)), (space_no,))}
         chunks: dict[str, list] = {}
         for doc_id, doc_hash, ordinal, fp in conn.execute(sql.SQL(
-                "SELECT doc_id, doc_hash, ordinal, fingerprint FROM {t} ORDER BY doc_id, ordinal")
-                .format(t=sql.Identifier(table))):
+                "SELECT doc_id, doc_hash, ordinal, fingerprint FROM {v} ORDER BY doc_id, ordinal")
+                .format(v=sql.Identifier(n.live_view))):
             chunks.setdefault(doc_id, []).append((doc_hash, ordinal, fp))
     return {"manifest": manifest, "chunks": chunks, "space": space_no, "table": table}
 

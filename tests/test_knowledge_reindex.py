@@ -23,7 +23,7 @@ TANDEM = str(Path(sys.executable).parent / "tandem")
 def test_add_change_delete_unchanged_exact_rows(kn, corpus):
     first = reindex.run(kn, progress=False)
     assert (first["new"], first["changed"], first["unchanged"], first["deleted"], first["failed"]) == (5, 0, 0, 0, 0)
-    assert first["status"] == "succeeded" and first["index_version"] == "1.1" and first["space"]["switched"]
+    assert first["status"] == "succeeded" and first["index_version"] == "1" and first["space"]["switched"]
     state = index_state(kn)
     assert_consistent(state)
     assert {d: r["hash"] for d, r in state["manifest"].items()} == expected_hashes(corpus)
@@ -36,7 +36,7 @@ def test_add_change_delete_unchanged_exact_rows(kn, corpus):
     (corpus / "security/sso.md").unlink()
     second = reindex.run(kn, progress=False)
     assert (second["new"], second["changed"], second["unchanged"], second["deleted"]) == (1, 1, 3, 1)
-    assert second["index_version"] == "1.2"
+    assert second["index_version"] == "2"
     state = index_state(kn)
     assert_consistent(state)
     assert {d: r["hash"] for d, r in state["manifest"].items()} == expected_hashes(corpus)
@@ -50,7 +50,7 @@ def test_add_change_delete_unchanged_exact_rows(kn, corpus):
 
     # a rerun embeds nothing and keeps the version
     third = reindex.run(kn, progress=False)
-    assert third["chunks_embedded"] == 0 and third["unchanged"] == 5 and third["index_version"] == "1.2"
+    assert third["chunks_embedded"] == 0 and third["unchanged"] == 5 and third["index_version"] == "2"
     assert (third["new"], third["changed"], third["deleted"]) == (0, 0, 0)
     assert index_state(kn)["chunks"] == state["chunks"]
 

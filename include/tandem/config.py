@@ -152,7 +152,15 @@ SETTINGS: tuple[Setting, ...] = (
             "Golden retrieval set (JSONL: query -> expected doc ids) for the canary."),
     Setting("canary_k", 5, _pos_int, "k for the canary's hit@k."),
     Setting("canary_max_drop", 0.05, _fraction,
-            "The canary fails a run when hit@k or MRR drops more than this below the previous run."),
+            "The canary fails a run when hit@k or MRR drops more than this below the published release."),
+    Setting("canary_floor_releases", 10, _pos_int,
+            "The canary's floor is the best hit@k / MRR over this many newest published releases ..."),
+    Setting("canary_floor_tolerance", 0.08, _fraction,
+            "... minus this: a slow decay (each run a little under canary_max_drop) fails within three runs."),
+    Setting("keep_releases", 10, _pos_int,
+            "Published releases kept per embedding space for `tandem index rollback`; rows only older "
+            "releases could see are deleted after each publish."),
+    Setting("verify_cron", "0 4 * * 0", str, "knowledge_verify schedule (cron; weekly by default)."),
     # --- behavior cadence
     Setting("spec_path", lambda s: str(DATA_DIR / "demo" / "behavior_spec.yaml"), str, "Behavior spec (YAML)."),
     Setting("eval_set_path", lambda s: str(DATA_DIR / "demo" / "eval_set.jsonl"), str, "Eval set (JSONL)."),

@@ -77,20 +77,26 @@ def prepare(settings: Settings, *, adapter: str = "champion", limit: int | None 
                     base_sha256=base_sha, index_version=str(index_version))
 
 
-def retrieve(settings: Settings, spec: Spec, examples: list[Example], progress: Progress | None = None) -> list:
-    """(example, hits) for every example: the top ``retrieval.k`` chunks of the live index."""
+def retrieve(settings: Settings, spec: Spec, examples: list[Example],
+             progress: Progress | None = None) -> tuple[list, str]:
+    """(example, hits) for every example: the top ``retrieval.k`` chunks of the published release, all from
+    one release (pinned at the start) whose index version is returned with them."""
     from tandem.knowledge import search
 
     started = time.monotonic()
+    pinned = search.pin(settings)
+    if pinned is None:
+        raise ServiceUnavailable(f"the knowledge index {settings.index_name!r} is empty: there is nothing to "
+                                 "retrieve context from", fix="run `tandem reindex` (or the knowledge_reindex DAG) first")
     items = []
     for i, example in enumerate(examples, start=1):
-        items.append((example, search.search(settings, example.question, k=spec.retrieval_k)))
+        items.append((example, search.search(settings, example.question, k=spec.retrieval_k, at=pinned)))
         if progress is not None:
             progress("retrieve", 1, len(examples))
     seconds = time.monotonic() - started
-    log.info("retrieved context for %d questions in %.1fs (%.1f questions/s)", len(items), seconds,
-             len(items) / seconds if seconds else 0.0)
-    return items
+    log.info("retrieved context for %d questions from index release %s in %.1fs (%.1f questions/s)", len(items),
+             pinned.version, seconds, len(items) / seconds if seconds else 0.0)
+    return items, pinned.version
 
 
 def _table(rows: list[dict]) -> dict[str, list]:
@@ -131,7 +137,10 @@ def run_eval(settings: Settings, *, adapter: str = "champion", limit: int | None
     spec = p.spec
     log.info("eval of %s (base %s, sha256 %s) on index %s: %d examples, spec %s", p.adapter_label, p.base_model,
              p.base_sha256[:12], p.index_version, len(p.examples), spec.version)
-    items = retrieve(settings, spec, p.examples, progress)
+    items, used_version = retrieve(settings, spec, p.examples, progress)
+    if used_version != p.index_version:  # a release was published between prepare and retrieve
+        log.info("index release %s was published since the eval was prepared: scoring against it", used_version)
+        p = dataclasses.replace(p, index_version=used_version)
     # the answer path's similarity gate, so the eval scores what `tandem ask` and the API would answer
     threshold = float(settings.refusal_min_similarity)
     refuse = [refusal_decision(hits, threshold)[0] for _, hits in items]

@@ -1,9 +1,12 @@
 """The retrieval canary: a versioned golden set (JSONL lines ``{"query": str, "expected_doc_ids": [str]}``)
 scored with hit@k and MRR (documents ranked by their best chunk, hybrid search) after each run.
 
-The run fails, and its asset is not emitted, when hit@k or MRR drops more than ``canary_max_drop`` below the
-baseline: the last run whose canary passed with the same golden set (same sha256) and the same k. A missing
-or empty golden file skips the canary, and the summary says so.
+The candidate release is measured before it is published. The run fails, and nothing is published, when
+hit@k or MRR drops more than ``canary_max_drop`` below the baseline (the newest published release measured
+with the same golden set, same sha256, and the same k), or falls under the floor: the best value over the
+newest ``canary_floor_releases`` published releases minus ``canary_floor_tolerance``. The floor catches a
+slow decay that each single step would let through. A missing or empty golden file skips the canary, and
+the summary says so.
 """
 
 from __future__ import annotations
@@ -55,8 +58,9 @@ def load_golden(path: str) -> tuple[list[dict], str | None, str | None]:
     return items, digest, None
 
 
-def evaluate(conn: psycopg.Connection, table: str, embedder, items: list[dict], k: int, ef_search: int) -> dict:
-    """hit@k and MRR@k over the golden items against one chunk table."""
+def evaluate(conn: psycopg.Connection, table: str, embedder, items: list[dict], k: int, ef_search: int, *,
+             release: int) -> dict:
+    """hit@k and MRR@k over the golden items against one release of one chunk table."""
     from tandem.knowledge.search import search_space
 
     vectors = embedder.encode([it["query"] for it in items])
@@ -64,7 +68,8 @@ def evaluate(conn: psycopg.Connection, table: str, embedder, items: list[dict], 
     rr_sum = 0.0
     misses = []
     for item, vector in zip(items, vectors):
-        chunk_hits = search_space(conn, table, item["query"], vector, k=k * 4, mode="hybrid", ef_search=ef_search)
+        chunk_hits = search_space(conn, table, item["query"], vector, release=release, k=k * 4, mode="hybrid",
+                                  ef_search=ef_search)
         conn.rollback()
         ranked_docs: list[str] = []
         for h in chunk_hits:
@@ -83,16 +88,24 @@ def evaluate(conn: psycopg.Connection, table: str, embedder, items: list[dict], 
             "misses": misses[:20]}
 
 
-def baseline(conn: psycopg.Connection, n: Names, golden_sha: str, k: int) -> dict | None:
-    """The canary of the last successful run with this golden set and k that measured or carried metrics."""
-    row = conn.execute(sql.SQL("""
-        SELECT run_id, canary FROM {r}
-        WHERE status = 'succeeded' AND canary->>'golden_sha256' = %s AND (canary->>'k')::int = %s
-          AND canary->>'status' IN ('passed', 'baseline', 'unchanged')
-        ORDER BY finished_at DESC LIMIT 1""").format(r=ident(n.runs)), (golden_sha, k)).fetchone()
-    if row is None:
+METRICS = ("hit_at_k", "mrr")
+
+
+def reference(conn: psycopg.Connection, n: Names, golden_sha: str, k: int, floor_releases: int,
+              floor_tolerance: float) -> dict | None:
+    """The baseline (the newest published release measured with this golden set and k) and the floor (the
+    best of the newest ``floor_releases`` such releases, minus ``floor_tolerance``), or None."""
+    from tandem.knowledge import releases
+
+    history = releases.canary_history(conn, n, golden_sha, k, floor_releases)
+    if not history:
         return None
-    return {"run_id": row[0], **row[1]}
+    newest = history[0]
+    best = {m: max(float(h[m]) for h in history) for m in METRICS}
+    return {"release": newest["release"], "run_id": newest.get("run_id"),
+            **{m: float(newest[m]) for m in METRICS},
+            "floor": {**{m: round(best[m] - floor_tolerance, 4) for m in METRICS}, "best": best,
+                      "releases": [h["release"] for h in history], "tolerance": floor_tolerance}}
 
 
 def last_measured_is_good(conn: psycopg.Connection, n: Names, golden_sha: str, k: int) -> bool:
@@ -108,16 +121,22 @@ def last_measured_is_good(conn: psycopg.Connection, n: Names, golden_sha: str, k
             and c.get("k") == k)
 
 
-def judge(result: dict, base: dict | None, max_drop: float) -> dict:
-    """Add status/baseline to ``result``: ``baseline`` (nothing to compare), ``passed`` or ``failed``."""
-    if base is None:
-        return {**result, "status": "baseline", "reason": "no earlier canary with this golden set: recorded as baseline"}
-    drops = {"hit_at_k": round(base["hit_at_k"] - result["hit_at_k"], 4), "mrr": round(base["mrr"] - result["mrr"], 4)}
-    failed = [m for m, d in drops.items() if d > max_drop + 1e-9]
-    out = {**result, "baseline": {"run_id": base["run_id"], "hit_at_k": base["hit_at_k"], "mrr": base["mrr"]},
-           "drop": drops, "max_drop": max_drop}
-    if failed:
-        return {**out, "status": "failed",
-                "reason": "; ".join(f"{m} {base[m]:.3f} -> {result[m]:.3f} (drop {drops[m]:.3f} > {max_drop})"
-                                    for m in failed)}
-    return {**out, "status": "passed", "reason": "within the allowed drop"}
+def judge(result: dict, ref: dict | None, max_drop: float) -> dict:
+    """Add status and baseline to ``result``: ``baseline`` (nothing to compare), ``passed`` or ``failed``
+    (a drop of more than ``max_drop`` below the baseline, or a value under the floor)."""
+    if ref is None:
+        return {**result, "status": "baseline", "reason": "no published release measured with this golden set: "
+                                                          "recorded as baseline"}
+    drops = {m: round(ref[m] - result[m], 4) for m in METRICS}
+    floor = ref.get("floor") or {}
+    out = {**result, "baseline": {"release": ref.get("release"), "run_id": ref.get("run_id"),
+                                  **{m: ref[m] for m in METRICS}},
+           "drop": drops, "max_drop": max_drop, "floor": {m: floor[m] for m in METRICS if m in floor}}
+    reasons = [f"{m} {ref[m]:.3f} -> {result[m]:.3f} (drop {drops[m]:.3f} > {max_drop})"
+               for m in METRICS if drops[m] > max_drop + 1e-9]
+    reasons += [f"{m} {result[m]:.3f} is under the floor {floor[m]:.3f} (best {floor['best'][m]:.3f} of releases "
+                f"{', '.join(map(str, floor['releases']))} minus {floor['tolerance']})"
+                for m in METRICS if m in floor and result[m] < floor[m] - 1e-9]
+    if reasons:
+        return {**out, "status": "failed", "reason": "; ".join(reasons)}
+    return {**out, "status": "passed", "reason": "within the allowed drop and above the floor"}

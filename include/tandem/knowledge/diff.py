@@ -2,7 +2,8 @@
 
 The scan's rows (doc id, uri, content hash or error) are streamed with COPY into a temporary table and joined
 against the manifest of the target space. No per-document queries: the cost is a few hash joins, so it
-stays fast at a million documents.
+stays fast at a million documents. The scan is staged in chunks of ``STAGE_ROWS`` rows, each its own short
+transaction: no transaction stays open while the sources are read.
 
 Classes: ``new`` (no indexed version), ``changed`` (indexed with another hash, or ``--full``), ``unchanged``,
 ``deleted`` (in the manifest, gone from the sources), plus ``failed`` (could not be read/extracted now: the
@@ -35,40 +36,68 @@ class ScanRow:
     error: str | None = None
 
 
-def stage(conn: psycopg.Connection, rows: Iterable[ScanRow]) -> int:
-    """COPY the scan into a temporary table (dropped at commit). Returns the row count. Caller's transaction."""
+STAGE_ROWS = 1000
+
+
+def stage(conn: psycopg.Connection, rows: Iterable[ScanRow], chunk_rows: int = STAGE_ROWS) -> int:
+    """COPY the scan into a session temporary table, ``chunk_rows`` rows per transaction (the connection must
+    not be inside a transaction block; ``drop_staging`` removes the tables). Returns the row count."""
+    drop_staging(conn)
     t = ident(SCAN_TABLE)
     conn.execute(sql.SQL("""
         CREATE TEMP TABLE {t} (
             doc_id text PRIMARY KEY, source text NOT NULL, uri text NOT NULL, title text,
             content_hash text NOT NULL, error text
-        ) ON COMMIT DROP""").format(t=t))
+        )""").format(t=t))
+    conn.commit()
     count = 0
+    pending: list[ScanRow] = []
+    for row in rows:
+        pending.append(row)
+        if len(pending) >= chunk_rows:
+            count += _copy(conn, pending)
+            pending = []
+    count += _copy(conn, pending)
+    conn.execute(sql.SQL("ANALYZE {t}").format(t=t))
+    conn.commit()
+    return count
+
+
+def _copy(conn: psycopg.Connection, rows: list[ScanRow]) -> int:
     with conn.cursor().copy(sql.SQL("COPY {t} (doc_id, source, uri, title, content_hash, error) FROM STDIN")
-                            .format(t=t)) as copy:
+                            .format(t=ident(SCAN_TABLE))) as copy:
         for row in rows:
             copy.write_row((row.doc_id, row.source, row.uri, row.title, row.content_hash, row.error))
-            count += 1
-    conn.execute(sql.SQL("ANALYZE {t}").format(t=t))
-    return count
+    conn.commit()
+    return len(rows)
+
+
+def drop_staging(conn: psycopg.Connection) -> None:
+    """Drop this session's scan and class tables (own transaction)."""
+    for table in (SCAN_TABLE, CLASS_TABLE):
+        conn.execute(sql.SQL("DROP TABLE IF EXISTS {t}").format(t=sql.Identifier("pg_temp", table)))
+    conn.commit()
 
 
 CLASS_TABLE = "kn_class"
 
 
-def classify(conn: psycopg.Connection, n: Names, space_no: int | None, full: bool) -> None:
-    """Classify the staged scan against the manifest of ``space_no`` once, into a temporary table (dropped at
-    commit): one hash join of the scan and the manifest; every later figure reads that table."""
+def classify(conn: psycopg.Connection, n: Names, space_no: int | None, full: bool,
+             force: list[str] | None = None) -> None:
+    """Classify the staged scan against the manifest of ``space_no`` once, into a temporary table: one hash
+    join of the scan and the manifest; every later figure reads that table. ``force``: documents to rewrite
+    (``verify --repair``) whatever the manifest says, or to delete when the sources no longer have them."""
     c, scan = ident(CLASS_TABLE), ident(SCAN_TABLE)
+    conn.execute(sql.SQL("DROP TABLE IF EXISTS {t}").format(t=sql.Identifier("pg_temp", CLASS_TABLE)))
     if space_no is None or not store.exists(conn, n.manifest):
         conn.execute(sql.SQL("""
-            CREATE TEMP TABLE {c} ON COMMIT DROP AS
+            CREATE TEMP TABLE {c} AS
             SELECT doc_id, source, uri, error, content_hash, false AS indexed, NULL::text AS m_status,
                    NULL::text AS m_failed_hash, CASE WHEN error IS NULL THEN 'new' ELSE 'failed' END AS class
             FROM {scan}""").format(c=c, scan=scan))
     else:  # unchanged documents (the bulk of a nightly run) are counted, not materialised
         conn.execute(sql.SQL("""
-            CREATE TEMP TABLE {c} ON COMMIT DROP AS
+            CREATE TEMP TABLE {c} AS
             SELECT * FROM (
             SELECT s.doc_id, s.source, s.uri, s.error, s.content_hash, m.content_hash IS NOT NULL AS indexed,
                    m.status AS m_status, m.failed_hash AS m_failed_hash,
@@ -76,7 +105,8 @@ def classify(conn: psycopg.Connection, n: Names, space_no: int | None, full: boo
                      WHEN NOT %(full)s AND m.status = 'quarantined' AND m.failed_hash = s.content_hash THEN 'quarantined'
                      WHEN s.error IS NOT NULL THEN 'failed'
                      WHEN m.content_hash IS NULL THEN 'new'
-                     WHEN m.content_hash = s.content_hash AND NOT %(full)s THEN 'unchanged'
+                     WHEN m.content_hash = s.content_hash AND NOT %(full)s AND NOT s.doc_id = ANY(%(force)s::text[])
+                       THEN 'unchanged'
                      ELSE 'changed'
                    END AS class
             FROM {scan} s LEFT JOIN {m} m ON m.space_no = %(space)s AND m.doc_id = s.doc_id
@@ -85,8 +115,13 @@ def classify(conn: psycopg.Connection, n: Names, space_no: int | None, full: boo
                    m.failed_hash, 'deleted'
             FROM {m} m
             WHERE m.space_no = %(space)s AND NOT EXISTS (SELECT 1 FROM {scan} s WHERE s.doc_id = m.doc_id)
+            UNION ALL  -- forced documents known to neither the sources nor the manifest: stray chunks to remove
+            SELECT f.doc_id, '', '', NULL, NULL, false, 'indexed', NULL, 'deleted'
+            FROM unnest(%(force)s::text[]) f(doc_id)
+            WHERE NOT EXISTS (SELECT 1 FROM {scan} s WHERE s.doc_id = f.doc_id)
+              AND NOT EXISTS (SELECT 1 FROM {m} m WHERE m.space_no = %(space)s AND m.doc_id = f.doc_id)
             ) x WHERE class <> 'unchanged' OR m_status <> 'indexed'
-            """).format(c=c, scan=scan, m=ident(n.manifest)), {"space": space_no, "full": full})
+            """).format(c=c, scan=scan, m=ident(n.manifest)), {"space": space_no, "full": full, "force": list(force or [])})
     conn.execute(sql.SQL("ANALYZE {c}").format(c=c))
 
 

@@ -5,17 +5,24 @@ dynamically-mapped tasks (pool ``knowledge``) and ``finalize`` as the last task.
 Postgres (the run's row and its documents), so any task can run on any worker and be retried.
 
 1. plan: take the lease, pick the target embedding space (the live one, or a shadow when the fingerprint
-   changed), scan the sources, stage the scan with COPY and classify it in SQL, check the mass-delete brake,
+   changed), scan the sources and stage the scan with COPY in short transactions, classify it in SQL, check
+   the mass-delete brake, discard what failed runs left unpublished, allocate the candidate release and
    persist the plan (documents of each class, batches of ``reindex_batch_docs``).
-2. batches: read, extract, chunk and embed each new/changed document; write each one atomically.
-3. finalize: apply deletes, run the canary, switch a shadow space in when it passed, bump the index version,
-   record and log the summary, give the lease back. Raises JobFailed when the run failed.
+2. batches: read, extract, chunk and embed each new/changed document; write each one atomically into the
+   candidate release (invisible to readers).
+3. finalize, in four parts: ``apply_deletes`` (into the candidate), ``run_canary`` (on the candidate),
+   ``publish`` (one short transaction; a shadow space is switched in), ``record`` (summary, MLflow, the run
+   and release rows). Raises JobFailed when the run failed: then nothing was published.
+
+Fault injection for tests: ``TANDEM_TEST_CRASH_AT`` = ``after_plan``, ``before_canary`` or ``during_publish``
+makes the process exit abruptly at that point (no cleanup, no lease release).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
 import time
 import uuid
 
@@ -25,7 +32,7 @@ from tandem import db
 from tandem.config import Settings
 from tandem.db import ident
 from tandem.errors import JobFailed, UserError
-from tandem.knowledge import canary, diff, fingerprint, lock, spaces, store
+from tandem.knowledge import canary, diff, fingerprint, lock, releases, spaces, store
 from tandem.knowledge import summary as summaries
 from tandem.knowledge.progress import Progress
 
@@ -58,22 +65,17 @@ def acquire_lease(settings: Settings, owner: str, *, keep_connection: bool) -> l
 
 # --------------------------------------------------------------------------------------------- plan
 def plan(settings: Settings, *, run_id: str, owner: str | None, sources=None, full: bool = False,
-         dry_run: bool = False, allow_mass_delete: bool = False, progress: bool = False) -> dict:
-    """Scan and diff. Writes the plan (not for dry runs) and returns it; raises JobFailed at the delete brake."""
+         dry_run: bool = False, allow_mass_delete: bool = False, progress: bool = False,
+         force: list[str] | None = None) -> dict:
+    """Scan and diff. Writes the plan (not for dry runs) and returns it; raises JobFailed at the delete brake.
+    ``force``: document ids rewritten (or removed) whatever the manifest says (``tandem index verify --repair``)."""
     from tandem.knowledge import scan, sources as src
 
     started = time.monotonic()
     n = store.names(settings.index_name)
     source_list = src.parse_sources(sources if sources else settings.sources)
     canary.load_golden(settings.canary_path)  # a malformed golden set fails now, before anything is written
-    fp, spec, info, _chunk_cfg = fingerprint.current(settings)
-    dim = info.dim
-    if not dim:  # a hub model: only loading tells the dimension
-        from tandem.knowledge.embedding import get_embedder
-
-        dim = get_embedder(info.ref, settings.torch_threads).dim
-        spec = {**spec, "dim": dim}
-        fp = fingerprint.fingerprint_of(spec)
+    fp, spec, dim = _fingerprint_and_dim(settings)
     base = {"run_id": run_id, "index": n.index, "dry_run": dry_run, "full": full,
             "sources": [f"{s.name}={s.root}" for s in source_list], "fingerprint": fp}
     with db.connection(settings.db_url) as conn:
@@ -85,63 +87,79 @@ def plan(settings: Settings, *, run_id: str, owner: str | None, sources=None, fu
         space_no = space.space_no if space else None
         t_scan = time.monotonic()
         beat = (lambda: lock.heartbeat(None, n, owner, settings.db_url)) if owner else None
-        with Progress("scan", None, bar=progress, beat=beat) as pr:
-            with conn.transaction():
+        try:
+            with Progress("scan", None, bar=progress, beat=beat) as pr:
                 staged = diff.stage(conn, scan.scan(source_list, settings.include_globs, settings.exclude_globs,
                                                     settings.max_file_bytes, progress=pr))
-                scan_s = time.monotonic() - t_scan
-                t_diff = time.monotonic()
-                diff.classify(conn, n, space_no, full)
+            scan_s = time.monotonic() - t_scan
+            t_diff = time.monotonic()
+            with conn.transaction():
+                diff.classify(conn, n, space_no, full, force)
                 counts = diff.counts(conn, staged)
-                scan_errors = diff.failures(conn)
                 brake = _brake(settings, counts, allow_mass_delete)
                 result = {
                     **base, "mode": mode, "space_no": space_no, "table": space.table if space else None,
-                    "target_rev": (space.rev + 1) if space else 1,
-                    "live_version": live.version if live else None,
+                    "manifest_now": bool(space is not None and not space.published),
+                    "live_version": live.version if live else None, "index_version": live.version if live else None,
                     **{c: counts[c] for c in diff.CLASSES}, "scanned": staged, "delete_brake": brake,
-                    "errors": [{"doc_id": d, "reason": e} for d, e in scan_errors[:MAX_LISTED_ERRORS]],
+                    "errors": [{"doc_id": d, "reason": e} for d, e in diff.failures(conn)[:MAX_LISTED_ERRORS]],
                     "phases": {"scan": _r(scan_s)},
                 }
                 if dry_run:
                     result["ids"] = diff.ids_by_class(conn, n, space_no)
-                    result["phases"] = {"scan": _r(scan_s), "diff": _r(time.monotonic() - t_diff)}
-                    result["index_version"] = live.version if live else None
-                    result["status"] = "dry_run"
-                    result["seconds"] = _r(time.monotonic() - started)
-                    return result
-                if brake["blocked"]:
-                    result["status"] = "failed"
-                    result["message"] = brake["message"]
-                    result["phases"] = {"scan": _r(scan_s), "diff": _r(time.monotonic() - t_diff)}
-                    result["seconds"] = _r(time.monotonic() - started)
-                    result["index_version"] = live.version if live else None
-                    blocked = result
-                else:
-                    blocked = None
-                    _record(conn, n, run_id, space_no, mode, owner, full, settings, result, t_diff)
-        if blocked is not None:
-            with conn.transaction():
-                _insert_run(conn, n, run_id, space_no, mode, "failed", owner, blocked)
-                conn.execute(sql.SQL("UPDATE {r} SET finished_at = now(), summary = %s WHERE run_id = %s")
-                             .format(r=ident(n.runs)), (_json(blocked), run_id))
-            raise _Brake(blocked)
-    log.info("plan %s: %s new, %s changed, %s unchanged, %s deleted, %s failed, %s quarantined; %d batches (%s)",
-             run_id, result["new"], result["changed"], result["unchanged"], result["deleted"], result["failed"],
-             result["quarantined"], len(result["batches"]), mode)
+                elif not brake["blocked"]:
+                    _record(conn, n, space, run_id, mode, owner, full, settings, result)
+            result["phases"]["diff"] = _r(time.monotonic() - t_diff)
+        finally:
+            diff.drop_staging(conn)
+        if dry_run or brake["blocked"]:
+            result.update(status="dry_run" if dry_run else "failed", seconds=_r(time.monotonic() - started))
+            if not dry_run:
+                result["message"] = brake["message"]
+                with conn.transaction():
+                    _insert_run(conn, n, run_id, space_no, mode, "failed", owner, result)
+                    conn.execute(sql.SQL("UPDATE {r} SET finished_at = now(), summary = %s WHERE run_id = %s")
+                                 .format(r=ident(n.runs)), (_json(result), run_id))
+                raise _Brake(result)
+            return result
+    log.info("plan %s: %s new, %s changed, %s unchanged, %s deleted, %s failed, %s quarantined; %d batches (%s, "
+             "candidate release %s)", run_id, result["new"], result["changed"], result["unchanged"], result["deleted"],
+             result["failed"], result["quarantined"], len(result["batches"]), mode, result["release"])
+    _crash_point("after_plan")
     return result
 
 
-def _record(conn, n, run_id, space_no, mode, owner, full, settings, result, t_diff) -> None:
+def _fingerprint_and_dim(settings: Settings) -> tuple[str, dict, int]:
+    fp, spec, info, _chunk_cfg = fingerprint.current(settings)
+    dim = info.dim
+    if not dim:  # a hub model: only loading tells the dimension
+        from tandem.knowledge.embedding import get_embedder
+
+        dim = get_embedder(info.ref, settings.torch_threads).dim
+        spec = {**spec, "dim": dim}
+        fp = fingerprint.fingerprint_of(spec)
+    return fp, spec, dim
+
+
+def _crash_point(name: str) -> None:
+    if os.environ.get("TANDEM_TEST_CRASH_AT") == name:
+        log.warning("TANDEM_TEST_CRASH_AT=%s: exiting abruptly", name)
+        os._exit(70)
+
+
+def _record(conn, n, space, run_id, mode, owner, full, settings, result) -> None:
+    """Under the lease: discard what failed runs left unpublished, allocate the candidate release, persist the
+    plan and the run row."""
     lock.check(conn, n, owner)
     conn.execute(sql.SQL("UPDATE {r} SET status = 'abandoned', finished_at = now() WHERE status = 'running'")
                  .format(r=ident(n.runs)))
-    diff.record_plan(conn, n, run_id, space_no, settings.reindex_batch_docs, settings.max_attempts)
+    result["discarded"] = releases.discard(conn, n, space)
+    result["release"] = releases.allocate(conn, n, space.space_no, run_id)
+    diff.record_plan(conn, n, run_id, space.space_no, settings.reindex_batch_docs, settings.max_attempts)
     result["batches"] = [r[0] for r in conn.execute(sql.SQL("""
         SELECT DISTINCT batch_no FROM {rd} WHERE run_id = %s AND batch_no IS NOT NULL ORDER BY 1""")
         .format(rd=ident(n.run_docs)), (run_id,))]
-    result["phases"] = {**result.get("phases", {}), "diff": _r(time.monotonic() - t_diff)}
-    _insert_run(conn, n, run_id, space_no, mode, "running", owner, result)
+    _insert_run(conn, n, run_id, space.space_no, mode, "running", owner, result)
 
 
 class _Brake(JobFailed):
@@ -166,11 +184,11 @@ def _brake(settings: Settings, counts: dict, allow: bool) -> dict:
 def _insert_run(conn, n, run_id, space_no, mode, status, owner, plan_dict) -> None:
     plan_small = {k: v for k, v in plan_dict.items() if k not in ("ids", "errors")}
     conn.execute(sql.SQL("""
-        INSERT INTO {r} (run_id, space_no, mode, status, owner, target_rev, params, plan)
+        INSERT INTO {r} (run_id, space_no, mode, status, owner, release_no, params, plan)
         VALUES (%s, %s, %s, %s, %s, %s, %s, %s)
         ON CONFLICT (run_id) DO UPDATE SET status = EXCLUDED.status, plan = EXCLUDED.plan, owner = EXCLUDED.owner
         """).format(r=ident(n.runs)),
-        (run_id, space_no, mode, status, owner or "", plan_dict.get("target_rev"),
+        (run_id, space_no, mode, status, owner or "", plan_dict.get("release"),
          _json({"full": plan_dict.get("full"), "sources": plan_dict.get("sources")}), _json(plan_small)))
 
 
@@ -197,7 +215,6 @@ def process_batch(settings: Settings, the_plan: dict, batch_no: int, *, owner: s
                             max_seq_length=min(chunk_cfg.max_seq_length, embedder.max_seq_length),
                             model_ref=info.ref)
     reader = src.Reader()
-    index_version = spaces.version(the_plan["space_no"], the_plan["target_rev"])
     group_chunks = max(settings.embed_batch_size * 16, 256)  # length-sorted within a group: big groups pad less
     lease = lock.Lease(settings.db_url, n, owner, None)
     own_progress = progress is None
@@ -252,7 +269,7 @@ def process_batch(settings: Settings, the_plan: dict, batch_no: int, *, owner: s
                 try:
                     writer.write_document(conn, n, table=the_plan["table"], space_no=the_plan["space_no"],
                                           owner=owner, run_id=run_id, doc=w, fingerprint=the_plan["fingerprint"],
-                                          index_version=index_version)
+                                          release=the_plan["release"], manifest_now=the_plan["manifest_now"])
                     stats["written"] += 1
                     stats["chunks_embedded"] += len(w.chunks)
                 except lock.LeaseLost:
@@ -320,148 +337,211 @@ def _space_dim(conn, n, space_no: int) -> int:
 # --------------------------------------------------------------------------------------------- finalize
 def finalize(settings: Settings, the_plan: dict, batch_stats: list[dict], *, owner: str,
              log_mlflow: bool = True) -> dict:
-    """Deletes, canary, switch, version, summary. Returns the summary; raises JobFailed when the run failed."""
-    from tandem.knowledge import writer
-    from tandem.knowledge.search import embedder_for
-
+    """Deletes, canary, publish, summary. Returns the summary; raises JobFailed when the run failed (then the
+    published release is exactly as it was)."""
     n = store.names(settings.index_name)
-    run_id = the_plan["run_id"]
-    phases = dict(the_plan.get("phases") or {})
-    for key in ("read", "chunk", "embed", "write"):
-        phases[key] = _r(sum((b.get("seconds") or {}).get(key, 0.0) for b in batch_stats))
-    batch_wall = sum(b.get("wall", 0.0) for b in batch_stats)
-    written = sum(b.get("written", 0) for b in batch_stats)
-    chunks = sum(b.get("chunks_embedded", 0) for b in batch_stats)
-    message = None
-    status = "succeeded"
-    switched = False
+    phases = _batch_phases(the_plan, batch_stats)
     with db.connection(settings.db_url) as conn:
         space = spaces.by_fingerprint(conn, n, the_plan["fingerprint"])
         conn.commit()
-        # deletes
-        t0 = time.monotonic()
-        deleted = writer.delete_documents(conn, n, table=the_plan["table"], space_no=the_plan["space_no"],
-                                          owner=owner, run_id=run_id)
-        phases["delete"] = _r(time.monotonic() - t0)
-        outcome = dict(conn.execute(sql.SQL("""
-            SELECT coalesce(outcome, 'pending'), count(*) FROM {rd} WHERE run_id = %s AND class IN ('new', 'changed')
-            GROUP BY 1""").format(rd=ident(n.run_docs)), (run_id,)).fetchall())
-        failed_now = conn.execute(sql.SQL("""
-            SELECT r.doc_id, m.last_error FROM {rd} r JOIN {m} m ON m.space_no = %s AND m.doc_id = r.doc_id
-            WHERE r.run_id = %s AND (r.class = 'failed' OR r.outcome IN ('failed', 'quarantined'))
-            ORDER BY r.doc_id""").format(rd=ident(n.run_docs), m=ident(n.manifest)),
-            (the_plan["space_no"], run_id)).fetchall()
-        quarantined_docs = conn.execute(sql.SQL("""
-            SELECT doc_id, last_error, attempts FROM {m} WHERE space_no = %s AND status = 'quarantined'
-            ORDER BY doc_id""").format(m=ident(n.manifest)), (the_plan["space_no"],)).fetchall()
-        # a shadow space may not lose documents the live space serves: failed there but indexed in the live one
-        still_failing = conn.execute(sql.SQL("""
-            SELECT count(*) FROM {m} s WHERE s.space_no = %s AND s.status = 'failed' AND EXISTS (
-                SELECT 1 FROM {m} l JOIN {sp} sp ON sp.space_no = l.space_no AND sp.status = 'live'
-                WHERE l.doc_id = s.doc_id AND l.space_no <> s.space_no AND l.content_hash IS NOT NULL)
-            """).format(m=ident(n.manifest), sp=ident(n.spaces)), (the_plan["space_no"],)).fetchone()[0]
-        conn.commit()
-        pending = outcome.get("pending", 0)
-        if pending:
-            status, message = "failed", f"{pending} planned documents were not processed (a batch did not finish)"
-        wrote = written > 0 or deleted > 0
-        if the_plan["mode"] == "build":  # a filled shadow space gets its HNSW index in one bulk build
-            t0 = time.monotonic()
-            with conn.transaction():
-                store.ensure_hnsw(conn, the_plan["table"])
-            phases["hnsw"] = _r(time.monotonic() - t0)
-        # canary
-        t0 = time.monotonic()
-        items, golden_sha, skip = canary.load_golden(settings.canary_path)
-        will_switch = the_plan["mode"] == "build"
-        if skip:
-            canary_result = {"status": "skipped", "reason": skip}
-        else:
-            base = canary.baseline(conn, n, golden_sha, settings.canary_k)
-            carry = canary.last_measured_is_good(conn, n, golden_sha, settings.canary_k)
-            conn.commit()
-            if not wrote and not will_switch and base is not None and carry:
-                canary_result = {k: base[k] for k in ("hit_at_k", "mrr", "k", "queries") if k in base}
-                canary_result.update(status="unchanged", reason=f"index unchanged since run {base['run_id']}: "
-                                                                f"metrics carried over")
-            else:
-                embedder = embedder_for(settings, space)
-                measured = canary.evaluate(conn, the_plan["table"], embedder, items, settings.canary_k,
-                                           settings.hnsw_ef_search)
-                canary_result = canary.judge(measured, base, settings.canary_max_drop)
-        if golden_sha:
-            canary_result.update(golden_sha256=golden_sha, k=settings.canary_k, path=str(settings.canary_path))
-        phases["canary"] = _r(time.monotonic() - t0)
-        if canary_result.get("status") == "failed" and status != "failed":
-            status = "failed"
-            message = ("retrieval canary regressed: " + canary_result.get("reason", "") +
-                       ("; the new embedding space was NOT switched in" if will_switch else
-                        "; the knowledge_index asset is not emitted"))
-        if will_switch and status != "failed" and still_failing:
-            status = "failed"
-            message = (f"the new embedding space failed {still_failing} documents that the live space serves: not "
-                       "switched in (the live index is unchanged); the next run retries them (after max_attempts "
-                       "they are quarantined and the switch goes ahead)")
-        # switch / version
-        rev = space.rev
-        drop: list[str] = []
-        conn.commit()
-        with conn.transaction():
-            lock.check(conn, n, owner)
-            if status != "failed" and will_switch:
-                rev = the_plan["target_rev"]
-                drop = spaces.activate(conn, n, space, rev)
-                switched = True
-            elif wrote and the_plan["mode"] == "incremental":
-                rev = the_plan["target_rev"]
-                spaces.bump(conn, n, space, rev)
-        if drop:
-            spaces.drop_tables(conn, drop)
-        live = spaces.live(conn, n)
-        conn.commit()
-        total = conn.execute(sql.SQL("SELECT extract(epoch FROM now() - started_at) FROM {r} WHERE run_id = %s")
-                             .format(r=ident(n.runs)), (run_id,)).fetchone()[0]
-        conn.commit()
-        summary = {
-            "run_id": run_id, "index": n.index, "status": status, "mode": the_plan["mode"], "dry_run": False,
-            "full": the_plan.get("full"), "sources": the_plan.get("sources"),
-            "new": the_plan["new"], "changed": the_plan["changed"], "unchanged": the_plan["unchanged"],
-            "deleted": deleted, "failed": len(failed_now), "quarantined": len(quarantined_docs),
-            "written": written, "chunks_embedded": chunks,
-            "index_version": live.version if live else None,
-            "space": {"no": space.space_no, "fingerprint": space.fingerprint, "switched": switched,
-                      "version": spaces.version(space.space_no, rev), "model": space.spec.get("model_ref", "")},
-            "seconds": _r(total), "phases": phases,
-            "docs_per_s": _r((written + sum(b.get("failed", 0) for b in batch_stats)) / batch_wall) if batch_wall else 0.0,
-            "chunks_per_s": _r(chunks / batch_wall) if batch_wall else 0.0,
-            "delete_brake": the_plan.get("delete_brake"),
-            "canary": canary_result,
-            "errors": [{"doc_id": d, "reason": e or ""} for d, e in failed_now[:MAX_LISTED_ERRORS]],
-            "quarantined_docs": [{"doc_id": d, "reason": e or "", "attempts": a}
-                                 for d, e, a in quarantined_docs[:MAX_LISTED_ERRORS]],
-        }
-        if message:
-            summary["message"] = message
-        if log_mlflow:
-            tracked = summaries.log_to_mlflow(settings, summary)
-            if "run_id" in tracked:
-                summary["mlflow_run_id"], summary["mlflow_run_url"] = tracked["run_id"], tracked["url"]
-            else:
-                summary["mlflow"] = tracked
-        with conn.transaction():
-            conn.execute(sql.SQL("""
-                UPDATE {r} SET status = %s, summary = %s, canary = %s, finished_at = now() WHERE run_id = %s""")
-                         .format(r=ident(n.runs)), (status, _json(summary), _json(canary_result), run_id))
-            conn.execute(sql.SQL("""
-                DELETE FROM {rd} WHERE run_id NOT IN (SELECT run_id FROM {r} ORDER BY started_at DESC LIMIT 5)""")
-                         .format(rd=ident(n.run_docs), r=ident(n.runs)))
+        deleted = apply_deletes(conn, n, the_plan, owner, phases)
+        docs = _document_outcomes(conn, n, the_plan)
+        wrote = sum(b.get("written", 0) for b in batch_stats) > 0 or deleted > 0
+        switch = the_plan["mode"] == "build"
+        _crash_point("before_canary")
+        canary_result = run_canary(settings, conn, n, the_plan, space, wrote=wrote, phases=phases)
+        status, message = _verdict(the_plan, docs, canary_result)
+        published = None
+        if status == "succeeded" and (wrote or switch):
+            published = publish(settings, conn, n, the_plan, space, owner, switch=switch, phases=phases,
+                                counts=_counts(the_plan, deleted, docs, batch_stats), canary_result=canary_result)
+        summary = build_summary(conn, n, the_plan, space, batch_stats, phases, deleted=deleted, docs=docs,
+                                canary_result=canary_result, status=status, message=message, published=published)
+        record(settings, conn, n, the_plan, summary, canary_result, log_mlflow=log_mlflow)
     summary = summaries.jsonable(summary)
-    log.info("reindex %s %s: version %s, %s new, %s changed, %s deleted, %s failed, %s chunks in %.1fs",
-             run_id, status, summary["index_version"], summary["new"], summary["changed"], summary["deleted"],
-             summary["failed"], chunks, summary["seconds"])
+    log.info("reindex %s %s: release %s, %s new, %s changed, %s deleted, %s failed, %s chunks in %.1fs",
+             the_plan["run_id"], status, summary["index_version"], summary["new"], summary["changed"],
+             summary["deleted"], summary["failed"], summary["chunks_embedded"], summary["seconds"])
     if status == "failed":
         raise JobFailed(message or "the reindex failed", summary=summary)
     return summary
+
+
+def _batch_phases(the_plan: dict, batch_stats: list[dict]) -> dict:
+    phases = dict(the_plan.get("phases") or {})
+    for key in ("read", "chunk", "embed", "write"):
+        phases[key] = _r(sum((b.get("seconds") or {}).get(key, 0.0) for b in batch_stats))
+    return phases
+
+
+def apply_deletes(conn, n, the_plan: dict, owner: str, phases: dict) -> int:
+    """The run's deleted documents leave the candidate release (one transaction)."""
+    from tandem.knowledge import writer
+
+    t0 = time.monotonic()
+    deleted = writer.delete_documents(conn, n, table=the_plan["table"], space_no=the_plan["space_no"], owner=owner,
+                                      run_id=the_plan["run_id"], release=the_plan["release"],
+                                      manifest_now=the_plan["manifest_now"])
+    phases["delete"] = _r(time.monotonic() - t0)
+    return deleted
+
+
+def _document_outcomes(conn, n, the_plan: dict) -> dict:
+    """Pending (a batch did not finish), failed and quarantined documents; for a shadow space, the documents it
+    failed that the live space serves."""
+    run_id, space_no = the_plan["run_id"], the_plan["space_no"]
+    rd, m = ident(n.run_docs), ident(n.manifest)
+    out = {"pending": conn.execute(sql.SQL("""
+        SELECT count(*) FROM {rd} WHERE run_id = %s AND class IN ('new', 'changed') AND outcome IS NULL""")
+        .format(rd=rd), (run_id,)).fetchone()[0]}
+    out["failed"] = conn.execute(sql.SQL("""
+        SELECT r.doc_id, m.last_error FROM {rd} r JOIN {m} m ON m.space_no = %s AND m.doc_id = r.doc_id
+        WHERE r.run_id = %s AND (r.class = 'failed' OR r.outcome IN ('failed', 'quarantined'))
+        ORDER BY r.doc_id""").format(rd=rd, m=m), (space_no, run_id)).fetchall()
+    out["quarantined"] = conn.execute(sql.SQL("""
+        SELECT doc_id, last_error, attempts FROM {m} WHERE space_no = %s AND status = 'quarantined'
+        ORDER BY doc_id""").format(m=m), (space_no,)).fetchall()
+    out["lost_by_switch"] = conn.execute(sql.SQL("""
+        SELECT count(*) FROM {m} s WHERE s.space_no = %s AND s.status = 'failed' AND EXISTS (
+            SELECT 1 FROM {m} l JOIN {sp} sp ON sp.space_no = l.space_no AND sp.status = 'live'
+            WHERE l.doc_id = s.doc_id AND l.space_no <> s.space_no AND l.content_hash IS NOT NULL)
+        """).format(m=m, sp=ident(n.spaces)), (space_no,)).fetchone()[0]
+    conn.commit()
+    return out
+
+
+def run_canary(settings: Settings, conn, n, the_plan: dict, space, *, wrote: bool, phases: dict) -> dict:
+    """Measure the candidate release against the golden set and judge it (baseline and floor)."""
+    from tandem.knowledge.search import embedder_for
+
+    if the_plan["mode"] == "build":  # a filled shadow space gets its HNSW index in one bulk build
+        t0 = time.monotonic()
+        with conn.transaction():
+            store.ensure_hnsw(conn, the_plan["table"])
+        phases["hnsw"] = _r(time.monotonic() - t0)
+    t0 = time.monotonic()
+    items, golden_sha, skip = canary.load_golden(settings.canary_path)
+    if skip:
+        result = {"status": "skipped", "reason": skip}
+    else:
+        ref = canary.reference(conn, n, golden_sha, settings.canary_k, settings.canary_floor_releases,
+                               settings.canary_floor_tolerance)
+        carry = canary.last_measured_is_good(conn, n, golden_sha, settings.canary_k)
+        conn.commit()
+        if not wrote and the_plan["mode"] != "build" and ref is not None and carry:
+            result = {"hit_at_k": ref["hit_at_k"], "mrr": ref["mrr"], "k": settings.canary_k,
+                      "status": "unchanged", "reason": f"index unchanged since release {ref['release']}: "
+                                                       "metrics carried over"}
+        else:
+            measured = canary.evaluate(conn, the_plan["table"], embedder_for(settings, space), items,
+                                       settings.canary_k, settings.hnsw_ef_search, release=the_plan["release"])
+            result = canary.judge(measured, ref, settings.canary_max_drop)
+    if golden_sha:
+        result.update(golden_sha256=golden_sha, k=settings.canary_k, path=str(settings.canary_path))
+    phases["canary"] = _r(time.monotonic() - t0)
+    return result
+
+
+def _verdict(the_plan: dict, docs: dict, canary_result: dict) -> tuple[str, str | None]:
+    """("succeeded" | "failed", message)."""
+    switch = the_plan["mode"] == "build"
+    if docs["pending"]:
+        return "failed", (f"{docs['pending']} planned documents were not processed (a batch did not finish); "
+                          "nothing was published")
+    if canary_result.get("status") == "failed":
+        return "failed", ("retrieval canary regressed: " + canary_result.get("reason", "") +
+                          ("; the new embedding space was NOT switched in" if switch else
+                           f"; release {the_plan['release']} was NOT published (the live index is unchanged)"))
+    if switch and docs["lost_by_switch"]:
+        return "failed", (f"the new embedding space failed {docs['lost_by_switch']} documents that the live space "
+                          "serves: not switched in (the live index is unchanged); the next run retries them (after "
+                          "max_attempts they are quarantined and the switch goes ahead)")
+    return "succeeded", None
+
+
+def _counts(the_plan: dict, deleted: int, docs: dict, batch_stats: list[dict]) -> dict:
+    return {"new": the_plan["new"], "changed": the_plan["changed"], "unchanged": the_plan["unchanged"],
+            "deleted": deleted, "failed": len(docs["failed"]), "quarantined": len(docs["quarantined"]),
+            "written": sum(b.get("written", 0) for b in batch_stats),
+            "chunks_embedded": sum(b.get("chunks_embedded", 0) for b in batch_stats)}
+
+
+def publish(settings: Settings, conn, n, the_plan: dict, space, owner: str, *, switch: bool, phases: dict,
+            counts: dict, canary_result: dict) -> dict:
+    """One short transaction: the candidate becomes the published release (a shadow space is switched in).
+    Then, outside it: drop retired tables, collect rows no kept release can see."""
+    t0 = time.monotonic()
+    with conn.transaction():
+        lock.check(conn, n, owner)
+        drop = releases.publish(conn, n, space, the_plan["release"], the_plan["run_id"], switch=switch,
+                                counts=counts, canary=canary_result)
+        _crash_point("during_publish")
+    phases["publish"] = _r(time.monotonic() - t0)
+    if drop:
+        spaces.drop_tables(conn, drop)
+    t0 = time.monotonic()
+    with conn.transaction():
+        collected = releases.collect(conn, n, spaces.by_fingerprint(conn, n, the_plan["fingerprint"]),
+                                     settings.keep_releases)
+    phases["collect"] = _r(time.monotonic() - t0)
+    log.info("published release %s%s; collected %s superseded rows", the_plan["release"],
+             " (embedding space switched)" if switch else "", collected["rows"])
+    return {"release": the_plan["release"], "switched": switch, "collected": collected}
+
+
+def build_summary(conn, n, the_plan: dict, space, batch_stats: list[dict], phases: dict, *, deleted: int, docs: dict,
+                  canary_result: dict, status: str, message: str | None, published: dict | None) -> dict:
+    live = spaces.live(conn, n)
+    total = conn.execute(sql.SQL("SELECT extract(epoch FROM now() - started_at) FROM {r} WHERE run_id = %s")
+                         .format(r=ident(n.runs)), (the_plan["run_id"],)).fetchone()[0]
+    conn.commit()
+    batch_wall = sum(b.get("wall", 0.0) for b in batch_stats)
+    counts = _counts(the_plan, deleted, docs, batch_stats)
+    summary = {
+        "run_id": the_plan["run_id"], "index": n.index, "status": status, "mode": the_plan["mode"], "dry_run": False,
+        "full": the_plan.get("full"), "sources": the_plan.get("sources"), **counts,
+        "index_version": live.version if live else None,
+        "release": {"no": the_plan["release"], "published": published is not None,
+                    "collected_rows": (published or {}).get("collected", {}).get("rows", 0)},
+        "space": {"no": space.space_no, "fingerprint": space.fingerprint,
+                  "switched": bool(published and published["switched"]), "model": space.spec.get("model_ref", "")},
+        "seconds": _r(total), "phases": phases,
+        "docs_per_s": _r((counts["written"] + sum(b.get("failed", 0) for b in batch_stats)) / batch_wall)
+        if batch_wall else 0.0,
+        "chunks_per_s": _r(counts["chunks_embedded"] / batch_wall) if batch_wall else 0.0,
+        "delete_brake": the_plan.get("delete_brake"),
+        "canary": canary_result,
+        "errors": [{"doc_id": d, "reason": e or ""} for d, e in docs["failed"][:MAX_LISTED_ERRORS]],
+        "quarantined_docs": [{"doc_id": d, "reason": e or "", "attempts": a}
+                             for d, e, a in docs["quarantined"][:MAX_LISTED_ERRORS]],
+    }
+    if message:
+        summary["message"] = message
+    return summary
+
+
+def record(settings: Settings, conn, n, the_plan: dict, summary: dict, canary_result: dict, *,
+           log_mlflow: bool) -> None:
+    """MLflow, the run row, and the candidate's release row (failed; or forgotten when it wrote nothing)."""
+    if log_mlflow:
+        tracked = summaries.log_to_mlflow(settings, summary)
+        if "run_id" in tracked:
+            summary["mlflow_run_id"], summary["mlflow_run_url"] = tracked["run_id"], tracked["url"]
+        else:
+            summary["mlflow"] = tracked
+    with conn.transaction():
+        conn.execute(sql.SQL("""
+            UPDATE {r} SET status = %s, summary = %s, canary = %s, finished_at = now() WHERE run_id = %s""")
+                     .format(r=ident(n.runs)), (summary["status"], _json(summary), _json(canary_result),
+                                                the_plan["run_id"]))
+        if summary["status"] == "failed":
+            releases.fail(conn, n, the_plan["release"], summary.get("message") or "failed",
+                          counts={k: summary[k] for k in ("new", "changed", "deleted", "written")}, canary=canary_result)
+        elif not summary["release"]["published"]:
+            releases.forget(conn, n, the_plan["release"])
+        conn.execute(sql.SQL("""
+            DELETE FROM {rd} WHERE run_id NOT IN (SELECT run_id FROM {r} ORDER BY started_at DESC LIMIT 5)""")
+                     .format(rd=ident(n.run_docs), r=ident(n.runs)))
 
 
 def mark_failed(settings: Settings, run_id: str, message: str) -> None:
@@ -473,6 +553,10 @@ def mark_failed(settings: Settings, run_id: str, message: str) -> None:
                 UPDATE {r} SET status = 'failed', finished_at = now(),
                     summary = coalesce(summary, plan) || jsonb_build_object('status', 'failed', 'message', %s::text)
                 WHERE run_id = %s AND status = 'running'""").format(r=ident(n.runs)), (message[:2000], run_id))
+            if store.exists(conn, n.releases):
+                conn.execute(sql.SQL("""UPDATE {r} SET status = 'failed', ended_at = now(), message = %s
+                                        WHERE run_id = %s AND status = 'candidate'""").format(r=ident(n.releases)),
+                             (message[:2000], run_id))
             conn.commit()
     except Exception as exc:  # noqa: BLE001 - best effort while failing
         log.warning("could not record run %s as failed: %s", run_id, exc)
@@ -492,7 +576,7 @@ def mark_failed_by_owner(settings: Settings, owner: str, message: str) -> None:
 
 # --------------------------------------------------------------------------------------------- one process
 def run(settings: Settings, *, sources=None, full: bool = False, dry_run: bool = False,
-        allow_mass_delete: bool = False, progress: bool = True) -> dict:
+        allow_mass_delete: bool = False, progress: bool = True, force: list[str] | None = None) -> dict:
     """The whole reindex in this process (the CLI). Returns the summary; raises JobFailed when the run failed."""
     run_id = new_run_id("cli")
     if dry_run:
@@ -503,7 +587,7 @@ def run(settings: Settings, *, sources=None, full: bool = False, dry_run: bool =
     try:
         try:
             the_plan = plan(settings, run_id=run_id, owner=owner, sources=sources, full=full,
-                            allow_mass_delete=allow_mass_delete, progress=progress)
+                            allow_mass_delete=allow_mass_delete, progress=progress, force=force)
         except _Brake as exc:
             raise JobFailed(str(exc.message), fix=exc.fix, summary=summaries.jsonable(exc.summary)) from None
         todo = the_plan["new"] + the_plan["changed"]
@@ -523,12 +607,13 @@ def run(settings: Settings, *, sources=None, full: bool = False, dry_run: bool =
 
 
 def rollback(settings: Settings) -> dict:
-    """``tandem index rollback``: the previous embedding space becomes live again (under the lease)."""
+    """``tandem index rollback``: the previous published release is served again, in the same embedding space
+    or in the previous one (under the lease)."""
     n = store.names(settings.index_name)
     owner = lock.new_owner("rollback")
     with acquire_lease(settings, owner, keep_connection=True):
         with db.connection(settings.db_url) as conn:
-            result = spaces.rollback(conn, n)
+            result = releases.rollback(conn, n)
     log.info("rolled back index %s to version %s", n.index, result["index_version"])
     return result
 

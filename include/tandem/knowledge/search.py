@@ -2,7 +2,9 @@
 fusion (RRF: score = sum over lists of 1 / (60 + rank)). Not concatenation: a chunk found by both lists
 ranks above one found by either alone.
 
-- The query is embedded with the model of the *live* space (its fingerprint), so queries never mix spaces.
+- The query is embedded with the model of the *live* space (its fingerprint), so queries never mix spaces,
+  and every statement filters on the published release (``releases``): one search reads exactly one
+  release. pgvector's iterative index scan keeps HNSW recall under that filter.
 - Keyword hits: ``websearch_to_tsquery`` (all words, quotes, -exclusions), ranked with ``ts_rank_cd``; when
   that finds fewer than the candidate count, the rest come from an any-word query ranked within a bounded
   pool of ``OR_POOL`` matches, so a query sharing one common word with most chunks stays fast.
@@ -68,14 +70,21 @@ def _conn(url: str) -> psycopg.Connection:
     return conn
 
 
-def live_index_version(settings: Settings) -> str | None:
-    """``<space>.<rev>`` of the live index, or None when nothing is indexed yet."""
+def pin(settings: Settings) -> Space | None:
+    """The live space and its published release as of now, or None when nothing is published yet. Pass it
+    to ``search(at=...)`` so that several searches (an eval, an answer and its version) read one release."""
     n = store.names(settings.index_name)
     conn = _conn(settings.db_url)
     try:
         space = spaces.live(conn, n)
     finally:
         conn.rollback()
+    return space if space is not None and space.release_no is not None else None
+
+
+def live_index_version(settings: Settings) -> str | None:
+    """The published release number of the live index, or None when nothing is indexed yet."""
+    space = pin(settings)
     return space.version if space else None
 
 
@@ -94,9 +103,9 @@ def _validate(query: Any, k: Any, mode: Any, filters: Any) -> None:
             raise UserError(f"unknown filter field(s): {', '.join(unknown)}", fix=f"use: {', '.join(FILTER_KEYS)}")
 
 
-def _where(filters: dict | None) -> tuple[sql.Composable, list]:
-    clauses: list[sql.Composable] = []
-    params: list = []
+def _where(filters: dict | None, release: int) -> tuple[sql.Composable, list]:
+    visible, params = store.visible(release)
+    clauses: list[sql.Composable] = [visible]
     for key in sorted(filters or {}):
         value = filters[key]
         if key == "doc_id_prefix":
@@ -111,8 +120,6 @@ def _where(filters: dict | None) -> tuple[sql.Composable, list]:
         else:
             clauses.append(sql.SQL("{} = %s").format(sql.Identifier(key)))
             params.append(str(value))
-    if not clauses:
-        return sql.SQL("TRUE"), []
     return sql.SQL(" AND ").join(clauses), params
 
 
@@ -138,23 +145,24 @@ def embedder_for(settings: Settings, space: Space):
         fix="set TANDEM_EMBED_MODEL to that model, or rebuild the index with the configured model (`tandem reindex`)")
 
 
-def search_space(conn: psycopg.Connection, table: str, query: str, vector, *, k: int, mode: str = "hybrid",
-                 filters: dict | None = None, ef_search: int = 64, candidates: int | None = None) -> list[Hit]:
-    """Search one chunk table with an already computed query vector (used by ``search`` and the canary)."""
+def search_space(conn: psycopg.Connection, table: str, query: str, vector, *, release: int, k: int,
+                 mode: str = "hybrid", filters: dict | None = None, ef_search: int = 64,
+                 candidates: int | None = None) -> list[Hit]:
+    """Search release ``release`` of one chunk table with an already computed query vector (used by
+    ``search`` and the canary)."""
     t = ident(table)
     n_cand = candidates or max(20, 4 * k)
-    where, wparams = _where(filters)
+    where, wparams = _where(filters, release)
     ranked: list[list[str]] = []
     own_score: dict[str, float] = {}
     conn.execute("SELECT set_config('hnsw.ef_search', %s, true)", (str(max(ef_search, n_cand)),))
-    if filters:
-        conn.execute("SELECT set_config('hnsw.iterative_scan', 'relaxed_order', true)")
+    # rows of other releases (and filtered-out rows) are skipped without losing candidates
+    conn.execute("SELECT set_config('hnsw.iterative_scan', 'relaxed_order', true)")
     if mode in ("hybrid", "vector"):
         rows = conn.execute(sql.SQL("""
             SELECT chunk_id, embedding <=> %s AS dist FROM {t} WHERE {w} ORDER BY embedding <=> %s LIMIT %s
             """).format(t=t, w=where), [vector, *wparams, vector, n_cand]).fetchall()
-        if filters:  # relaxed_order may return slightly out of order: order exactly
-            rows.sort(key=lambda r: (r[1], r[0]))
+        rows.sort(key=lambda r: (r[1], r[0]))  # relaxed_order may return slightly out of order: order exactly
         ranked.append([r[0] for r in rows])
         if mode == "vector":
             own_score = {r[0]: 1.0 - float(r[1]) for r in rows}
@@ -187,9 +195,11 @@ def search_space(conn: psycopg.Connection, table: str, query: str, vector, *, k:
         top = [(cid, own_score[cid]) for cid in ranked[0][:k]]
     if not top:
         return []
+    visible, vparams = store.visible(release)
     rows = conn.execute(sql.SQL("""
         SELECT chunk_id, doc_id, title, uri, heading_path, text, 1 - (embedding <=> %s) FROM {t}
-        WHERE chunk_id = ANY(%s)""").format(t=t), (vector, [cid for cid, _ in top])).fetchall()
+        WHERE chunk_id = ANY(%s) AND {v}""").format(t=t, v=visible),
+        [vector, [cid for cid, _ in top], *vparams]).fetchall()
     by_id = {r[0]: r for r in rows}
     hits = []
     for cid, score in top:
@@ -201,18 +211,19 @@ def search_space(conn: psycopg.Connection, table: str, query: str, vector, *, k:
     return hits
 
 
-def search(settings: Settings, query: str, k: int = 5, filters: dict | None = None, mode: str = "hybrid") -> list[Hit]:
-    """The top ``k`` chunks of the live index for ``query``. Raises ServiceUnavailable when nothing is indexed."""
+def search(settings: Settings, query: str, k: int = 5, filters: dict | None = None, mode: str = "hybrid",
+           at: Space | None = None) -> list[Hit]:
+    """The top ``k`` chunks of the published release for ``query`` (of ``at``, a ``pin``, when given).
+    Raises ServiceUnavailable when nothing is indexed."""
     _validate(query, k, mode, filters)
-    n = store.names(settings.index_name)
     conn = _conn(settings.db_url)
     try:
-        space = spaces.live(conn, n)
+        space = at or pin(settings)
         if space is None:
             raise ServiceUnavailable(f"the knowledge index {settings.index_name!r} is empty (nothing indexed yet)",
                                      fix="run `tandem reindex` (or the knowledge_reindex DAG) first")
         vector = embedder_for(settings, space).encode([query])[0]
-        return search_space(conn, space.table, query, vector, k=k, mode=mode, filters=filters,
-                            ef_search=settings.hnsw_ef_search)
+        return search_space(conn, space.table, query, vector, release=space.release_no, k=k, mode=mode,
+                            filters=filters, ef_search=settings.hnsw_ef_search)
     finally:
         conn.rollback()  # read-only: end the transaction (drops the SET LOCALs)

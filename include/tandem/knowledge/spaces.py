@@ -1,12 +1,13 @@
 """Embedding-space versions: one chunk table per fingerprint, a live pointer, shadow builds, rollback.
 
-- The configured fingerprint equals the live space's: the run updates the live table in place.
+- The configured fingerprint equals the live space's: the run writes a candidate release into the live
+  table (invisible to readers until it is published, see ``releases``).
 - It differs (a new model, dimension, chunker or normalisation): the run builds (or resumes) a ``building``
   space beside the live one, validates it with the canary, then switches atomically: in one transaction the
   spaces rows change status and the ``kn_NAME_live`` view is re-pointed. Queries read one table only.
 - The space that was live becomes ``previous`` and is kept for ``tandem index rollback``; the one before it
   is retired and its table dropped.
-- The index version is ``<space_no>.<rev>``: ``rev`` goes up with every run that changed the space.
+- The index version users see is the published release number of the live space (``release_no``).
 """
 
 from __future__ import annotations
@@ -34,23 +35,29 @@ class Space:
     table: str
     dim: int
     status: str
-    rev: int
+    release_no: int | None  # the release this space publishes; None while it was never published
 
     @property
-    def version(self) -> str:
-        return version(self.space_no, self.rev)
+    def version(self) -> str | None:
+        return version(self.release_no)
+
+    @property
+    def published(self) -> bool:
+        return self.release_no is not None
 
 
-def version(space_no: int, rev: int) -> str:
-    return f"{space_no}.{rev}"
+def version(release_no: int | None) -> str | None:
+    """The index version users see: the release number."""
+    return None if release_no is None else str(int(release_no))
 
 
-_COLS = "space_no, fingerprint, spec, table_name, dim, status, rev"
+_COLS = "space_no, fingerprint, spec, table_name, dim, status, release_no"
 
 
 def _row(row) -> Space:
     spec = row[2] if isinstance(row[2], dict) else json.loads(row[2])
-    return Space(space_no=row[0], fingerprint=row[1], spec=spec, table=row[3], dim=row[4], status=row[5], rev=row[6])
+    return Space(space_no=row[0], fingerprint=row[1], spec=spec, table=row[3], dim=row[4], status=row[5],
+                 release_no=row[6])
 
 
 def by_status(conn: psycopg.Connection, n: Names, status: str) -> Space | None:
@@ -108,35 +115,31 @@ def target(conn: psycopg.Connection, n: Names, fingerprint: str, spec: dict, dim
                  (table, space_no))
     conn.commit()
     log.info("building a new embedding space %s (fingerprint %s) in %s", space_no, fingerprint, table)
-    return Space(space_no, fingerprint, spec, table, dim, "building", 0), "build"
+    return Space(space_no, fingerprint, spec, table, dim, "building", None), "build"
 
 
-def activate(conn: psycopg.Connection, n: Names, space: Space, rev: int) -> list[str]:
-    """Switch ``space`` live atomically (caller commits). Returns the tables to drop after commit."""
+def activate(conn: psycopg.Connection, n: Names, space: Space, release_no: int) -> list[str]:
+    """Switch ``space`` live with ``release_no`` published, atomically (caller commits). Returns the tables to
+    drop after commit (the space before the previous one, and rolled-back spaces)."""
     s = ident(n.spaces)
     old_previous = by_status(conn, n, "previous")
     old_live = live(conn, n)
-    drop: list[str] = []
-    if old_previous is not None and old_previous.space_no != space.space_no:
-        conn.execute(sql.SQL("UPDATE {s} SET status = 'retired' WHERE space_no = %s").format(s=s),
-                     (old_previous.space_no,))
-        conn.execute(sql.SQL("DELETE FROM {m} WHERE space_no = %s").format(m=ident(n.manifest)),
-                     (old_previous.space_no,))
-        drop.append(old_previous.table)
-    # rolled-back spaces that are not being activated are dropped too
-    rows = conn.execute(sql.SQL("SELECT space_no, table_name FROM {s} WHERE status = 'rolled_back' AND space_no <> %s")
-                        .format(s=s), (space.space_no,)).fetchall()
-    for space_no, table in rows:
-        conn.execute(sql.SQL("UPDATE {s} SET status = 'retired' WHERE space_no = %s").format(s=s), (space_no,))
-        conn.execute(sql.SQL("DELETE FROM {m} WHERE space_no = %s").format(m=ident(n.manifest)), (space_no,))
-        drop.append(table)
+    retire = [sp for sp in (old_previous,) if sp is not None and sp.space_no != space.space_no]
+    retire += [_row(r) for r in conn.execute(sql.SQL("SELECT " + _COLS + " FROM {s} WHERE status = 'rolled_back' "
+                                                     "AND space_no <> %s").format(s=s), (space.space_no,))]
+    for sp in retire:
+        conn.execute(sql.SQL("UPDATE {s} SET status = 'retired' WHERE space_no = %s").format(s=s), (sp.space_no,))
+        conn.execute(sql.SQL("DELETE FROM {m} WHERE space_no = %s").format(m=ident(n.manifest)), (sp.space_no,))
+        conn.execute(sql.SQL("""UPDATE {r} SET status = 'expired', ended_at = now()
+                                WHERE space_no = %s AND status = 'published'""").format(r=ident(n.releases)),
+                     (sp.space_no,))
     if old_live is not None and old_live.space_no != space.space_no:
         conn.execute(sql.SQL("UPDATE {s} SET status = 'previous' WHERE space_no = %s").format(s=s),
                      (old_live.space_no,))
-    conn.execute(sql.SQL("UPDATE {s} SET status = 'live', rev = %s, activated_at = now() WHERE space_no = %s")
-                 .format(s=s), (rev, space.space_no))
-    store.point_live_view(conn, n, space.table)
-    return drop
+    conn.execute(sql.SQL("UPDATE {s} SET status = 'live', release_no = %s, activated_at = now() WHERE space_no = %s")
+                 .format(s=s), (release_no, space.space_no))
+    store.point_live_view(conn, n, space.space_no, space.table)
+    return [sp.table for sp in retire]
 
 
 def drop_tables(conn: psycopg.Connection, tables: list[str]) -> None:
@@ -145,31 +148,7 @@ def drop_tables(conn: psycopg.Connection, tables: list[str]) -> None:
     conn.commit()
 
 
-def bump(conn: psycopg.Connection, n: Names, space: Space, rev: int) -> None:
-    conn.execute(sql.SQL("UPDATE {s} SET rev = %s WHERE space_no = %s").format(s=ident(n.spaces)),
-                 (rev, space.space_no))
-
-
-def rollback(conn: psycopg.Connection, n: Names) -> dict:
-    """Make the previous space live again (the current one becomes ``rolled_back``). Commits."""
-    if not store.exists(conn, n.spaces):
-        raise UserError(f"index {n.index!r} has not been built yet: nothing to roll back",
-                        fix="run `tandem reindex` first")
-    conn.commit()  # end the implicit transaction: the block below must be a real transaction, not a savepoint
-    with conn.transaction():
-        conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", ("tandem-spaces-" + n.index,))
-        current = live(conn, n)
-        previous = by_status(conn, n, "previous")
-        if previous is None:
-            raise UserError(f"index {n.index!r} has no previous embedding space to roll back to",
-                            fix="a previous space exists only after an embedding-model/chunker change was switched in")
-        s = ident(n.spaces)
-        if current is not None:
-            conn.execute(sql.SQL("UPDATE {s} SET status = 'rolled_back' WHERE space_no = %s").format(s=s),
-                         (current.space_no,))
-        conn.execute(sql.SQL("UPDATE {s} SET status = 'live', activated_at = now() WHERE space_no = %s").format(s=s),
-                     (previous.space_no,))
-        store.point_live_view(conn, n, previous.table)
-    return {"index_version": previous.version, "fingerprint": previous.fingerprint,
-            "rolled_back_version": current.version if current else None,
-            "rolled_back_fingerprint": current.fingerprint if current else None}
+def set_release(conn: psycopg.Connection, n: Names, space_no: int, release_no: int) -> None:
+    """Publish ``release_no`` in a space that is already live (caller's transaction): one row."""
+    conn.execute(sql.SQL("UPDATE {s} SET release_no = %s WHERE space_no = %s").format(s=ident(n.spaces)),
+                 (release_no, space_no))

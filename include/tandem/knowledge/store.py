@@ -2,15 +2,20 @@
 
 Every table of index ``NAME`` is prefixed ``kn_NAME_``:
 
-- ``kn_NAME_spaces``: one row per embedding space (fingerprint -> chunk table, status, content revision).
-  Exactly one space is ``live``; the one before it is ``previous`` (kept for rollback); a space being
-  built beside the live one is ``building``.
-- ``kn_NAME_chunks_<space_no>``: the chunks of one space (text, context, embedding, tsvector).
-- ``kn_NAME_live``: a view over the live chunk table (switched atomically with the spaces row).
-- ``kn_NAME_manifest``: one row per (space, document): uri, content hash, chunk count, status, attempts,
-  last error, index version, timestamps. The diff joins the scan against it.
-- ``kn_NAME_runs`` / ``kn_NAME_run_docs``: each run's plan (document classes and batches), summary and
-  canary metrics.
+- ``kn_NAME_spaces``: one row per embedding space (fingerprint -> chunk table, status, the release it
+  publishes). Exactly one space is ``live``; the one before it is ``previous`` (kept for rollback); a space
+  being built beside the live one is ``building``.
+- ``kn_NAME_chunks_<space_no>``: the chunks of one space (text, context, embedding, tsvector). Every row
+  carries the releases in which it is visible: ``rel_from`` (the release that wrote it) and ``rel_to`` (the
+  release that replaced or deleted it; NULL while current). See ``releases``.
+- ``kn_NAME_live``: a view over the published release of the live space (switched atomically with the
+  spaces row).
+- ``kn_NAME_releases``: one row per release: its space, run, status, counts and canary figures.
+- ``kn_NAME_manifest``: one row per (space, document) as of the space's published release: uri, content
+  hash, chunk count, status, attempts, last error, release, timestamps. The diff joins the scan against it.
+- ``kn_NAME_runs`` / ``kn_NAME_run_docs``: each run's plan (document classes and batches, and what each
+  written document became), summary and canary metrics.
+- ``kn_NAME_checks``: the results of ``tandem index verify``.
 - ``kn_NAME_lease``: who is running a reindex of this index (see ``lock``).
 
 All identifiers go through ``tandem.db.ident``; all values are parameters.
@@ -58,6 +63,14 @@ class Names:
         return self._t("lease")
 
     @property
+    def releases(self) -> str:
+        return self._t("releases")
+
+    @property
+    def checks(self) -> str:
+        return self._t("checks")
+
+    @property
     def live_view(self) -> str:
         return self._t("live")
 
@@ -94,7 +107,7 @@ def ensure_schema(conn: psycopg.Connection, n: Names) -> None:
             table_name    text NOT NULL,
             dim           integer NOT NULL,
             status        text NOT NULL CHECK (status IN ('building', 'live', 'previous', 'retired', 'rolled_back')),
-            rev           integer NOT NULL DEFAULT 0,
+            release_no    integer,
             created_at    timestamptz NOT NULL DEFAULT now(),
             activated_at  timestamptz
         )""").format(spaces=i(n.spaces)))
@@ -127,7 +140,7 @@ def ensure_schema(conn: psycopg.Connection, n: Names) -> None:
             mode          text NOT NULL,
             status        text NOT NULL,
             owner         text NOT NULL,
-            target_rev    integer,
+            release_no    integer,
             params        jsonb NOT NULL DEFAULT '{{}}',
             plan          jsonb NOT NULL DEFAULT '{{}}',
             summary       jsonb,
@@ -144,8 +157,35 @@ def ensure_schema(conn: psycopg.Connection, n: Names) -> None:
             source        text NOT NULL,
             batch_no      integer,
             outcome       text,
+            content_hash  text,
+            title         text,
+            chunk_count   integer,
             PRIMARY KEY (run_id, doc_id)
         )""").format(run_docs=i(n.run_docs)))
+    conn.execute(sql.SQL("""
+        CREATE TABLE IF NOT EXISTS {releases} (
+            release_no    integer PRIMARY KEY,
+            space_no      integer NOT NULL,
+            run_id        text NOT NULL,
+            status        text NOT NULL
+                          CHECK (status IN ('candidate', 'failed', 'published', 'rolled_back', 'expired')),
+            counts        jsonb NOT NULL DEFAULT '{{}}',
+            canary        jsonb,
+            message       text,
+            created_at    timestamptz NOT NULL DEFAULT now(),
+            published_at  timestamptz,
+            ended_at      timestamptz
+        )""").format(releases=i(n.releases)))
+    conn.execute(sql.SQL("""
+        CREATE TABLE IF NOT EXISTS {checks} (
+            check_id      serial PRIMARY KEY,
+            release_no    integer,
+            ok            boolean NOT NULL,
+            report        jsonb NOT NULL,
+            repair_release integer,
+            started_at    timestamptz NOT NULL,
+            finished_at   timestamptz NOT NULL DEFAULT now()
+        )""").format(checks=i(n.checks)))
     conn.execute(sql.SQL("""
         CREATE TABLE IF NOT EXISTS {lease} (
             index_name    text PRIMARY KEY,
@@ -165,7 +205,9 @@ def create_chunk_table(conn: psycopg.Connection, n: Names, space_no: int, dim: i
     t = ident(table)
     conn.execute(sql.SQL("""
         CREATE TABLE IF NOT EXISTS {t} (
-            chunk_id      text PRIMARY KEY,
+            chunk_id      text NOT NULL,
+            rel_from      integer NOT NULL,
+            rel_to        integer,
             doc_id        text NOT NULL,
             ordinal       integer NOT NULL,
             doc_hash      text NOT NULL,
@@ -181,13 +223,18 @@ def create_chunk_table(conn: psycopg.Connection, n: Names, space_no: int, dim: i
                               setweight(to_tsvector('english', title), 'A') ||
                               setweight(to_tsvector('english', heading_path), 'B') ||
                               to_tsvector('english', text)) STORED,
-            created_at    timestamptz NOT NULL DEFAULT now()
+            created_at    timestamptz NOT NULL DEFAULT now(),
+            PRIMARY KEY (chunk_id, rel_from)
         )""").format(t=t, dim=sql.Literal(int(dim))))
     if dim <= 1024:  # keep vectors in the row (no TOAST): exact scans and re-ranking read them directly
         conn.execute(sql.SQL("ALTER TABLE {t} ALTER COLUMN embedding SET STORAGE PLAIN").format(t=t))
     # keep the tsvector in the row too (compressed if need be): keyword ranking reads it for every candidate
     conn.execute(sql.SQL("ALTER TABLE {t} ALTER COLUMN tsv SET STORAGE MAIN").format(t=t))
     conn.execute(sql.SQL("CREATE INDEX IF NOT EXISTS {i} ON {t} (doc_id)").format(i=ident(table + "_doc"), t=t))
+    # discarding a candidate and collecting superseded rows touch only the rows of a few releases
+    conn.execute(sql.SQL("CREATE INDEX IF NOT EXISTS {i} ON {t} (rel_from)").format(i=ident(table + "_relf"), t=t))
+    conn.execute(sql.SQL("CREATE INDEX IF NOT EXISTS {i} ON {t} (rel_to) WHERE rel_to IS NOT NULL")
+                 .format(i=ident(table + "_relt"), t=t))
     if hnsw:
         ensure_hnsw(conn, table)
     conn.execute(sql.SQL("CREATE INDEX IF NOT EXISTS {i} ON {t} USING gin (tsv)").format(i=ident(table + "_tsv"), t=t))
@@ -201,7 +248,17 @@ def ensure_hnsw(conn: psycopg.Connection, table: str, maintenance_work_mem: str 
                  .format(i=ident(table + "_hnsw"), t=ident(table)))
 
 
-def point_live_view(conn: psycopg.Connection, n: Names, table: str) -> None:
-    """Re-point the stable view at ``table`` (in the caller's transaction: atomic with the spaces update)."""
+def visible(release: int) -> tuple[sql.Composable, list]:
+    """The filter of the rows visible in ``release`` (a WHERE fragment and its parameters)."""
+    return sql.SQL("(rel_from <= %s AND (rel_to IS NULL OR rel_to > %s))"), [int(release), int(release)]
+
+
+def point_live_view(conn: psycopg.Connection, n: Names, space_no: int, table: str) -> None:
+    """Re-point the stable view at the published release of ``table``'s space (in the caller's transaction:
+    atomic with the spaces update). The view reads the release number from the spaces row, so publishing a
+    release in the same space changes one row and leaves the view alone."""
     conn.execute(sql.SQL("DROP VIEW IF EXISTS {v}").format(v=ident(n.live_view)))
-    conn.execute(sql.SQL("CREATE VIEW {v} AS SELECT * FROM {t}").format(v=ident(n.live_view), t=ident(table)))
+    conn.execute(sql.SQL("""
+        CREATE VIEW {v} AS SELECT c.* FROM {t} c, (SELECT release_no FROM {s} WHERE space_no = {no}) p
+        WHERE c.rel_from <= p.release_no AND (c.rel_to IS NULL OR c.rel_to > p.release_no)""").format(
+        v=ident(n.live_view), t=ident(table), s=ident(n.spaces), no=sql.Literal(int(space_no))))

@@ -1,9 +1,11 @@
 """Per-document atomic writes, failures with retry and quarantine, and deletes.
 
-One transaction per document: check the lease, insert the new chunks, delete the document's other
-chunks, update its manifest row. A failure anywhere rolls all of it back: the previous version stays fully
-in place, and the manifest records the attempt (``failed``; ``quarantined`` after ``max_attempts`` failures
-of the same content). A document is never missing, duplicated or mixed across versions.
+One transaction per document: check the lease, insert the new chunks into the candidate release (``rel_from
+= R``), mark the document's current chunks as replaced by it (``rel_to = R``), and record what the document
+became in the run's documents (applied to the manifest when the release is published; at once for a space
+that was never published, so a crashed shadow build resumes). A failure anywhere rolls all of it back: the
+previous version stays fully in place, and the manifest records the attempt (``failed``; ``quarantined``
+after ``max_attempts`` failures of the same content). Readers of the published release see none of it.
 
 Fault injection for tests (environment, read per call): ``TANDEM_TEST_FAIL_WRITE`` (comma-separated doc ids
 whose write fails inside the transaction, after the new chunks were inserted) and
@@ -50,7 +52,7 @@ class DocWrite:
 
 
 def write_document(conn: psycopg.Connection, n: Names, *, table: str, space_no: int, owner: str, run_id: str,
-                   doc: DocWrite, fingerprint: str, index_version: str) -> None:
+                   doc: DocWrite, fingerprint: str, release: int, manifest_now: bool) -> None:
     global _committed
     t = ident(table)
     _require_idle(conn)
@@ -58,40 +60,44 @@ def write_document(conn: psycopg.Connection, n: Names, *, table: str, space_no: 
         lock.check(conn, n, owner)
         rel = doc.doc_id.split("/", 1)[1] if "/" in doc.doc_id else doc.doc_id
         metadata = json.dumps({"format": doc.fmt, "path": rel})
+        # a retried batch of the same run rewrites the document's candidate rows
+        conn.execute(sql.SQL("DELETE FROM {t} WHERE doc_id = %s AND rel_from = %s").format(t=t), (doc.doc_id, release))
         with conn.cursor() as cur:
             cur.executemany(sql.SQL("""
-                INSERT INTO {t} (chunk_id, doc_id, ordinal, doc_hash, source, uri, title, heading_path, text,
-                                 metadata, fingerprint, embedding)
-                VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
-                ON CONFLICT (chunk_id) DO UPDATE SET
-                    ordinal = EXCLUDED.ordinal, doc_hash = EXCLUDED.doc_hash, source = EXCLUDED.source,
-                    uri = EXCLUDED.uri, title = EXCLUDED.title, heading_path = EXCLUDED.heading_path,
-                    text = EXCLUDED.text, metadata = EXCLUDED.metadata, fingerprint = EXCLUDED.fingerprint,
-                    embedding = EXCLUDED.embedding""").format(t=t),
-                [(c.chunk_id, doc.doc_id, c.ordinal, doc.content_hash, doc.source, doc.uri, c.title,
+                INSERT INTO {t} (chunk_id, rel_from, doc_id, ordinal, doc_hash, source, uri, title, heading_path,
+                                 text, metadata, fingerprint, embedding)
+                VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)""").format(t=t),
+                [(c.chunk_id, release, doc.doc_id, c.ordinal, doc.content_hash, doc.source, doc.uri, c.title,
                   c.heading_path, c.text, metadata, fingerprint, vec)
                  for c, vec in zip(doc.chunks, doc.vectors)])
         fail = {x.strip() for x in os.environ.get("TANDEM_TEST_FAIL_WRITE", "").split(",") if x.strip()}
         if doc.doc_id in fail:
             raise InjectedFault(f"injected write failure for {doc.doc_id} (TANDEM_TEST_FAIL_WRITE)")
-        conn.execute(sql.SQL("DELETE FROM {t} WHERE doc_id = %s AND NOT (chunk_id = ANY(%s))").format(t=t),
-                     (doc.doc_id, [c.chunk_id for c in doc.chunks]))
+        conn.execute(sql.SQL("UPDATE {t} SET rel_to = %s WHERE doc_id = %s AND rel_to IS NULL AND rel_from < %s")
+                     .format(t=t), (release, doc.doc_id, release))
         conn.execute(sql.SQL("""
-            INSERT INTO {m} (space_no, doc_id, source, uri, title, content_hash, chunk_count, status, attempts,
-                             last_error, failed_hash, index_version, updated_at, indexed_at)
-            VALUES (%s, %s, %s, %s, %s, %s, %s, 'indexed', 0, NULL, NULL, %s, now(), now())
-            ON CONFLICT (space_no, doc_id) DO UPDATE SET
-                source = EXCLUDED.source, uri = EXCLUDED.uri, title = EXCLUDED.title,
-                content_hash = EXCLUDED.content_hash, chunk_count = EXCLUDED.chunk_count, status = 'indexed',
-                attempts = 0, last_error = NULL, failed_hash = NULL, index_version = EXCLUDED.index_version,
-                updated_at = now(), indexed_at = now()""").format(m=ident(n.manifest)),
-            (space_no, doc.doc_id, doc.source, doc.uri, doc.title, doc.content_hash, len(doc.chunks), index_version))
-        conn.execute(sql.SQL("UPDATE {rd} SET outcome = 'written' WHERE run_id = %s AND doc_id = %s")
-                     .format(rd=ident(n.run_docs)), (run_id, doc.doc_id))
+            UPDATE {rd} SET outcome = 'written', content_hash = %s, title = %s, chunk_count = %s
+            WHERE run_id = %s AND doc_id = %s""").format(rd=ident(n.run_docs)),
+            (doc.content_hash, doc.title, len(doc.chunks), run_id, doc.doc_id))
+        if manifest_now:
+            _upsert_manifest(conn, n, space_no, doc, release)
     _committed += 1
     crash_after = os.environ.get("TANDEM_TEST_CRASH_AFTER_DOCS")
     if crash_after and _committed >= int(crash_after):
         os._exit(70)  # an abrupt crash: no cleanup, no lease release, no finally blocks
+
+
+def _upsert_manifest(conn: psycopg.Connection, n: Names, space_no: int, doc: DocWrite, release: int) -> None:
+    conn.execute(sql.SQL("""
+        INSERT INTO {m} (space_no, doc_id, source, uri, title, content_hash, chunk_count, status, attempts,
+                         last_error, failed_hash, index_version, updated_at, indexed_at)
+        VALUES (%s, %s, %s, %s, %s, %s, %s, 'indexed', 0, NULL, NULL, %s, now(), now())
+        ON CONFLICT (space_no, doc_id) DO UPDATE SET
+            source = EXCLUDED.source, uri = EXCLUDED.uri, title = EXCLUDED.title,
+            content_hash = EXCLUDED.content_hash, chunk_count = EXCLUDED.chunk_count, status = 'indexed',
+            attempts = 0, last_error = NULL, failed_hash = NULL, index_version = EXCLUDED.index_version,
+            updated_at = now(), indexed_at = now()""").format(m=ident(n.manifest)),
+        (space_no, doc.doc_id, doc.source, doc.uri, doc.title, doc.content_hash, len(doc.chunks), str(release)))
 
 
 def record_failure(conn: psycopg.Connection, n: Names, *, space_no: int, owner: str, run_id: str, doc_id: str,
@@ -118,22 +124,23 @@ def record_failure(conn: psycopg.Connection, n: Names, *, space_no: int, owner: 
 
 
 def delete_documents(conn: psycopg.Connection, n: Names, *, table: str, space_no: int, owner: str,
-                     run_id: str) -> int:
-    """Remove the run's ``deleted`` documents (chunks and manifest rows) in one transaction."""
+                     run_id: str, release: int, manifest_now: bool) -> int:
+    """Mark the run's ``deleted`` documents as gone in the candidate release (``rel_to = R``), in one
+    transaction. Their manifest rows go when the release is published (at once in a never-published space)."""
     _require_idle(conn)
     with conn.transaction():
         lock.check(conn, n, owner)
         conn.execute(sql.SQL("""
-            DELETE FROM {t} c USING {rd} r
+            UPDATE {t} c SET rel_to = %s FROM {rd} r
             WHERE r.run_id = %s AND r.class = 'deleted' AND r.outcome IS NULL AND c.doc_id = r.doc_id
-            """).format(t=ident(table), rd=ident(n.run_docs)), (run_id,))
-        cur = conn.execute(sql.SQL("""
-            DELETE FROM {m} m USING {rd} r
-            WHERE r.run_id = %s AND r.class = 'deleted' AND r.outcome IS NULL
-              AND m.space_no = %s AND m.doc_id = r.doc_id
-            """).format(m=ident(n.manifest), rd=ident(n.run_docs)), (run_id, space_no))
-        deleted = cur.rowcount
-        conn.execute(sql.SQL("""
+              AND c.rel_to IS NULL""").format(t=ident(table), rd=ident(n.run_docs)), (release, run_id))
+        if manifest_now:
+            conn.execute(sql.SQL("""
+                DELETE FROM {m} m USING {rd} r
+                WHERE r.run_id = %s AND r.class = 'deleted' AND r.outcome IS NULL
+                  AND m.space_no = %s AND m.doc_id = r.doc_id""").format(m=ident(n.manifest), rd=ident(n.run_docs)),
+                (run_id, space_no))
+        deleted = conn.execute(sql.SQL("""
             UPDATE {rd} SET outcome = 'deleted' WHERE run_id = %s AND class = 'deleted' AND outcome IS NULL
-            """).format(rd=ident(n.run_docs)), (run_id,))
+            """).format(rd=ident(n.run_docs)), (run_id,)).rowcount
     return deleted

@@ -202,13 +202,14 @@ def answer(settings: Settings, question: str, k: int | None = None, adapter: str
 
     step("retrieve")
     t0 = time.perf_counter()
-    index_version = knowledge_search.live_index_version(settings)
-    if index_version is None:
+    pinned = knowledge_search.pin(settings)  # the answer and its index_version come from one release
+    if pinned is None:
         from tandem.errors import ServiceUnavailable
 
         raise ServiceUnavailable(f"the knowledge index {settings.index_name!r} is empty: there is nothing to answer from",
                                  fix="run `tandem reindex` (or trigger the knowledge_reindex DAG) first")
-    hits = knowledge_search.search(settings, question, k=k)
+    index_version = pinned.version
+    hits = knowledge_search.search(settings, question, k=k, at=pinned)
     retrieval_ms = (time.perf_counter() - t0) * 1000
     retrieved = [{"doc_id": h.doc_id, "chunk_id": h.chunk_id, "title": h.title, "uri": h.uri,
                   "score": round(h.score, 6),
