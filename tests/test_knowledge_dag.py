@@ -81,7 +81,7 @@ def test_airflow_dags_test_end_to_end(kn, corpus, airflow):
     assert_consistent(state)
     assert {d: r["hash"] for d, r in state["manifest"].items()} == expected_hashes(corpus)
     events = _asset_events(airflow)
-    assert len(events) == 1 and events[0]["index_version"] == "1.1"
+    assert len(events) == 1 and events[0]["index_version"] == "1"
     assert events[0]["summary"]["new"] == 5 and events[0]["summary"]["status"] == "succeeded"
 
     from tandem.knowledge.status import index_status

@@ -15,7 +15,7 @@ from psycopg import sql
 
 from tandem import db
 from tandem.errors import JobFailed, UserError
-from tandem.knowledge import lock, reindex, store
+from tandem.knowledge import search, lock, reindex, store
 
 TANDEM = str(Path(sys.executable).parent / "tandem")
 
@@ -164,6 +164,7 @@ def test_failing_document_keeps_its_version_then_is_quarantined(kn, corpus, monk
 
 def test_crash_after_k_documents_then_rerun_converges(kn, corpus):
     reindex.run(kn, progress=False)
+    before = index_state(kn)
     for rel in ("pricing/plans.md", "policies/refunds.txt", "security/sso.md"):
         (corpus / rel).write_text((corpus / rel).read_text() + "\nAppended for version two.\n")
     write_corpus(corpus, {f"new/doc{i}.md": f"# Doc {i}\n\nBody of new document {i}.\n" for i in range(3)})
@@ -172,12 +173,11 @@ def test_crash_after_k_documents_then_rerun_converges(kn, corpus):
                           env=cli_env(settings, {"TANDEM_TEST_CRASH_AFTER_DOCS": "2"}))
     assert proc.returncode == 70, proc.stderr[-2000:]
     crashed = index_state(kn)
-    assert_consistent(crashed)  # mid-run: every document is old or new, never mixed or missing
-    want = expected_hashes(corpus)
-    written = [d for d, r in crashed["manifest"].items() if r["hash"] == want.get(d)]
-    assert len(written) == 2 + 2  # two unchanged + two written before the crash
+    assert crashed == before  # two documents were written into the candidate release: none of it is served
+    assert search.live_index_version(kn) == "1"
     summary = reindex.run(settings, progress=False)  # takes over the dead run's lease at once
-    assert summary["changed"] + summary["new"] == 4
+    assert summary["changed"] + summary["new"] == 6 and summary["index_version"] == "3"  # release 2 failed
+    want = expected_hashes(corpus)
     final = index_state(kn)
     assert_consistent(final)
     assert {d: r["hash"] for d, r in final["manifest"].items()} == want

@@ -399,8 +399,10 @@ def _document_outcomes(conn, n, the_plan: dict) -> dict:
         WHERE r.run_id = %s AND (r.class = 'failed' OR r.outcome IN ('failed', 'quarantined'))
         ORDER BY r.doc_id""").format(rd=rd, m=m), (space_no, run_id)).fetchall()
     out["quarantined"] = conn.execute(sql.SQL("""
-        SELECT doc_id, last_error, attempts FROM {m} WHERE space_no = %s AND status = 'quarantined'
-        ORDER BY doc_id""").format(m=m), (space_no,)).fetchall()
+        SELECT doc_id, last_error, attempts FROM {m} m WHERE space_no = %s AND status = 'quarantined'
+          AND NOT EXISTS (SELECT 1 FROM {rd} r WHERE r.run_id = %s AND r.doc_id = m.doc_id
+                          AND r.outcome IN ('written', 'deleted'))
+        ORDER BY doc_id""").format(m=m, rd=rd), (space_no, run_id)).fetchall()
     out["lost_by_switch"] = conn.execute(sql.SQL("""
         SELECT count(*) FROM {m} s WHERE s.space_no = %s AND s.status = 'failed' AND EXISTS (
             SELECT 1 FROM {m} l JOIN {sp} sp ON sp.space_no = l.space_no AND sp.status = 'live'
