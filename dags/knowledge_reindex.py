@@ -3,13 +3,19 @@
 
 Re-embeds only what changed, and never half-writes: each document is replaced in one transaction.
 
+Nothing it writes is served until its canary passed: the run builds a candidate *release*, and readers
+see the published release only.
+
 1. **plan**: takes the index's lease (no concurrent reindex: a CLI run waits or exits), scans the
    sources through `ObjectStoragePath`, stages the scan with COPY and classifies every document in SQL
-   (new / changed / unchanged / deleted / failed / quarantined), applies the mass-delete brake.
-2. **embed_batch** (mapped, pool `knowledge`): chunks, embeds and writes one batch of new/changed documents.
-3. **finalize**: deletes, the retrieval canary, the switch to a new embedding space when the fingerprint
-   changed, the summary (logged to MLflow `tandem-knowledge`). Emits the asset `knowledge_index`
-   (extra: index version + summary) only when the run succeeded and was not a dry run.
+   (new / changed / unchanged / deleted / failed / quarantined), applies the mass-delete brake, allocates
+   the candidate release.
+2. **embed_batch** (mapped, pool `knowledge`): chunks, embeds and writes new/changed documents into the
+   candidate release. Batches are grouped so that a run never maps more tasks than Airflow's
+   `core.max_map_length`.
+3. **finalize**: deletes, the retrieval canary on the candidate, publish (a new embedding space is switched
+   in), the summary (logged to MLflow `tandem-knowledge`). Emits the asset `knowledge_index` (extra:
+   index version = release number, and the summary) only when a release was published or nothing changed.
 4. **release** (teardown): gives the lease back whatever happened.
 
 Manual trigger params: `full_rebuild`, `dry_run`, `allow_mass_delete`, `sources` (empty: the configured
@@ -82,15 +88,19 @@ def knowledge_reindex():
         return {**result, "owner": owner}
 
     @task
-    def batches(the_plan: dict) -> list[int]:
-        return list(the_plan["batches"])
+    def batches(the_plan: dict) -> list[list[int]]:
+        from airflow.sdk.configuration import conf
 
-    @task(pool=KNOWLEDGE_POOL, map_index_template="batch {{ batch_no }}")
-    def embed_batch(the_plan: dict, batch_no: int) -> dict:
+        from tandem.knowledge.reindex import group_batches
+
+        return group_batches(the_plan["batches"], conf.getint("core", "max_map_length", fallback=1024))
+
+    @task(pool=KNOWLEDGE_POOL, map_index_template="batches {{ batch_nos | first }}..{{ batch_nos | last }}")
+    def embed_batch(the_plan: dict, batch_nos: list[int]) -> dict:
         from tandem.airflow.settings import task_settings
         from tandem.knowledge import reindex
 
-        return reindex.process_batch(task_settings(), the_plan, batch_no, owner=the_plan["owner"])
+        return reindex.process_batches(task_settings(), the_plan, batch_nos, owner=the_plan["owner"])
 
     @task(outlets=[KNOWLEDGE_INDEX], trigger_rule="none_failed")
     def finalize(the_plan: dict, batch_stats=None, **context) -> dict:
@@ -125,7 +135,7 @@ def knowledge_reindex():
         lock.release(settings.db_url, store.names(settings.index_name), owner)
 
     the_plan = plan()
-    stats = embed_batch.partial(the_plan=the_plan).expand(batch_no=batches(the_plan))
+    stats = embed_batch.partial(the_plan=the_plan).expand(batch_nos=batches(the_plan))
     done = finalize(the_plan, stats)
     done >> release()
 

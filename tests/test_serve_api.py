@@ -154,5 +154,5 @@ def test_status_json(airflow_app, serve_index):
     assert body["knowledge"]["index_version"] == serve_index["index_version"]
     assert body["knowledge"]["documents"] == 4 and body["knowledge"]["fresh"] is True
     assert "error" not in body["behavior"], body["behavior"]
-    assert set(body["airflow"]) == {"knowledge_reindex", "behavior_eval", "lora_retrain", "adapter_rollback"}
+    assert set(body["airflow"]) == {"knowledge_reindex", "knowledge_verify", "behavior_eval", "lora_retrain", "adapter_rollback"}
     assert body["serving"]["refusal_min_similarity"] == 0.3

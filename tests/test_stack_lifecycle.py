@@ -88,7 +88,7 @@ def test_up_status_down_leaves_no_process(base_model_path):
         client = rest.AirflowClient(base, "admin", services.airflow_password(settings))
         assert client.ensure_pools(services.POOLS) == {"knowledge": "kept", "training": "kept"}
         client.wait_for_dag("adapter_rollback")
-        from tandem.adapters.events import ASSET_URI, emit_adapter_event
+        from tandem.airflow.events import ASSET_URI, emit_adapter_event
 
         assert emit_adapter_event(settings, {"tandem.test": "lifecycle"}) is None
         events = client.assets.get_asset_events(asset_id=client.asset_id(ASSET_URI)).asset_events

@@ -71,7 +71,7 @@ def cmd_list(args) -> int:
 
 
 def _announce(settings, verb: str, out: dict, as_json: bool) -> None:
-    from tandem.adapters import events
+    from tandem.airflow import events
 
     if out.get("changed"):
         problem = events.emit_adapter_event(settings, {"action": verb, "champion": out.get("champion") or "base",

@@ -1,4 +1,4 @@
-"""Knowledge verbs: ``reindex``, ``search``, ``index rollback``, ``index status``."""
+"""Knowledge verbs: ``reindex``, ``search``, ``index status|releases|rollback|verify``."""
 
 from __future__ import annotations
 
@@ -30,12 +30,24 @@ def register(sub) -> None:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_search)
 
-    p = sub.add_parser("index", help="the knowledge index: status, rollback")
+    p = sub.add_parser("index", help="the knowledge index: status, releases, rollback, verify")
     isub = p.add_subparsers(dest="index_command", metavar="ACTION")
     isub.required = True
-    r = isub.add_parser("rollback", help="make the previous embedding space live again")
+    r = isub.add_parser("rollback", help="serve the previous published release again (same or previous embedding "
+                                         "space); repeat to step further back")
     r.add_argument("--json", action="store_true")
     r.set_defaults(func=cmd_rollback)
+    r = isub.add_parser("releases", help="the releases: run, counts, canary figures, which one is live")
+    r.add_argument("--limit", type=int, default=20, help="newest N releases (default 20)")
+    r.add_argument("--json", action="store_true")
+    r.set_defaults(func=cmd_releases)
+    r = isub.add_parser("verify", help="check that the published index matches its sources (exit 1 on drift)")
+    r.add_argument("--repair", action="store_true",
+                   help="re-index exactly the drifted documents as a new release, then verify again")
+    r.add_argument("--source", action="append", metavar="PATH_OR_URI", dest="sources",
+                   help="source roots to compare with (default TANDEM_SOURCES)")
+    r.add_argument("--json", action="store_true")
+    r.set_defaults(func=cmd_verify)
     s = isub.add_parser("status", help="index version, counts, last run, quarantine, canary history")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_status)
@@ -113,12 +125,62 @@ def cmd_search(args) -> int:
 
 
 def cmd_rollback(args) -> int:
+    from tandem.airflow import events
     from tandem.knowledge import reindex
 
-    result = reindex.rollback(_settings())
-    emit(result, args.json, f"rolled back: index version {result['index_version']} (fingerprint "
-                            f"{result['fingerprint']}) is live; {result['rolled_back_version']} was rolled back")
+    settings = _settings()
+    result = reindex.rollback(settings)
+    problem = events.emit_knowledge_event(settings, {"index_version": result["index_version"], "action": "rollback",
+                                                     "rolled_back_version": result["rolled_back_version"]})
+    result["asset_event"] = "recorded" if problem is None else f"not recorded: {problem}"
+    if problem is not None:
+        print(f"warning: the index was rolled back, but the knowledge_index asset event was not recorded: {problem}",
+              file=sys.stderr)
+    where = (f" in the previous embedding space {result['space']} (fingerprint {result['fingerprint']})"
+             if result["space_changed"] else "")
+    emit(result, args.json, f"rolled back: release {result['index_version']} is live{where}; release "
+                            f"{result['rolled_back_version']} was rolled back")
     return 0
+
+
+def cmd_releases(args) -> int:
+    from tandem import db
+    from tandem.knowledge import releases, store
+
+    if args.limit < 1:
+        raise UserError(f"--limit must be >= 1, got {args.limit}", fix="for example --limit 20")
+    settings = _settings()
+    with db.connection(settings.db_url) as conn:
+        rows = releases.listing(conn, store.names(settings.index_name), args.limit)
+    if args.json:
+        emit(rows, True)
+        return 0
+    if not rows:
+        print("no releases yet: run `tandem reindex`")
+        return 0
+    table = [["release", "status", "space", "run", "new", "changed", "deleted", "canary", "hit@k", "MRR", "published"]]
+    for r in rows:
+        c, k = r["canary"], r["counts"]
+        table.append([f"{r['release']}{' *' if r['live'] else ''}", r["status"], r["space"], r["run_id"],
+                      k.get("new", "-"), k.get("changed", "-"), k.get("deleted", "-"), c.get("status", "-"),
+                      c.get("hit_at_k", "-"), c.get("mrr", "-"), (r["published_at"] or "-")[:19]])
+    widths = [max(len(str(row[i])) for row in table) for i in range(len(table[0]))]
+    for row in table:
+        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip())
+    print("(* = live)")
+    return 0
+
+
+def cmd_verify(args) -> int:
+    from tandem.knowledge import sources, verify
+
+    settings = _settings()
+    if not all(src.is_local for src in sources.parse_sources(args.sources or settings.sources)):
+        _restore_cli_logging(args)
+    report = verify.verify(settings, repair=args.repair, sources=args.sources,
+                           progress=sys.stderr.isatty() and not args.json)
+    emit(report, args.json, verify.text(report))
+    return 0 if report["ok"] else 1
 
 
 def cmd_status(args) -> int:
@@ -128,7 +190,7 @@ def cmd_status(args) -> int:
     if args.json:
         emit(st, True)
         return 0
-    lines = [f"index {st['index']!r}: version {st['index_version'] or '(nothing indexed yet)'}",
+    lines = [f"index {st['index']!r}: release {st['index_version'] or '(nothing published yet)'}",
              f"  documents {st['documents']} . chunks {st['chunks']} . failed {st['failed_documents']} . "
              f"quarantined {len(st['quarantined'])}"]
     for key in ("live", "previous", "building"):
@@ -144,5 +206,12 @@ def cmd_status(args) -> int:
         lines.append(f"  quarantined {q['doc_id']}: {q['reason']} ({q['attempts']} attempts)")
     for c in st["canary_history"][:5]:
         lines.append(f"  canary {c['run_id']}: {c['status']} hit@{c['k']} {c['hit_at_k']} MRR {c['mrr']}")
+    v = st["last_verify"]
+    if v:
+        drift = ", ".join(f"{k} {c}" for k, c in v["drift"].items() if c) or "no drift"
+        lines.append(f"  last verify (release {v['release']}, {v['finished_at'][:19]}): "
+                     f"{'consistent' if v['ok'] else 'DRIFT'} ({drift})")
+    else:
+        lines.append("  last verify: never (`tandem index verify`)")
     print("\n".join(lines))
     return 0

@@ -323,6 +323,31 @@ def process_batch(settings: Settings, the_plan: dict, batch_no: int, *, owner: s
     return stats
 
 
+def group_batches(batches: list[int], max_groups: int) -> list[list[int]]:
+    """Contiguous groups of batch numbers, at most ``max_groups`` of them (Airflow's ``core.max_map_length``
+    caps the tasks one mapped task may expand to)."""
+    batches = list(batches)
+    groups = max(1, min(len(batches), int(max_groups)))
+    size, extra = divmod(len(batches), groups)
+    out, start = [], 0
+    for g in range(groups):
+        end = start + size + (1 if g < extra else 0)
+        if end > start:
+            out.append(batches[start:end])
+        start = end
+    return out
+
+
+def process_batches(settings: Settings, the_plan: dict, batch_nos: list[int], *, owner: str) -> dict:
+    """Several batches in one task (see ``group_batches``); their stats summed."""
+    stats = [process_batch(settings, the_plan, b, owner=owner) for b in batch_nos]
+    out = {"batch_no": batch_nos[0] if batch_nos else None, "batches": list(batch_nos)}
+    for key in ("docs", "written", "failed", "quarantined", "chunks_embedded", "wall"):
+        out[key] = sum(s.get(key, 0) for s in stats)
+    out["seconds"] = {k: _r(sum(s["seconds"].get(k, 0.0) for s in stats)) for k in ("read", "chunk", "embed", "write")}
+    return out
+
+
 def _fingerprint_of(settings: Settings) -> str:
     return fingerprint.current(settings)[0]
 

@@ -1,4 +1,5 @@
-"""What the knowledge index holds: version, counts, last run, quarantine, canary history (CLI and status page)."""
+"""What the knowledge index holds: release, counts, last run, quarantine, canary history, recent releases, last
+verification (CLI and status page)."""
 
 from __future__ import annotations
 
@@ -7,13 +8,14 @@ from psycopg import sql
 from tandem import db
 from tandem.config import Settings
 from tandem.db import ident
-from tandem.knowledge import lock, spaces, store
+from tandem.knowledge import lock, releases, spaces, store, verify
 
 
 def _space_dict(space) -> dict | None:
     if space is None:
         return None
-    return {"no": space.space_no, "version": space.version, "fingerprint": space.fingerprint, "table": space.table,
+    return {"no": space.space_no, "version": space.version, "release": space.release_no,
+            "fingerprint": space.fingerprint, "table": space.table,
             "dim": space.dim, "status": space.status, "model": space.spec.get("model_ref"),
             "chunker": space.spec.get("chunker")}
 
@@ -24,9 +26,9 @@ def index_status(settings: Settings, history: int = 20) -> dict:
     ``quarantined`` (doc id, reason, attempts, since), ``canary_history`` (newest first: run, time, status,
     hit@k, MRR, k), ``running`` (the lease holder, if a reindex is running)."""
     n = store.names(settings.index_name)
-    out: dict = {"index": n.index, "index_version": None, "documents": 0, "chunks": 0, "failed_documents": 0,
-                 "live": None, "previous": None, "building": None, "last_run": None, "quarantined": [],
-                 "canary_history": [], "running": None}
+    out: dict = {"index": n.index, "index_version": None, "release": None, "documents": 0, "chunks": 0,
+                 "failed_documents": 0, "live": None, "previous": None, "building": None, "last_run": None,
+                 "quarantined": [], "canary_history": [], "running": None, "releases": [], "last_verify": None}
     with db.connection(settings.db_url) as conn:
         if not store.exists(conn, n.spaces):
             return out
@@ -34,9 +36,9 @@ def index_status(settings: Settings, history: int = 20) -> dict:
         out["live"] = _space_dict(live)
         out["previous"] = _space_dict(spaces.by_status(conn, n, "previous"))
         out["building"] = _space_dict(spaces.by_status(conn, n, "building"))
-        if live is not None:
-            out["index_version"] = live.version
-            out["chunks"] = conn.execute(sql.SQL("SELECT count(*) FROM {t}").format(t=ident(live.table))).fetchone()[0]
+        if live is not None and live.published:
+            out["index_version"], out["release"] = live.version, live.release_no
+            out["chunks"] = conn.execute(sql.SQL("SELECT count(*) FROM {v}").format(v=ident(n.live_view))).fetchone()[0]
             docs, failed = conn.execute(sql.SQL("""
                 SELECT count(*) FILTER (WHERE content_hash IS NOT NULL), count(*) FILTER (WHERE status = 'failed')
                 FROM {m} WHERE space_no = %s""").format(m=ident(n.manifest)), (live.space_no,)).fetchone()
@@ -60,6 +62,8 @@ def index_status(settings: Settings, history: int = 20) -> dict:
                 "run_id": run_id, "run_status": status, "finished_at": str(finished) if finished else None,
                 "status": canary.get("status"), "hit_at_k": canary.get("hit_at_k"), "mrr": canary.get("mrr"),
                 "k": canary.get("k"), "reason": canary.get("reason")})
+        out["releases"] = releases.listing(conn, n, 10)
+        out["last_verify"] = verify.last_check(conn, n)
         holder = lock.holder(conn, n)
         if holder is not None:
             out["running"] = {"owner": holder["owner"], "since": str(holder["acquired_at"]),

@@ -30,7 +30,7 @@ from tandem.errors import TandemError
 
 log = logging.getLogger(__name__)
 
-DAG_IDS = ("knowledge_reindex", "behavior_eval", "lora_retrain", "adapter_rollback")
+DAG_IDS = ("knowledge_reindex", "knowledge_verify", "behavior_eval", "lora_retrain", "adapter_rollback")
 MAX_EVALS = 20
 MAX_VERSIONS = 10
 FRESH_HOURS = 26  # a nightly cadence plus slack: older than this, the index is stale
