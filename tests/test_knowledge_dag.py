@@ -87,3 +87,44 @@ def test_airflow_dags_test_end_to_end(kn, corpus, airflow):
     from tandem.knowledge.status import index_status
 
     assert index_status(settings)["running"] is None  # the teardown gave the lease back
+
+    # more batches than Airflow's core.max_map_length: grouped into that many mapped tasks, one release
+    for path in sorted(p for p in corpus.rglob("*") if p.is_file()):
+        path.write_text(path.read_text() + "\nRevised.\n")
+    rc, out, states = airflow.dags_test("knowledge_reindex", {}, settings=settings.replace(reindex_batch_docs=1),
+                                        extra_env={"AIRFLOW__CORE__MAX_MAP_LENGTH": "2"})
+    assert rc == 0, out[-4000:]
+    mapped = {k: v for k, v in states.items() if k.startswith("embed_batch[")}
+    assert len(mapped) == 2 and set(mapped.values()) == {"success"}, states  # 5 batches in 2 tasks
+    state = index_state(settings)
+    assert_consistent(state)
+    assert {d: r["hash"] for d, r in state["manifest"].items()} == expected_hashes(corpus)
+    assert _asset_events(airflow)[-1]["index_version"] == "2"
+
+
+@pytest.mark.airflow
+def test_knowledge_verify_dag_fails_on_drift_and_repairs(kn, corpus, airflow):
+    from psycopg import sql
+
+    from tandem import db
+    from tandem.knowledge import reindex, search
+    from tandem.knowledge.status import index_status
+
+    reindex.run(kn, progress=False)
+    rc, out, states = airflow.dags_test("knowledge_verify", {}, settings=kn)
+    assert rc == 0 and states == {"verify": "success", "repair": "skipped"}, out[-3000:]
+    with db.connection(kn.db_url) as conn:  # a published chunk row disappears
+        conn.execute(sql.SQL("DELETE FROM {t} WHERE doc_id = 'acme/guides/install.rst'")
+                     .format(t=sql.Identifier(search.pin(kn).table)))
+        conn.commit()
+    events_before = len(_asset_events(airflow))
+    rc, out, states = airflow.dags_test("knowledge_verify", {}, settings=kn)
+    assert states["verify"] == "failed" and "drifted from its sources" in out, out[-3000:]
+    assert index_status(kn)["last_verify"]["drift"]["chunk_count_mismatch"] == 1
+    rc, out, states = airflow.dags_test("knowledge_verify", {"repair": True}, settings=kn)
+    assert rc == 0 and states == {"verify": "success", "repair": "success"}, out[-3000:]
+    assert index_status(kn)["last_verify"]["ok"] is True
+    events = _asset_events(airflow)
+    assert len(events) == events_before + 1 and events[-1]["index_version"] == "2"
+    assert events[-1]["action"] == "verify_repair"
+    assert_consistent(index_state(kn))

@@ -498,6 +498,7 @@ def publish(settings: Settings, conn, n, the_plan: dict, space, owner: str, *, s
     """One short transaction: the candidate becomes the published release (a shadow space is switched in).
     Then, outside it: drop retired tables, collect rows no kept release can see."""
     t0 = time.monotonic()
+    conn.commit()  # the publish below must be a transaction of its own, not a savepoint in a read
     with conn.transaction():
         lock.check(conn, n, owner)
         drop = releases.publish(conn, n, space, the_plan["release"], the_plan["run_id"], switch=switch,

@@ -200,6 +200,7 @@ def _repair(settings: Settings, report: dict, *, progress: bool, sources=None) -
     if report["drift"]["unpublished_visible"]["count"]:
         with db.connection(settings.db_url) as conn:
             space, _release = releases.live_release(conn, n)
+            conn.commit()  # end the read: the block below must be a transaction of its own, not a savepoint
             with conn.transaction():
                 store.point_live_view(conn, n, space.space_no, space.table)
         actions.append("re-created the live view over the published release")
