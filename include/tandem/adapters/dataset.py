@@ -222,23 +222,31 @@ def counts(rows: list[dict[str, Any]]) -> dict[str, int]:
 
 
 class IndexSource:
-    """Chunks from the live knowledge index (``tandem.knowledge.search``)."""
+    """Chunks from the published knowledge release (``tandem.knowledge.search``), pinned on first use so that a
+    whole dataset, and the index version recorded with it, come from one release."""
 
     def __init__(self, settings):
         self.settings = settings
+        self._pinned = None
+
+    def _at(self):
+        from tandem.knowledge.search import pin
+
+        if self._pinned is None:
+            self._pinned = pin(self.settings)
+        return self._pinned
 
     def search(self, query: str, k: int) -> list[Chunk]:
         from tandem.knowledge.search import search
 
-        return [Chunk.from_hit(h) for h in search(self.settings, query, k)]
+        return [Chunk.from_hit(h) for h in search(self.settings, query, k, at=self._at())]
 
     def chunks_of(self, doc_id: str, query: str) -> list[Chunk]:
         from tandem.knowledge.search import search
 
-        hits = search(self.settings, query, ORACLE_CHUNKS_PER_DOC, filters={"doc_id": doc_id})
+        hits = search(self.settings, query, ORACLE_CHUNKS_PER_DOC, filters={"doc_id": doc_id}, at=self._at())
         return [Chunk.from_hit(h) for h in hits]
 
     def version(self) -> str:
-        from tandem.knowledge.search import live_index_version
-
-        return str(live_index_version(self.settings) or "")
+        at = self._at()
+        return str(at.version) if at is not None else ""
