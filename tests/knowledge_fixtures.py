@@ -62,6 +62,14 @@ Upload your identity provider metadata in the admin console, then map the email 
 """,
 }
 
+# the retrieval canary's golden set for that corpus
+GOLDEN = [
+    {"query": "How much does the Pro plan cost per month?", "expected_doc_ids": ["acme/pricing/plans.md"]},
+    {"query": "Can I get a refund within 30 days?", "expected_doc_ids": ["acme/policies/refunds.txt"]},
+    {"query": "SAML single sign-on setup", "expected_doc_ids": ["acme/security/sso.md"]},
+    {"query": "When is the support desk open?", "expected_doc_ids": ["acme/support/hours.html"]},
+]
+
 _counter = itertools.count()
 
 

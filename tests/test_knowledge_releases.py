@@ -11,7 +11,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from knowledge_fixtures import (CORPUS, assert_consistent, cli_env, corpus, expected_hashes, index_state,  # noqa: F401
+from knowledge_fixtures import (GOLDEN, CORPUS, assert_consistent, cli_env, corpus, expected_hashes, index_state,  # noqa: F401
                                 kn, write_corpus, write_golden)
 from psycopg import sql
 
@@ -20,13 +20,6 @@ from tandem.errors import JobFailed, UserError
 from tandem.knowledge import diff, releases, reindex, search, store
 
 TANDEM = str(Path(sys.executable).parent / "tandem")
-
-GOLDEN = [
-    {"query": "How much does the Pro plan cost per month?", "expected_doc_ids": ["acme/pricing/plans.md"]},
-    {"query": "Can I get a refund within 30 days?", "expected_doc_ids": ["acme/policies/refunds.txt"]},
-    {"query": "SAML single sign-on setup", "expected_doc_ids": ["acme/security/sso.md"]},
-    {"query": "When is the support desk open?", "expected_doc_ids": ["acme/support/hours.html"]},
-]
 
 
 def _results(settings, at=None) -> tuple:

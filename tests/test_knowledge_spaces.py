@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from knowledge_fixtures import (assert_consistent, cli_env, corpus, expected_hashes, index_state, kn,  # noqa: F401
+from knowledge_fixtures import (GOLDEN, assert_consistent, cli_env, corpus, expected_hashes, index_state, kn,  # noqa: F401
                                 write_corpus, write_golden)
 from psycopg import sql
 
@@ -17,13 +17,6 @@ from tandem.knowledge import reindex, search, spaces, store
 from tandem.knowledge.status import index_status
 
 TANDEM = str(Path(sys.executable).parent / "tandem")
-
-GOLDEN = [
-    {"query": "How much does the Pro plan cost per month?", "expected_doc_ids": ["acme/pricing/plans.md"]},
-    {"query": "Can I get a refund within 30 days?", "expected_doc_ids": ["acme/policies/refunds.txt"]},
-    {"query": "SAML single sign-on setup", "expected_doc_ids": ["acme/security/sso.md"]},
-    {"query": "When is the support desk open?", "expected_doc_ids": ["acme/support/hours.html"]},
-]
 
 
 def _view_table(settings) -> str:

@@ -88,11 +88,15 @@ def test_up_status_down_leaves_no_process(base_model_path):
         client = rest.AirflowClient(base, "admin", services.airflow_password(settings))
         assert client.ensure_pools(services.POOLS) == {"knowledge": "kept", "training": "kept"}
         client.wait_for_dag("adapter_rollback")
-        from tandem.airflow.events import ASSET_URI, emit_adapter_event
+        from tandem.airflow.events import ASSET_URI, KNOWLEDGE_URI, emit_adapter_event, emit_knowledge_event
 
         assert emit_adapter_event(settings, {"tandem.test": "lifecycle"}) is None
         events = client.assets.get_asset_events(asset_id=client.asset_id(ASSET_URI)).asset_events
         assert [e.extra.get("tandem.test") for e in events] == ["lifecycle"]
+        client.wait_for_dag("knowledge_reindex")  # `tandem index rollback` posts its event the same way
+        assert emit_knowledge_event(settings, {"index_version": "7", "action": "rollback"}) is None
+        events = client.assets.get_asset_events(asset_id=client.asset_id(KNOWLEDGE_URI)).asset_events
+        assert [(e.extra.get("index_version"), e.extra.get("action")) for e in events] == [("7", "rollback")]
 
         again = _stack(home, "up", ports)
         assert again.returncode == 0 and "already running" in again.stdout, again.stdout + again.stderr

@@ -17,9 +17,15 @@ def text(summary: dict) -> str:
     head = f"knowledge index {s.get('index')!r}: "
     if s.get("dry_run"):
         head += f"DRY RUN (nothing written) - would {'build a new embedding space' if s.get('mode') == 'build' else 'update'} " \
-                f"version {s.get('index_version') or '(none yet)'}"
+                f"release {s.get('index_version') or '(none yet)'}"
     else:
-        head += f"{s.get('status', '?').upper()} - index version {s.get('index_version') or '(none)'} ({s.get('mode')})"
+        rel = s.get("release") or {}
+        served = f"serving release {s.get('index_version') or '(none)'}"
+        if rel.get("published"):
+            served = f"published release {rel.get('no')}"
+        elif rel.get("no") and s.get("status") == "failed":
+            served += f"; candidate release {rel.get('no')} NOT published"
+        head += f"{s.get('status', '?').upper()} - {served} ({s.get('mode')})"
     lines = [head,
              "  documents: " + " . ".join(f"{k} {s.get(k, 0)}" for k in
                                           ("new", "changed", "unchanged", "deleted", "failed", "quarantined"))]
