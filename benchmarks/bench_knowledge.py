@@ -134,7 +134,7 @@ def stand_in_model(real):
 
     original = embedding.get_embedder
     fake = StandInEmbedder(real)
-    embedding.get_embedder = lambda ref, threads=0: fake
+    embedding.get_embedder = lambda ref, threads=0, *args, **kwargs: fake
     try:
         yield
     finally:

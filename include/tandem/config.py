@@ -85,6 +85,13 @@ def _role(text: str) -> str:
     return text
 
 
+def _backend(text: str) -> str:
+    text = text.strip()
+    if text not in ("torch", "onnx", "onnx-int8"):
+        raise ValueError("use torch, onnx or onnx-int8")
+    return text
+
+
 def _path(text: str) -> Path:
     return Path(text).expanduser()
 
@@ -125,6 +132,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("base_model", lambda s: s["home"] / "models" / "SmolLM2-135M-Instruct", str,
             "Base LLM: a local HF folder or hub id. Default: SmolLM2-135M-Instruct converted by `make setup`."),
     Setting("torch_threads", 0, _nonneg_int, "torch CPU threads (0: torch's default)."),
+    Setting("embed_backend", "torch", _backend,
+            "Embedding runtime: torch (sentence-transformers), onnx (ONNX Runtime, float32) or onnx-int8 (dynamic "
+            "int8 quantisation). Part of the embedding-space fingerprint: a change builds and validates a new space."),
     # --- knowledge cadence
     Setting("sources", lambda s: str(s["home"] / "knowledge"), _list,
             "Comma-separated source roots (paths or s3://, gs:// URIs) for the knowledge index."),

@@ -117,17 +117,33 @@ class Embedder:
         return vectors.astype(np.float32, copy=False)
 
 
-_EMBEDDERS: dict[str, Embedder] = {}
+_EMBEDDERS: dict[tuple[str, str], object] = {}
 _EMBEDDERS_LOCK = threading.Lock()
 
 
-def get_embedder(ref: str, threads: int = 0) -> Embedder:
-    """A process-wide cached embedder for ``ref``."""
+def get_embedder(ref: str, threads: int = 0, backend: str = "torch", models_dir: Path | None = None):
+    """A process-wide cached embedder for ``ref`` on ``backend`` (``torch``, ``onnx``, ``onnx-int8``; the ONNX
+    ones are exported under ``models_dir`` on first use, see ``onnx_backend``)."""
     with _EMBEDDERS_LOCK:
-        if ref not in _EMBEDDERS:
-            log.info("loading embedding model %s", ref)
-            _EMBEDDERS[ref] = Embedder(ref, threads)
-        return _EMBEDDERS[ref]
+        key = (ref, backend)
+        if key not in _EMBEDDERS:
+            log.info("loading embedding model %s (%s)", ref, backend)
+            if backend == "torch":
+                _EMBEDDERS[key] = Embedder(ref, threads)
+            else:
+                from tandem.knowledge import onnx_backend
+
+                if models_dir is None:
+                    raise ValueError("the ONNX backends need models_dir")
+                info = model_info(ref)
+                path = onnx_backend.ensure_exported(ref, info.weights_sha256, models_dir, backend)
+                _EMBEDDERS[key] = onnx_backend.OnnxEmbedder(ref, path, info.dim, info.max_seq_length, threads)
+        return _EMBEDDERS[key]
+
+
+def configured_embedder(settings, ref: str):
+    """The embedder the settings ask for (model ``ref``, ``embed_backend``, ``torch_threads``)."""
+    return get_embedder(ref, settings.torch_threads, settings.embed_backend, settings.models_dir)
 
 
 @lru_cache(maxsize=8)

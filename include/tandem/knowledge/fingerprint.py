@@ -1,7 +1,8 @@
 """The embedding-space fingerprint: what makes two embeddings comparable.
 
-It covers the embedding model (weights and config hashes), the dimension, the chunker (name, version,
-sizes, context) and the text normalisation. Every chunk row stores it; a change means a new space
+It covers the embedding model (weights and config hashes), the runtime that computes the vectors (torch,
+or an ONNX backend with its export recipe), the dimension, the chunker (name, version, sizes, context) and
+the text normalisation. Every chunk row stores it; a change means a new space
 (a shadow table built beside the live one, see ``spaces``).
 """
 
@@ -28,6 +29,10 @@ def current(settings: Settings) -> tuple[str, dict, ModelInfo, ChunkConfig]:
         "chunker": chunk.spec(),
         "normalisation": NORMALISATION,
     }
+    if settings.embed_backend != "torch":  # torch spaces keep the fingerprint they had before backends existed
+        from tandem.knowledge.onnx_backend import RECIPE
+
+        spec["backend"] = f"{settings.embed_backend}/{RECIPE}"
     return fingerprint_of(spec), {**spec, "model_ref": info.ref}, info, chunk
 
 

@@ -133,9 +133,9 @@ def _fingerprint_and_dim(settings: Settings) -> tuple[str, dict, int]:
     fp, spec, info, _chunk_cfg = fingerprint.current(settings)
     dim = info.dim
     if not dim:  # a hub model: only loading tells the dimension
-        from tandem.knowledge.embedding import get_embedder
+        from tandem.knowledge.embedding import configured_embedder
 
-        dim = get_embedder(info.ref, settings.torch_threads).dim
+        dim = configured_embedder(settings, info.ref).dim
         spec = {**spec, "dim": dim}
         fp = fingerprint.fingerprint_of(spec)
     return fp, spec, dim
@@ -199,7 +199,7 @@ def process_batch(settings: Settings, the_plan: dict, batch_no: int, *, owner: s
 
     from tandem.knowledge import scan, sources as src, writer
     from tandem.knowledge.chunking import ChunkConfig, chunk_document
-    from tandem.knowledge.embedding import get_embedder
+    from tandem.knowledge.embedding import configured_embedder
 
     n = store.names(settings.index_name)
     run_id = the_plan["run_id"]
@@ -210,7 +210,7 @@ def process_batch(settings: Settings, the_plan: dict, batch_no: int, *, owner: s
     if the_plan.get("fingerprint") != _fingerprint_of(settings):
         raise JobFailed("the embedding settings changed between the plan and this batch",
                         fix="rerun the reindex; settings must not change during a run")
-    embedder = get_embedder(info.ref, settings.torch_threads)
+    embedder = configured_embedder(settings, info.ref)
     chunk_cfg = ChunkConfig(chunk_size=chunk_cfg.chunk_size, chunk_overlap=chunk_cfg.chunk_overlap,
                             max_seq_length=min(chunk_cfg.max_seq_length, embedder.max_seq_length),
                             model_ref=info.ref)

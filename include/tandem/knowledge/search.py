@@ -134,11 +134,12 @@ def embedder_for(settings: Settings, space: Space):
     candidates = [embedding_model_path(settings.embed_model)]
     if space.spec.get("model_ref"):
         candidates.append(space.spec["model_ref"])
+    backend = str(space.spec.get("backend", "torch")).split("/", 1)[0]  # the runtime the space was built with
     for ref in candidates:
         if Path(ref).is_dir() or not ref.startswith("/"):
             info = model_info(ref)
             if info.weights_sha256 == wanted.get("weights_sha256") and info.config_sha256 == wanted.get("config_sha256"):
-                return get_embedder(ref, settings.torch_threads)
+                return get_embedder(ref, settings.torch_threads, backend, settings.models_dir)
     raise ServiceUnavailable(
         f"the live index (space {space.space_no}) was embedded with a model that is not available here "
         f"(weights sha256 {str(wanted.get('weights_sha256'))[:12]}...)",
