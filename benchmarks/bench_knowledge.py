@@ -16,8 +16,10 @@
           of 7.2 ms), hybrid p50/p95 (within 10% of 11.5 ms) - the SQL side, query vector given - beside the
           unfiltered vector query, plus the query-embedding time, and HNSW recall@10 against an exact scan of
           the published rows (target >= 0.95).
-7. diff   The SQL diff alone at ``--diff-docs`` (1,000,000) documents (COPY-staged scan, classification, plan).
-8. folder (``--folder PATH``) Cold index of any folder of real text (for example /usr/share/doc).
+7. backends  Raw encode chunks/s of torch, onnx and onnx-int8 on the same texts and batch size, and the
+          recall@10 of onnx-int8 against torch's exact top-10.
+8. diff   The SQL diff alone at ``--diff-docs`` (1,000,000) documents (COPY-staged scan, classification, plan).
+9. folder (``--folder PATH``) Cold index of any folder of real text (for example /usr/share/doc).
 
 Every figure is the median of ``--runs`` (>= 3) runs. The benchmark starts its own embedded Postgres under
 ``--home`` (default /tmp/tandem-bench-knowledge: the socket path must stay short) unless ``--db-url`` is given.
@@ -493,6 +495,47 @@ def bench_verify(args, settings, out: dict) -> None:
     out["verify"] = {"docs": args.nochange_docs, "seconds_median": median(secs), "runs": secs, "target": "<= 20 s"}
 
 
+def bench_backends(args, settings, embedder, out: dict) -> None:
+    """Raw encode chunks/s of torch, onnx and onnx-int8 on the same ``--backend-texts`` chunk texts and batch
+    size (interleaved runs), and the quality of onnx-int8 against torch: recall@10 of its top-10 (its own
+    query and chunk vectors) against torch's exact top-10 over those chunks, for 200 corpus queries."""
+    import numpy as np
+
+    from tandem.knowledge.chunking import Chunk
+    from tandem.knowledge.embedding import get_embedder, model_info
+
+    n = args.backend_texts
+    texts = [Chunk("", "", 0, t, h, x).embed_text for t, h, x in (corpus.chunk_text(i, SEED) for i in range(n))]
+    ref = embedder.ref
+    encoders = {"torch": embedder}
+    for backend in ("onnx", "onnx-int8"):
+        t0 = time.perf_counter()
+        encoders[backend] = get_embedder(ref, args.threads, backend, settings.models_dir)
+        log(f"{backend}: ready in {time.perf_counter() - t0:.1f}s (export on first use, then cached)")
+    rates: dict[str, list[float]] = {b: [] for b in encoders}
+    vectors = {}
+    for r in range(args.runs):
+        for backend, enc in encoders.items():
+            t0 = time.perf_counter()
+            vecs = enc.encode(texts, batch_size=settings.embed_batch_size)
+            rates[backend].append(n / (time.perf_counter() - t0))
+            vectors[backend] = vecs
+        log(f"raw encode run #{r + 1}: " + ", ".join(f"{b} {v[-1]:.1f} chunks/s" for b, v in rates.items()))
+    queries = [corpus.query(i, SEED) for i in range(200)]
+    qv = {b: encoders[b].encode(queries) for b in ("torch", "onnx-int8")}
+    exact = np.argsort(-(vectors["torch"] @ qv["torch"].T), axis=0)[:10].T
+    got = np.argsort(-(vectors["onnx-int8"] @ qv["onnx-int8"].T), axis=0)[:10].T
+    recall = float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(exact, got)]))
+    cos = (vectors["onnx-int8"] * vectors["torch"]).sum(axis=1)
+    torch_rate = median(rates["torch"])
+    out["backends"] = {"texts": n, "batch_size": settings.embed_batch_size, "threads": args.threads,
+                       **{f"{b}_chunks_per_s_median": median(v) for b, v in rates.items()},
+                       **{f"{b}_vs_torch": median(v) / torch_rate for b, v in rates.items() if b != "torch"},
+                       "int8_recall_at_10_vs_torch": recall, "int8_cosine_min": float(cos.min()),
+                       "int8_cosine_mean": float(cos.mean()), "weights_sha256": model_info(ref).weights_sha256[:16],
+                       "targets": "onnx-int8 >= 2x torch to become the default; recall@10 >= 0.95"}
+
+
 def bench_diff(args, settings, out: dict) -> None:
     """The SQL diff alone at ``--diff-docs`` (1,000,000) documents: COPY the scan into a temp table, classify,
     persist the plan. 1% changed, 0.5% new, 0.5% deleted. Each run is rolled back (identical repeats)."""
@@ -591,6 +634,14 @@ def report(out: dict) -> str:
     v = out.get("verify")
     if v:
         lines += [f"tandem index verify over {v['docs']} docs: {v['seconds_median']:.2f}s (target <= 20 s)"]
+    b = out.get("backends")
+    if b:
+        lines += [f"raw encode, {b['texts']} chunk texts, batch {b['batch_size']}, {b['threads']} threads: torch "
+                  f"{b['torch_chunks_per_s_median']:.1f} chunks/s, onnx {b['onnx_chunks_per_s_median']:.1f} "
+                  f"({b['onnx_vs_torch']:.2f}x), onnx-int8 {b['onnx-int8_chunks_per_s_median']:.1f} "
+                  f"({b['onnx-int8_vs_torch']:.2f}x; default if >= 2x)",
+                  f"  onnx-int8 quality: recall@10 vs torch's exact top-10 {b['int8_recall_at_10_vs_torch']:.3f} "
+                  f"(target >= 0.95), cosine to torch min {b['int8_cosine_min']:.3f} mean {b['int8_cosine_mean']:.4f}"]
     pb = out.get("publish")
     if pb:
         lines += [f"publish at {pb['chunks']} chunks ({pb['docs']} docs, {pb['changed']} changed): "
@@ -619,7 +670,8 @@ def report(out: dict) -> str:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--only", default="cold,incr,nochange,verify,publish,query,diff")
+    p.add_argument("--only", default="cold,incr,nochange,verify,publish,query,backends,diff")
+    p.add_argument("--backend-texts", type=int, default=2000, help="chunk texts of the backend comparison")
     p.add_argument("--publish-docs", type=int, default=15000, help="documents of the publish benchmark (~100k chunks)")
     p.add_argument("--diff-docs", type=int, default=1_000_000)
     p.add_argument("--docs", type=int, default=2000)
@@ -642,7 +694,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.quick:
         args.docs, args.nochange_docs, args.query_chunks, args.queries, args.diff_docs = 100, 500, 5000, 50, 20000
-        args.publish_docs = 400
+        args.publish_docs, args.backend_texts = 400, 200
     if args.runs < 3:
         log("note: fewer than 3 runs: medians are not the reported standard")
     args.full_runs = args.runs if args.full_runs is None else args.full_runs
@@ -672,6 +724,8 @@ def main(argv=None) -> int:
             bench_publish(args, settings, embedder, out)
         if "query" in only:
             bench_query(args, settings, embedder, out)
+        if "backends" in only:
+            bench_backends(args, settings, embedder, out)
         if "diff" in only:
             bench_diff(args, settings, out)
         if args.folder:
