@@ -118,3 +118,14 @@ def test_fingerprint_changes_with_the_chunker_not_with_paths(tmp_path):
     fp, spec, info, _ = fingerprint.current(base)
     assert spec["dim"] == info.dim == 384 and len(info.weights_sha256) == 64
     assert fingerprint.fingerprint_of({**spec, "model_ref": "/other/path"}) == fp
+
+
+def test_batches_are_grouped_under_max_map_length():
+    from tandem.knowledge.reindex import group_batches
+
+    assert group_batches([], 1024) == []
+    assert group_batches([0, 1, 2], 1024) == [[0], [1], [2]]
+    groups = group_batches(list(range(2500)), 1024)
+    assert len(groups) == 1024 and [b for g in groups for b in g] == list(range(2500))  # all, in order, once
+    assert {len(g) for g in groups} == {2, 3}  # as even as the numbers allow
+    assert group_batches(list(range(5)), 2) == [[0, 1, 2], [3, 4]]
