@@ -105,6 +105,8 @@ def _validate(query: Any, k: Any, mode: Any, filters: Any) -> None:
 
 def _where(filters: dict | None, release: int) -> tuple[sql.Composable, list]:
     visible, params = store.visible(release)
+    if not filters:
+        return visible, params
     clauses: list[sql.Composable] = [visible]
     for key in sorted(filters or {}):
         value = filters[key]
@@ -156,9 +158,10 @@ def search_space(conn: psycopg.Connection, table: str, query: str, vector, *, re
     where, wparams = _where(filters, release)
     ranked: list[list[str]] = []
     own_score: dict[str, float] = {}
-    conn.execute("SELECT set_config('hnsw.ef_search', %s, true)", (str(max(ef_search, n_cand)),))
-    # rows of other releases (and filtered-out rows) are skipped without losing candidates
-    conn.execute("SELECT set_config('hnsw.iterative_scan', 'relaxed_order', true)")
+    # one round trip; the iterative scan skips rows of other releases (and filtered-out rows) without losing
+    # candidates
+    conn.execute("SELECT set_config('hnsw.ef_search', %s, true), set_config('hnsw.iterative_scan', 'relaxed_order', true)",
+                 (str(max(ef_search, n_cand)),))
     if mode in ("hybrid", "vector"):
         rows = conn.execute(sql.SQL("""
             SELECT chunk_id, embedding <=> %s AS dist FROM {t} WHERE {w} ORDER BY embedding <=> %s LIMIT %s

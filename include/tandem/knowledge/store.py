@@ -248,9 +248,12 @@ def ensure_hnsw(conn: psycopg.Connection, table: str, maintenance_work_mem: str 
                  .format(i=ident(table + "_hnsw"), t=ident(table)))
 
 
+_VISIBLE = sql.SQL("(rel_from <= %s AND (rel_to IS NULL OR rel_to > %s))")
+
+
 def visible(release: int) -> tuple[sql.Composable, list]:
     """The filter of the rows visible in ``release`` (a WHERE fragment and its parameters)."""
-    return sql.SQL("(rel_from <= %s AND (rel_to IS NULL OR rel_to > %s))"), [int(release), int(release)]
+    return _VISIBLE, [int(release), int(release)]
 
 
 def point_live_view(conn: psycopg.Connection, n: Names, space_no: int, table: str) -> None:
