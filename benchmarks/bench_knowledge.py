@@ -626,6 +626,15 @@ def bench_folder(args, settings, out: dict) -> None:
                      "chunks_per_s_median": median([s["chunks_embedded"] / s["seconds"] for s in runs])}
 
 
+def _query_line(q: dict, mode: str) -> str:
+    line = (f"  {mode} p50 {q[f'{mode}_p50_ms']:.2f} ms, p95 {q[f'{mode}_p95_ms']:.2f} ms (target: within 10% of the "
+            f"search before releases")
+    before = q.get(f"{mode}_before_p50_ms")
+    if before:
+        line += f", {before:.2f} ms here -> {q[f'{mode}_p50_ms'] / before - 1:+.0%}"
+    return line + ")"
+
+
 def report(out: dict) -> str:
     lines = ["", "knowledge cadence benchmark (medians of %s runs; machine: %s cores)" % (out["runs"], os.cpu_count())]
     c = out.get("cold")
@@ -664,12 +673,7 @@ def report(out: dict) -> str:
     if q:
         lines += [f"queries at {q['chunks']} chunks ({q['rows']} rows: superseded rows and a candidate beside them), "
                   f"release filter in place (ef_search {q['ef_search']}, {q['queries']} queries, SQL side):",
-                  f"  vector p50 {q['vector_p50_ms']:.2f} ms, p95 {q['vector_p95_ms']:.2f} ms (target: within 10% of "
-                  f"the search before releases" + (f", {q['vector_before_p50_ms']:.2f} ms here -> "
-                  f"{q['vector_p50_ms'] / q['vector_before_p50_ms'] - 1:+.0%})" if q.get('vector_before_p50_ms') else ")"),
-                  f"  hybrid p50 {q['hybrid_p50_ms']:.2f} ms, p95 {q['hybrid_p95_ms']:.2f} ms (target: within 10% of "
-                  f"the search before releases" + (f", {q['hybrid_before_p50_ms']:.2f} ms here -> "
-                  f"{q['hybrid_p50_ms'] / q['hybrid_before_p50_ms'] - 1:+.0%})" if q.get('hybrid_before_p50_ms') else ")"),
+                  *(_query_line(q, mode) for mode in ("vector", "hybrid")),
                   f"  + query embedding p50 {q['query_embedding_p50_ms']:.2f} ms",
                   f"  HNSW recall@10 vs exact: {q['recall_at_10']:.3f} (target >= 0.95)"]
     d = out.get("diff")
