@@ -200,7 +200,7 @@ def load_index(settings, rows: list[dict], vecs) -> str:
     from psycopg import sql
 
     from tandem import db
-    from tandem.knowledge import fingerprint, spaces, store
+    from tandem.knowledge import fingerprint, releases, spaces, store
 
     n = store.names(settings.index_name)
     fp, spec, info, _ = fingerprint.current(settings)
@@ -208,7 +208,7 @@ def load_index(settings, rows: list[dict], vecs) -> str:
         store.ensure_schema(conn, n)
         live = spaces.live(conn, n)
         if live is not None:
-            count = conn.execute(sql.SQL("SELECT count(*) FROM {t}").format(t=db.ident(live.table))).fetchone()[0]
+            count = conn.execute(sql.SQL("SELECT count(*) FROM {v}").format(v=db.ident(n.live_view))).fetchone()[0]
             first = conn.execute(sql.SQL("SELECT text FROM {t} WHERE chunk_id = %s").format(t=db.ident(live.table)),
                                  (rows[0]["chunk_id"],)).fetchone()
             if count == len(rows) and first and first[0] == rows[0]["text"]:
@@ -220,11 +220,12 @@ def load_index(settings, rows: list[dict], vecs) -> str:
         table = db.ident(space.table)
         started = time.monotonic()
         conn.execute(sql.SQL("DROP INDEX IF EXISTS {i}").format(i=db.ident(space.table + "_hnsw")))
+        release = releases.allocate(conn, n, space.space_no, "bench-serve-load")
         with conn.cursor().copy(sql.SQL(
-                "COPY {t} (chunk_id, doc_id, ordinal, doc_hash, source, uri, title, heading_path, text, fingerprint, "
-                "embedding) FROM STDIN").format(t=table)) as copy:
+                "COPY {t} (chunk_id, rel_from, doc_id, ordinal, doc_hash, source, uri, title, heading_path, text, "
+                "fingerprint, embedding) FROM STDIN").format(t=table)) as copy:
             for r, v in zip(rows, vecs):
-                copy.write_row((r["chunk_id"], r["doc_id"], r["ordinal"], "bench", "bench",
+                copy.write_row((r["chunk_id"], release, r["doc_id"], r["ordinal"], "bench", "bench",
                                 f"file:///bench/{r['doc_id']}", r["title"], r["heading_path"], r["text"], fp,
                                 "[" + ",".join(f"{x:.6f}" for x in v) + "]"))
         conn.commit()
@@ -234,11 +235,12 @@ def load_index(settings, rows: list[dict], vecs) -> str:
         conn.execute(sql.SQL("CREATE INDEX {i} ON {t} USING hnsw (embedding vector_cosine_ops)")
                      .format(i=db.ident(space.table + "_hnsw"), t=table))
         conn.execute(sql.SQL("ANALYZE {t}").format(t=table))
-        drop = spaces.activate(conn, n, space, 1)
+        drop = releases.publish(conn, n, space, release, "bench-serve-load", switch=True, counts={"new": len(rows)},
+                                canary=None)
         conn.commit()
         spaces.drop_tables(conn, drop)
-        log(f"HNSW built in {time.monotonic() - started:.1f}s; index live")
-        return spaces.version(space.space_no, 1)
+        log(f"HNSW built in {time.monotonic() - started:.1f}s; release {release} published")
+        return spaces.version(release)
 
 
 # --- the figures
