@@ -17,7 +17,7 @@ from psycopg import sql
 
 from tandem import db
 from tandem.errors import JobFailed, UserError
-from tandem.knowledge import diff, releases, reindex, search, store
+from tandem.knowledge import diff, releases, reindex, search, store, verify
 
 TANDEM = str(Path(sys.executable).parent / "tandem")
 
@@ -196,3 +196,30 @@ def test_the_scan_is_staged_without_a_long_transaction(kn):
     import psycopg
 
     assert set(states) == {psycopg.pq.TransactionStatus.IDLE}
+
+
+def test_an_index_built_before_releases_is_migrated_in_place(kn, corpus):
+    """The previous round's schema (no release columns, chunk_id as the key, a plain view) is made
+    release-aware by the next run or read, and the index keeps serving the same rows."""
+    reindex.run(kn, progress=False)
+    before = index_state(kn)
+    n = store.names(kn.index_name)
+    i = sql.Identifier
+    with db.connection(kn.db_url) as conn:  # back to the old shape, as a round-1 index is on disk
+        table = search.pin(kn).table
+        conn.execute(sql.SQL("DROP VIEW {v}").format(v=i(n.live_view)))
+        conn.execute(sql.SQL("ALTER TABLE {t} DROP COLUMN rel_from, DROP COLUMN rel_to").format(t=i(table)))
+        conn.execute(sql.SQL("ALTER TABLE {t} ADD PRIMARY KEY (chunk_id)").format(t=i(table)))
+        conn.execute(sql.SQL("CREATE VIEW {v} AS SELECT * FROM {t}").format(v=i(n.live_view), t=i(table)))
+        conn.execute(sql.SQL("ALTER TABLE {s} DROP COLUMN release_no, ADD COLUMN rev integer NOT NULL DEFAULT 1")
+                     .format(s=i(n.spaces)))
+        conn.execute(sql.SQL("DELETE FROM {r}").format(r=i(n.releases)))
+        conn.commit()
+        store.ensure_schema(conn, n)
+    assert search.live_index_version(kn) == "1" and index_state(kn) == before
+    assert verify.verify(kn)["ok"]
+    (corpus / "pricing/plans.md").write_text(CORPUS["pricing/plans.md"] + "\nAfter the migration.\n")
+    summary = reindex.run(kn, progress=False)
+    assert summary["index_version"] == "2" and summary["changed"] == 1
+    assert_consistent(index_state(kn))
+    assert reindex.rollback(kn)["index_version"] == "1" and index_state(kn) == before

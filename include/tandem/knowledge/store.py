@@ -194,7 +194,53 @@ def ensure_schema(conn: psycopg.Connection, n: Names) -> None:
             acquired_at   timestamptz,
             heartbeat_at  timestamptz
         )""").format(lease=i(n.lease)))
+    _migrate_to_releases(conn, n)
     conn.commit()
+
+
+def _columns(conn: psycopg.Connection, table: str) -> set[str]:
+    return {r[0] for r in conn.execute(
+        "SELECT attname FROM pg_attribute WHERE attrelid = to_regclass(%s) AND attnum > 0 AND NOT attisdropped",
+        (table,))}
+
+
+def _migrate_to_releases(conn: psycopg.Connection, n: Names) -> None:
+    """An index built before releases (chunk rows without ``rel_from``) becomes release-aware in place: each
+    space that was served (live, previous) gets one published release holding all its rows; a shadow build
+    keeps its rows as release 0 (visible to any candidate, so it resumes). Caller's transaction."""
+    if "release_no" in _columns(conn, n.spaces):
+        return
+    i = n.id
+    conn.execute(sql.SQL("ALTER TABLE {s} ADD COLUMN release_no integer").format(s=i(n.spaces)))
+    conn.execute(sql.SQL("ALTER TABLE {r} ADD COLUMN IF NOT EXISTS release_no integer").format(r=i(n.runs)))
+    for col in ("content_hash text", "title text", "chunk_count integer"):
+        conn.execute(sql.SQL("ALTER TABLE {rd} ADD COLUMN IF NOT EXISTS " + col).format(rd=i(n.run_docs)))
+    spaces_rows = conn.execute(sql.SQL("SELECT space_no, table_name, status FROM {s} WHERE status <> 'retired' "
+                                       "ORDER BY space_no").format(s=i(n.spaces))).fetchall()
+    release = 0
+    for space_no, table, status in spaces_rows:
+        rel = 0
+        if status in ("live", "previous", "rolled_back"):
+            release += 1
+            rel = release
+            conn.execute(sql.SQL("""INSERT INTO {r} (release_no, space_no, run_id, status, published_at, message)
+                                    VALUES (%s, %s, 'migrated', %s, now(), 'the index as it was before releases')""")
+                         .format(r=i(n.releases)), (rel, space_no, "rolled_back" if status == "rolled_back" else
+                                                    "published"))
+            conn.execute(sql.SQL("UPDATE {s} SET release_no = %s WHERE space_no = %s").format(s=i(n.spaces)),
+                         (rel, space_no))
+        if table and exists(conn, table) and "rel_from" not in _columns(conn, table):
+            t = ident(table)
+            conn.execute(sql.SQL("ALTER TABLE {t} ADD COLUMN rel_from integer NOT NULL DEFAULT {rel}, "
+                                 "ADD COLUMN rel_to integer").format(t=t, rel=sql.Literal(rel)))
+            conn.execute(sql.SQL("ALTER TABLE {t} ALTER COLUMN rel_from DROP DEFAULT").format(t=t))
+            conn.execute(sql.SQL("ALTER TABLE {t} DROP CONSTRAINT IF EXISTS {pk}").format(t=t, pk=ident(table + "_pkey")))
+            conn.execute(sql.SQL("ALTER TABLE {t} ADD PRIMARY KEY (chunk_id, rel_from)").format(t=t))
+            conn.execute(sql.SQL("CREATE INDEX IF NOT EXISTS {i} ON {t} (rel_from)").format(i=ident(table + "_relf"), t=t))
+            conn.execute(sql.SQL("CREATE INDEX IF NOT EXISTS {i} ON {t} (rel_to) WHERE rel_to IS NOT NULL")
+                         .format(i=ident(table + "_relt"), t=t))
+        if status == "live":
+            point_live_view(conn, n, space_no, table)
 
 
 def create_chunk_table(conn: psycopg.Connection, n: Names, space_no: int, dim: int, *, hnsw: bool = True) -> str:
