@@ -509,17 +509,33 @@ def bench_verify(args, settings, out: dict) -> None:
     out["verify"] = {"docs": args.nochange_docs, "seconds_median": median(secs), "runs": secs, "target": "<= 20 s"}
 
 
+def _pipeline_texts(settings, embedder, n: int) -> list[str]:
+    """The first ``n`` texts the pipeline embeds for the generated corpus: its chunks (context + text), made
+    by the same extraction and chunker as a reindex, so the backends encode chunks of realistic length."""
+    from tandem.knowledge import fingerprint
+    from tandem.knowledge.chunking import chunk_document
+    from tandem.knowledge.extract import extract
+
+    _fp, _spec, _info, cfg = fingerprint.current(settings)
+    texts: list[str] = []
+    i = 0
+    while len(texts) < n:
+        rel, text = corpus.document(i, SEED)
+        texts += [c.embed_text for c in chunk_document(f"acme/{rel}", extract(rel, text.encode()), cfg)]
+        i += 1
+    return texts[:n]
+
+
 def bench_backends(args, settings, embedder, out: dict) -> None:
-    """Raw encode chunks/s of torch, onnx and onnx-int8 on the same ``--backend-texts`` chunk texts and batch
-    size (interleaved runs), and the quality of onnx-int8 against torch: recall@10 of its top-10 (its own
+    """Raw encode chunks/s of torch, onnx and onnx-int8 on the same ``--backend-texts`` pipeline chunk texts and
+    batch size (interleaved runs), and the quality of onnx-int8 against torch: recall@10 of its top-10 (its own
     query and chunk vectors) against torch's exact top-10 over those chunks, for 200 corpus queries."""
     import numpy as np
 
-    from tandem.knowledge.chunking import Chunk
     from tandem.knowledge.embedding import get_embedder, model_info
 
-    n = args.backend_texts
-    texts = [Chunk("", "", 0, t, h, x).embed_text for t, h, x in (corpus.chunk_text(i, SEED) for i in range(n))]
+    texts = _pipeline_texts(settings, embedder, args.backend_texts)
+    n = len(texts)
     ref = embedder.ref
     encoders = {"torch": embedder}
     for backend in ("onnx", "onnx-int8"):
