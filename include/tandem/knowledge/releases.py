@@ -103,25 +103,27 @@ def publish(conn: psycopg.Connection, n: Names, space: spaces.Space, release: in
     return drop
 
 
-def apply_manifest(conn: psycopg.Connection, n: Names, space_no: int, run_id: str, release: int) -> None:
-    """The run's written and deleted documents, applied to the manifest (one statement each)."""
+def apply_manifest(conn: psycopg.Connection, n: Names, space_no: int, run_id: str, release: int,
+                   doc_id: str | None = None) -> None:
+    """The run's written and deleted documents (or only ``doc_id``), applied to the manifest (one statement
+    each)."""
     m, rd = ident(n.manifest), ident(n.run_docs)
     conn.execute(sql.SQL("""
         INSERT INTO {m} (space_no, doc_id, source, uri, title, content_hash, chunk_count, status, attempts,
                          last_error, failed_hash, index_version, updated_at, indexed_at)
         SELECT %(space)s, doc_id, source, uri, title, content_hash, chunk_count, 'indexed', 0, NULL, NULL,
                %(release)s, now(), now()
-        FROM {rd} WHERE run_id = %(run)s AND outcome = 'written'
+        FROM {rd} WHERE run_id = %(run)s AND outcome = 'written' AND (%(doc)s::text IS NULL OR doc_id = %(doc)s)
         ON CONFLICT (space_no, doc_id) DO UPDATE SET
             source = EXCLUDED.source, uri = EXCLUDED.uri, title = EXCLUDED.title,
             content_hash = EXCLUDED.content_hash, chunk_count = EXCLUDED.chunk_count, status = 'indexed',
             attempts = 0, last_error = NULL, failed_hash = NULL, index_version = EXCLUDED.index_version,
             updated_at = now(), indexed_at = now()""").format(m=m, rd=rd),
-        {"space": space_no, "release": str(release), "run": run_id})
+        {"space": space_no, "release": str(release), "run": run_id, "doc": doc_id})
     conn.execute(sql.SQL("""
         DELETE FROM {m} m USING {rd} r
-        WHERE r.run_id = %s AND r.outcome = 'deleted' AND m.space_no = %s AND m.doc_id = r.doc_id""")
-                 .format(m=m, rd=rd), (run_id, space_no))
+        WHERE r.run_id = %s AND r.outcome = 'deleted' AND m.space_no = %s AND m.doc_id = r.doc_id
+          AND (%s::text IS NULL OR r.doc_id = %s)""").format(m=m, rd=rd), (run_id, space_no, doc_id, doc_id))
 
 
 def collect(conn: psycopg.Connection, n: Names, space: spaces.Space, keep: int) -> dict:

@@ -22,7 +22,7 @@ import psycopg
 from psycopg import sql
 
 from tandem.db import ident
-from tandem.knowledge import lock
+from tandem.knowledge import lock, releases
 from tandem.knowledge.chunking import Chunk
 from tandem.knowledge.store import Names
 
@@ -80,24 +80,11 @@ def write_document(conn: psycopg.Connection, n: Names, *, table: str, space_no: 
             WHERE run_id = %s AND doc_id = %s""").format(rd=ident(n.run_docs)),
             (doc.content_hash, doc.title, len(doc.chunks), run_id, doc.doc_id))
         if manifest_now:
-            _upsert_manifest(conn, n, space_no, doc, release)
+            releases.apply_manifest(conn, n, space_no, run_id, release, doc_id=doc.doc_id)
     _committed += 1
     crash_after = os.environ.get("TANDEM_TEST_CRASH_AFTER_DOCS")
     if crash_after and _committed >= int(crash_after):
         os._exit(70)  # an abrupt crash: no cleanup, no lease release, no finally blocks
-
-
-def _upsert_manifest(conn: psycopg.Connection, n: Names, space_no: int, doc: DocWrite, release: int) -> None:
-    conn.execute(sql.SQL("""
-        INSERT INTO {m} (space_no, doc_id, source, uri, title, content_hash, chunk_count, status, attempts,
-                         last_error, failed_hash, index_version, updated_at, indexed_at)
-        VALUES (%s, %s, %s, %s, %s, %s, %s, 'indexed', 0, NULL, NULL, %s, now(), now())
-        ON CONFLICT (space_no, doc_id) DO UPDATE SET
-            source = EXCLUDED.source, uri = EXCLUDED.uri, title = EXCLUDED.title,
-            content_hash = EXCLUDED.content_hash, chunk_count = EXCLUDED.chunk_count, status = 'indexed',
-            attempts = 0, last_error = NULL, failed_hash = NULL, index_version = EXCLUDED.index_version,
-            updated_at = now(), indexed_at = now()""").format(m=ident(n.manifest)),
-        (space_no, doc.doc_id, doc.source, doc.uri, doc.title, doc.content_hash, len(doc.chunks), str(release)))
 
 
 def record_failure(conn: psycopg.Connection, n: Names, *, space_no: int, owner: str, run_id: str, doc_id: str,
