@@ -532,7 +532,8 @@ def build_summary(conn, n, the_plan: dict, space, batch_stats: list[dict], phase
         "release": {"no": the_plan["release"], "published": published is not None,
                     "collected_rows": (published or {}).get("collected", {}).get("rows", 0)},
         "space": {"no": space.space_no, "fingerprint": space.fingerprint,
-                  "switched": bool(published and published["switched"]), "model": space.spec.get("model_ref", "")},
+                  "switched": bool(published and published["switched"]), "model": space.spec.get("model_ref", ""),
+                  "backend": str(space.spec.get("backend", "torch")).split("/")[0]},
         "seconds": _r(total), "phases": phases,
         "docs_per_s": _r((counts["written"] + sum(b.get("failed", 0) for b in batch_stats)) / batch_wall)
         if batch_wall else 0.0,

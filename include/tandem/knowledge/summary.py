@@ -94,43 +94,84 @@ def log_to_mlflow(settings: Settings, summary: dict) -> dict:
 
 def _log(settings: Settings, summary: dict) -> dict:
     try:
-        import mlflow
+        from tandem import mlflow_rest, tracking
 
-        from tandem import tracking
-
-        exp = tracking.use(settings, tracking.EXPERIMENT_KNOWLEDGE)
         run_tags = {**tracking.tags(index_version=summary.get("index_version"), index=summary.get("index"),
                                     reindex_run_id=summary.get("run_id"), mode=summary.get("mode"),
                                     status=summary.get("status"),
                                     fingerprint=(summary.get("space") or {}).get("fingerprint")),
                     **tracking.airflow_context_tags(settings)}
-        with mlflow.start_run(experiment_id=exp.experiment_id, run_name=f"reindex {summary.get('run_id')}",
-                              tags=run_tags) as run:
-            mlflow.log_params({
-                "sources": ",".join(summary.get("sources") or [])[:500],
-                "full": summary.get("full"), "chunk_size": settings.chunk_size,
-                "chunk_overlap": settings.chunk_overlap, "embed_batch_size": settings.embed_batch_size,
-                "embed_model": (summary.get("space") or {}).get("model", "")[:250],
-            })
-            metrics = {k: float(summary.get(k) or 0) for k in
-                       ("new", "changed", "unchanged", "deleted", "failed", "quarantined", "chunks_embedded",
-                        "seconds", "docs_per_s", "chunks_per_s")}
-            metrics.update({f"seconds_{k}": float(v) for k, v in (summary.get("phases") or {}).items()})
-            canary = summary.get("canary") or {}
-            if "hit_at_k" in canary:
-                metrics["canary_hit_at_k"] = float(canary["hit_at_k"])
-                metrics["canary_mrr"] = float(canary["mrr"])
-            mlflow.log_metrics(metrics)
-            mlflow.log_dict(summary, "summary.json")
-            if summary.get("status") == "failed":
-                mlflow.set_tag(tracking.tag("failure"), str(summary.get("message", ""))[:500])
-        client = mlflow.MlflowClient()
-        if summary.get("status") == "failed":
-            client.set_terminated(run.info.run_id, status="FAILED")
-        return {"run_id": run.info.run_id, "url": tracking.run_url(settings, exp.experiment_id, run.info.run_id)}
+        record = _mlflow_record(settings, summary)
+        if mlflow_rest.supported(settings.mlflow_uri):
+            return _log_rest(settings, summary, run_tags, record)
+        return _log_library(settings, summary, run_tags, record)
     except Exception as exc:  # noqa: BLE001 - tracking must not break indexing; the summary says it failed
         log.warning("could not log the reindex to MLflow at %s: %s", settings.mlflow_uri, exc)
         return {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]}
+
+
+def _mlflow_record(settings: Settings, summary: dict) -> dict:
+    """The params, metrics and extra tags of a reindex's MLflow run."""
+    params = {
+        "sources": ",".join(summary.get("sources") or [])[:500],
+        "full": summary.get("full"), "chunk_size": settings.chunk_size,
+        "chunk_overlap": settings.chunk_overlap, "embed_batch_size": settings.embed_batch_size,
+        "embed_model": (summary.get("space") or {}).get("model", "")[:250],
+        "embed_backend": (summary.get("space") or {}).get("backend", ""),
+    }
+    metrics = {k: float(summary.get(k) or 0) for k in
+               ("new", "changed", "unchanged", "deleted", "failed", "quarantined", "chunks_embedded",
+                "seconds", "docs_per_s", "chunks_per_s")}
+    metrics.update({f"seconds_{k}": float(v) for k, v in (summary.get("phases") or {}).items()})
+    canary = summary.get("canary") or {}
+    if "hit_at_k" in canary:
+        metrics["canary_hit_at_k"] = float(canary["hit_at_k"])
+        metrics["canary_mrr"] = float(canary["mrr"])
+    failed = summary.get("status") == "failed"
+    from tandem import tracking
+
+    extra = {tracking.tag("failure"): str(summary.get("message", ""))[:500]} if failed else {}
+    return {"params": params, "metrics": metrics, "tags": extra, "failed": failed}
+
+
+def _log_rest(settings: Settings, summary: dict, run_tags: dict, record: dict) -> dict:
+    """An http(s) tracking server: a handful of REST calls, without importing mlflow (see tandem.mlflow_rest)."""
+    from tandem import mlflow_rest, tracking
+
+    with mlflow_rest.RunLogger(settings.mlflow_uri) as run:
+        run.start(tracking.EXPERIMENT_KNOWLEDGE, f"reindex {summary.get('run_id')}", run_tags)
+        try:
+            run.log_batch(record["params"], record["metrics"], record["tags"])
+            if run.can_upload():
+                run.log_json(summary, "summary.json")
+            else:  # an artifact store the server does not proxy: the library writes to it directly
+                import mlflow
+
+                mlflow.set_tracking_uri(settings.mlflow_uri)
+                mlflow.MlflowClient().log_dict(run.run_id, summary, "summary.json")
+        except Exception:
+            run.finish("FAILED")
+            raise
+        run.finish("FAILED" if record["failed"] else "FINISHED")
+        return {"run_id": run.run_id, "url": tracking.run_url(settings, run.experiment_id, run.run_id)}
+
+
+def _log_library(settings: Settings, summary: dict, run_tags: dict, record: dict) -> dict:
+    import mlflow
+
+    from tandem import tracking
+
+    exp = tracking.use(settings, tracking.EXPERIMENT_KNOWLEDGE)
+    with mlflow.start_run(experiment_id=exp.experiment_id, run_name=f"reindex {summary.get('run_id')}",
+                          tags=run_tags) as run:
+        mlflow.log_params(record["params"])
+        mlflow.log_metrics(record["metrics"])
+        mlflow.log_dict(summary, "summary.json")
+        if record["tags"]:
+            mlflow.set_tags(record["tags"])
+    if record["failed"]:
+        mlflow.MlflowClient().set_terminated(run.info.run_id, status="FAILED")
+    return {"run_id": run.info.run_id, "url": tracking.run_url(settings, exp.experiment_id, run.info.run_id)}
 
 
 def _reachable(uri: str) -> str | None:
