@@ -49,7 +49,12 @@ logs:
 test: setup
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
-bench-knowledge: setup
+# The peers the benchmarks run beside Tandem (LlamaIndex's PGVectorStore and HuggingFaceEmbedding).
+$(VENV)/.bench-installed: benchmarks/requirements.txt $(VENV)/.installed
+	$(BIN)/pip install -q -r benchmarks/requirements.txt
+	touch $@
+
+bench-knowledge: setup $(VENV)/.bench-installed
 	$(BIN)/python benchmarks/bench_knowledge.py $(BENCH_ARGS)
 
 bench-behavior: setup

@@ -19,7 +19,11 @@
 7. backends  Raw encode chunks/s of torch, onnx and onnx-int8 on the same texts and batch size, and the
           recall@10 of onnx-int8 against torch's exact top-10.
 8. diff   The SQL diff alone at ``--diff-docs`` (1,000,000) documents (COPY-staged scan, classification, plan).
-9. folder (``--folder PATH``) Cold index of any folder of real text (for example /usr/share/doc).
+9. peer   Tandem beside the stock LlamaIndex IngestionPipeline (benchmarks/peer_llamaindex.py: docstore plus
+          PGVectorStore, UPSERTS_AND_DELETE; same model, chunk size and Postgres), each run a fresh process, on
+          the ``--docs`` corpus and on ``--peer-real-docs`` (150) real-text files (a spread of /usr/share/doc, or
+          ``--peer-folder``): cold, no change, 1% of the files changed (target: Tandem ahead in every phase).
+10. folder (``--folder PATH``) Cold index of any folder of real text (for example /usr/share/doc).
 
 Every figure is the median of ``--runs`` (>= 3) runs. The benchmark starts its own embedded Postgres under
 ``--home`` (default /tmp/tandem-bench-knowledge: the socket path must stay short) unless ``--db-url`` is given.
@@ -29,7 +33,7 @@ The 10,000-document index of the no-change figure is seeded through the real pip
 stand-in for the model (the run being measured embeds nothing, and embedding ~5M tokens takes ~20+ minutes
 on 2 cores); ``--real-seed`` seeds it with the real model instead.
 
-Usage: python benchmarks/bench_knowledge.py [--only cold,incr,nochange,verify,publish,query,diff] [--docs 2000]
+Usage: python benchmarks/bench_knowledge.py [--only cold,incr,nochange,verify,publish,query,backends,diff,peer] [--docs 2000]
        [--nochange-docs 10000] [--publish-docs 40000] [--query-chunks 100000] [--queries 200] [--runs 3]
        [--threads 2]
        [--folder PATH] [--db-url URL] [--quick] [--json]
@@ -537,8 +541,8 @@ def bench_backends(args, settings, embedder, out: dict) -> None:
     texts = _pipeline_texts(settings, embedder, args.backend_texts)
     n = len(texts)
     ref = embedder.ref
-    encoders = {"torch": embedder}
-    for backend in ("onnx", "onnx-int8"):
+    encoders = {}
+    for backend in ("torch", "onnx", "onnx-int8"):
         t0 = time.perf_counter()
         encoders[backend] = get_embedder(ref, args.threads, backend, settings.models_dir)
         log(f"{backend}: ready in {time.perf_counter() - t0:.1f}s (export on first use, then cached)")
@@ -557,12 +561,14 @@ def bench_backends(args, settings, embedder, out: dict) -> None:
     got = np.argsort(-(vectors["onnx-int8"] @ qv["onnx-int8"].T), axis=0)[:10].T
     recall = float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(exact, got)]))
     cos = (vectors["onnx-int8"] * vectors["torch"]).sum(axis=1)
+    cos_fp32 = (vectors["onnx"] * vectors["torch"]).sum(axis=1)
     torch_rate = median(rates["torch"])
     out["backends"] = {"texts": n, "batch_size": settings.embed_batch_size, "threads": args.threads,
                        **{f"{b}_chunks_per_s_median": median(v) for b, v in rates.items()},
                        **{f"{b}_vs_torch": median(v) / torch_rate for b, v in rates.items() if b != "torch"},
                        "int8_recall_at_10_vs_torch": recall, "int8_cosine_min": float(cos.min()),
-                       "int8_cosine_mean": float(cos.mean()), "weights_sha256": model_info(ref).weights_sha256[:16],
+                       "int8_cosine_mean": float(cos.mean()), "onnx_cosine_min": float(cos_fp32.min()),
+                       "weights_sha256": model_info(ref).weights_sha256[:16],
                        "targets": "onnx-int8 >= 2x torch to become the default; recall@10 >= 0.95"}
 
 
@@ -642,6 +648,147 @@ def bench_folder(args, settings, out: dict) -> None:
                      "chunks_per_s_median": median([s["chunks_embedded"] / s["seconds"] for s in runs])}
 
 
+# ------------------------------------------------------------------------------------------- the peer
+REAL_TEXT_ROOT = Path("/usr/share/doc")
+REAL_TEXT_EXTS = (".md", ".rst", ".txt", ".html")
+
+
+def real_text_folder(dest: Path, n: int, source: Path = REAL_TEXT_ROOT) -> Path:
+    """A fresh copy of ``n`` real-text files (2-40 KB), spread evenly over the sorted list under ``source``."""
+    import shutil
+
+    files = sorted(p for p in source.rglob("*") if p.is_file() and not p.is_symlink()
+                   and p.suffix in REAL_TEXT_EXTS and 2_000 <= p.stat().st_size <= 40_000)
+    if len(files) < n:
+        raise SystemExit(f"only {len(files)} real-text files under {source}; give --peer-folder with more")
+    step = len(files) / n
+    shutil.rmtree(dest, ignore_errors=True)
+    for k in range(n):
+        src = files[int(k * step)]
+        target = dest / src.relative_to(source)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, target)
+    return dest
+
+
+def _edit_files(folder: Path, fraction: float, revision: int) -> int:
+    """Append a sentence to ``fraction`` of the files (at least one), chosen by ``revision``: an edit."""
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    count = max(1, int(len(files) * fraction))
+    for j in range(count):
+        path = files[(revision * 7919 + j * 97) % len(files)]
+        with path.open("a", encoding="utf-8", errors="replace") as f:
+            f.write(f"\n\nRevision {revision}: this paragraph was added by the benchmark's edit number {j}.\n")
+    return count
+
+
+def _timed(argv: list[str], env: dict) -> tuple[float, dict]:
+    t0 = time.perf_counter()
+    proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=3600)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise RuntimeError(f"{argv[:3]} failed: {proc.stderr[-3000:]}")
+    return wall, json.loads(proc.stdout.strip().splitlines()[-1] if argv[-1] != "--json" else proc.stdout)
+
+
+class _Tools:
+    """Runs Tandem (``tandem reindex --json``) and the LlamaIndex peer on one folder, each a fresh process."""
+
+    def __init__(self, args, settings, folder: Path, tag: str):
+        from tandem.models import embedding_model_path
+
+        self.folder, self.tag, self.settings = folder, tag, settings
+        self.name = f"bpeer{tag}"
+        self.s = settings.replace(index_name=self.name, sources=(f"docs={folder}",), mass_delete_fraction=1.0)
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("TANDEM_")}
+        self.env.update(self.s.as_env())
+        self.state = CACHE / f"peer-state-{tag}"
+        self.peer = [sys.executable, str(REPO / "benchmarks" / "peer_llamaindex.py"), "--folder", str(folder),
+                     "--db-url", settings.db_url, "--table", self.name, "--state", str(self.state),
+                     "--model", embedding_model_path(settings.embed_model), "--threads", str(args.threads),
+                     "--chunk-size", str(settings.chunk_size), "--chunk-overlap", str(settings.chunk_overlap),
+                     "--batch-size", str(settings.embed_batch_size)]
+
+    def reset(self) -> None:
+        import shutil
+
+        from psycopg import sql
+
+        from tandem import db
+
+        drop_index(self.settings, self.name)
+        with db.connection(self.settings.db_url) as conn:  # PGVectorStore's table is data_<table_name>
+            conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(f"data_{self.name}")))
+            conn.commit()
+        shutil.rmtree(self.state, ignore_errors=True)
+
+    def tandem(self) -> tuple[float, int]:
+        wall, summary = _timed([str(Path(sys.executable).parent / "tandem"), "reindex", "--json"], self.env)
+        return wall, summary["chunks_embedded"]
+
+    def llamaindex(self) -> tuple[float, int]:
+        wall, result = _timed(self.peer, self.env)
+        return wall, result["nodes_embedded"]
+
+
+def bench_peer(args, settings, out: dict) -> None:
+    """Tandem beside the stock LlamaIndex IngestionPipeline on the same folders, model and chunk size, each run
+    a fresh process as a scheduler would start it: cold, no change, 1% of the files changed."""
+    corpora = [("synthetic", corpus.write(CACHE / f"peer-corpus-{SEED}-{args.docs}", args.docs, SEED),
+                args.peer_cold_runs_synthetic)]
+    real = Path(args.peer_folder) if args.peer_folder else None
+    if real is not None or REAL_TEXT_ROOT.is_dir():
+        corpora.append(("realtext", None, args.runs))
+    out["peer"] = {}
+    for tag, folder, cold_runs in corpora:
+        res = {k: {"tandem": [], "llamaindex": []} for k in ("cold", "nochange", "changed1pct")}
+        chunks = {}
+        for r in range(cold_runs):
+            if tag == "realtext":
+                folder = real_text_folder(CACHE / "peer-realtext", args.peer_real_docs, real or REAL_TEXT_ROOT)
+            else:
+                corpus.write(folder, args.docs, SEED)  # undoes the previous run's edits
+            tools = _Tools(args, settings, folder, tag)
+            tools.reset()
+            for tool in ("tandem", "llamaindex"):
+                wall, n = getattr(tools, tool)()
+                res["cold"][tool].append(wall)
+                chunks[tool] = n
+                log(f"peer {tag} cold #{r + 1}: {tool} {wall:.1f}s, {n} chunks")
+            if r > 0:
+                continue
+            for k in range(args.runs):  # the phases after the first cold build, repeated for medians
+                for tool in ("tandem", "llamaindex"):
+                    wall, n = getattr(tools, tool)()
+                    assert n == 0, (tool, n)
+                    res["nochange"][tool].append(wall)
+                edited = _edit_files(folder, 0.01, revision=k + 1)
+                for tool in ("tandem", "llamaindex"):
+                    wall, n = getattr(tools, tool)()
+                    res["changed1pct"][tool].append(wall)
+                log(f"peer {tag} #{k + 1}: no change tandem {res['nochange']['tandem'][-1]:.1f}s / llamaindex "
+                    f"{res['nochange']['llamaindex'][-1]:.1f}s; {edited} files edited: tandem "
+                    f"{res['changed1pct']['tandem'][-1]:.1f}s / llamaindex {res['changed1pct']['llamaindex'][-1]:.1f}s")
+        files = sum(1 for p in folder.rglob("*") if p.is_file())
+        out["peer"][tag] = {"files": files, "chunks": chunks, "cold_runs": cold_runs, **{
+            phase: {"tandem_seconds_median": median(v["tandem"]), "llamaindex_seconds_median": median(v["llamaindex"]),
+                    "llamaindex_over_tandem": median(v["llamaindex"]) / median(v["tandem"]), "runs": v}
+            for phase, v in res.items()}, "target": "Tandem ahead in every phase (ratio > 1)"}
+
+
+def _peer_lines(peer: dict) -> list[str]:
+    lines = []
+    for tag, p in peer.items():
+        lines.append(f"beside the stock LlamaIndex IngestionPipeline, {tag} ({p['files']} files; chunks: Tandem "
+                     f"{p['chunks'].get('tandem')}, LlamaIndex {p['chunks'].get('llamaindex')}), fresh processes:")
+        for phase in ("cold", "nochange", "changed1pct"):
+            q = p[phase]
+            lines.append(f"  {phase:<12} LlamaIndex {q['llamaindex_seconds_median']:7.1f}s  Tandem "
+                         f"{q['tandem_seconds_median']:7.1f}s  -> {q['llamaindex_over_tandem']:.2f}x "
+                         f"(target > 1; {len(q['runs']['tandem'])} runs)")
+    return lines
+
+
 def _query_line(q: dict, mode: str) -> str:
     line = (f"  {mode} p50 {q[f'{mode}_p50_ms']:.2f} ms, p95 {q[f'{mode}_p95_ms']:.2f} ms (target: within 10% of the "
             f"search before releases")
@@ -680,7 +827,8 @@ def report(out: dict) -> str:
                   f"({b['onnx_vs_torch']:.2f}x), onnx-int8 {b['onnx-int8_chunks_per_s_median']:.1f} "
                   f"({b['onnx-int8_vs_torch']:.2f}x; default if >= 2x)",
                   f"  onnx-int8 quality: recall@10 vs torch's exact top-10 {b['int8_recall_at_10_vs_torch']:.3f} "
-                  f"(target >= 0.95), cosine to torch min {b['int8_cosine_min']:.3f} mean {b['int8_cosine_mean']:.4f}"]
+                  f"(target >= 0.95), cosine to torch min {b['int8_cosine_min']:.3f} mean {b['int8_cosine_mean']:.4f}",
+                  f"  onnx (float32) cosine to torch: min {b['onnx_cosine_min']:.5f}"]
     pb = out.get("publish")
     if pb:
         lines += [f"publish at {pb['chunks']} chunks ({pb['docs']} docs, {pb['changed']} changed): "
@@ -697,6 +845,8 @@ def report(out: dict) -> str:
         lines += [f"SQL diff at {d['docs']} documents (1% changed, 0.5% new, 0.5% deleted): {d['total_seconds_median']:.2f}s "
                   f"(COPY {d['copy_seconds_median']:.2f}s, classify {d['classify_seconds_median']:.2f}s, "
                   f"persist plan {d['persist_plan_seconds_median']:.2f}s)"]
+    if out.get("peer"):
+        lines += _peer_lines(out["peer"])
     f = out.get("folder")
     if f:
         lines += [f"folder {f['folder']}: {f['docs']} docs ({f['failed']} failed), {f['chunks']} chunks, "
@@ -706,7 +856,7 @@ def report(out: dict) -> str:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--only", default="cold,incr,nochange,verify,publish,query,backends,diff")
+    p.add_argument("--only", default="cold,incr,nochange,verify,publish,query,backends,diff,peer")
     p.add_argument("--backend-texts", type=int, default=2000, help="chunk texts of the backend comparison")
     p.add_argument("--baseline-rev", default="7cdacfe",
                    help="git revision whose search (before releases) is timed beside today's on the same table")
@@ -723,6 +873,11 @@ def main(argv=None) -> int:
                    help="raw-model throughput on a seeded sample of this many of the run's chunk texts (0: all)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--folder", default=None, help="also index this folder of real text")
+    p.add_argument("--peer-folder", default=None,
+                   help="real-text files for the peer comparison (default: a spread of /usr/share/doc)")
+    p.add_argument("--peer-real-docs", type=int, default=150, help="real-text files of the peer comparison")
+    p.add_argument("--peer-cold-runs-synthetic", type=int, default=1,
+                   help="cold builds of the synthetic corpus per tool in the peer comparison (~8 min each)")
     p.add_argument("--db-url", default=None)
     p.add_argument("--home", default="/tmp/tandem-bench-knowledge")
     p.add_argument("--mlflow-uri", default="http://127.0.0.1:9")
@@ -732,7 +887,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.quick:
         args.docs, args.nochange_docs, args.query_chunks, args.queries, args.diff_docs = 100, 500, 5000, 50, 20000
-        args.publish_docs, args.backend_texts = 400, 200
+        args.publish_docs, args.backend_texts, args.peer_real_docs = 400, 200, 20
     if args.runs < 3:
         log("note: fewer than 3 runs: medians are not the reported standard")
     args.full_runs = args.runs if args.full_runs is None else args.full_runs
@@ -746,7 +901,10 @@ def main(argv=None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    embedder = get_embedder(embedding_model_path(settings.embed_model), args.threads)
+    # the raw model of the pipeline's own backend (TANDEM_EMBED_BACKEND, default onnx)
+    embedder = get_embedder(embedding_model_path(settings.embed_model), args.threads, settings.embed_backend,
+                            settings.models_dir)
+    log(f"embedding backend: {settings.embed_backend}")
     embedder.encode(["warm up the model"] * 8)
     out: dict = {"runs": args.runs, "threads": args.threads, "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
     try:
@@ -766,6 +924,8 @@ def main(argv=None) -> int:
             bench_backends(args, settings, embedder, out)
         if "diff" in only:
             bench_diff(args, settings, out)
+        if "peer" in only:
+            bench_peer(args, settings, out)
         if args.folder:
             bench_folder(args, settings, out)
     finally:

@@ -527,7 +527,8 @@ def main(argv=None) -> int:
         from tandem.knowledge.embedding import get_embedder
         from tandem.models import embedding_model_path
 
-        embedder = get_embedder(embedding_model_path(settings.embed_model), args.threads)
+        embedder = get_embedder(embedding_model_path(settings.embed_model), args.threads, settings.embed_backend,
+                                settings.models_dir)
         golden = [json.loads(line)["query"] for line in
                   (REPO / "include/tandem/data/demo/golden_retrieval.jsonl").read_text().splitlines() if line.strip()]
         shared = None if args.corpus == "synthetic" or args.exact_embeddings else knowledge_corpus(args.chunks)

@@ -57,7 +57,8 @@ def test_onnx_vectors_match_the_torch_model(settings):
 
 
 def test_the_backend_is_part_of_the_fingerprint(kn):
-    torch_fp, torch_spec, _, _ = fingerprint.current(kn)
+    assert kn.embed_backend == "onnx"  # the default, chosen by measurement (docs/decisions.md)
+    torch_fp, torch_spec, _, _ = fingerprint.current(kn.replace(embed_backend="torch"))
     assert "backend" not in torch_spec  # torch spaces keep the fingerprint they had before backends existed
     int8_fp, int8_spec, _, _ = fingerprint.current(kn.replace(embed_backend="onnx-int8"))
     assert int8_fp != torch_fp and int8_spec["backend"] == f"onnx-int8/{onnx_backend.RECIPE}"
@@ -67,12 +68,14 @@ def test_the_backend_is_part_of_the_fingerprint(kn):
     assert proc.returncode == 2 and "TANDEM_EMBED_BACKEND" in proc.stderr and "Traceback" not in proc.stderr
 
 
-def test_switching_a_live_index_to_onnx_int8_and_back(kn, corpus, tmp_path):
-    settings = kn.replace(canary_path=str(write_golden(tmp_path / "golden.jsonl", GOLDEN)), canary_k=3)
+def test_switching_a_live_index_from_torch_to_onnx_int8_and_back(kn, corpus, tmp_path):
+    settings = kn.replace(canary_path=str(write_golden(tmp_path / "golden.jsonl", GOLDEN)), canary_k=3,
+                          embed_backend="torch")
     first = reindex.run(settings, progress=False)
-    assert first["canary"]["status"] == "baseline"
+    assert first["canary"]["status"] == "baseline" and first["space"]["backend"] == "torch"
     switched = reindex.run(settings.replace(embed_backend="onnx-int8"), progress=False)
     assert switched["mode"] == "build" and switched["space"]["switched"] and switched["index_version"] == "2"
+    assert switched["space"]["backend"] == "onnx-int8"
     assert switched["canary"]["status"] == "passed"  # validated against the torch release before the switch
     # queries are embedded with the live space's backend, whatever this process is configured with
     hits = search.search(settings, "How much does the Pro plan cost per month?", k=3)

@@ -60,10 +60,16 @@ def test_summary_is_logged_to_mlflow(kn):
 
     summary = reindex.run(kn, progress=False)
     assert summary["mlflow_run_id"]
-    run = mlflow.get_run(summary["mlflow_run_id"])
+    client = mlflow.MlflowClient(tracking_uri=kn.mlflow_uri)  # the run was logged over REST, not through mlflow
+    run = client.get_run(summary["mlflow_run_id"])
+    assert run.info.status == "FINISHED" and run.info.run_name == f"reindex {summary['run_id']}"
     assert run.data.tags["tandem.index_version"] == summary["index_version"]
+    assert run.data.tags["tandem.status"] == "succeeded" and run.data.params["embed_backend"] == "onnx"
     assert run.data.metrics["new"] == 5 and run.data.metrics["chunks_embedded"] == summary["chunks_embedded"]
-    assert mlflow.get_experiment(run.info.experiment_id).name == "tandem-knowledge"
+    assert client.get_experiment(run.info.experiment_id).name == "tandem-knowledge"
+    (kn.home / "dl").mkdir(exist_ok=True)
+    logged = json.loads(Path(client.download_artifacts(run.info.run_id, "summary.json", str(kn.home / "dl"))).read_text())
+    assert logged["run_id"] == summary["run_id"] and logged["index_version"] == summary["index_version"]
 
 
 def test_dry_run_reports_the_plan_and_writes_nothing(kn, corpus):

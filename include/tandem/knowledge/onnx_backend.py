@@ -14,10 +14,13 @@ with a Normalize module are accepted.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
+import os
 import threading
+import uuid
 from pathlib import Path
 
 from tandem.errors import UserError
@@ -74,11 +77,15 @@ def ensure_exported(ref: str, weights_sha256: str, models_dir: Path, backend: st
     _check_pooling(folder)
     out = export_dir(models_dir, weights_sha256)
     name = "model-int8.onnx" if backend == "onnx-int8" else "model.onnx"
-    with _export_lock:
+    manifest = _read_manifest(out)
+    if manifest.get("source_weights_sha256") == weights_sha256 and _intact(out, manifest, name):
+        return out / name
+    out.mkdir(parents=True, exist_ok=True)
+    # one exporter per folder: threads of this process, and other processes on this host (Airflow workers)
+    with _export_lock, _file_lock(out / ".export.lock"):
         manifest = _read_manifest(out)
         if manifest.get("source_weights_sha256") == weights_sha256 and _intact(out, manifest, name):
-            return out / name
-        out.mkdir(parents=True, exist_ok=True)
+            return out / name  # another process exported it while this one waited
         files = manifest.get("files", {}) if manifest.get("source_weights_sha256") == weights_sha256 else {}
         if not _intact(out, {"files": files}, "model.onnx"):
             files["model.onnx"] = _export_fp32(folder, out / "model.onnx")
@@ -86,10 +93,27 @@ def ensure_exported(ref: str, weights_sha256: str, models_dir: Path, backend: st
             files[name] = _quantize(out / "model.onnx", out / name)
         manifest = {"source": str(folder), "source_weights_sha256": weights_sha256, "recipe": RECIPE,
                     "opset": OPSET, "files": files}
-        tmp = out / "manifest.json.tmp"
+        tmp = _tmp_name(out / "manifest.json")
         tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True))
         tmp.replace(out / "manifest.json")
     return out / name
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path):
+    import fcntl
+
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _tmp_name(dest: Path) -> Path:
+    """A temp name beside ``dest`` that no other process or thread uses (then an atomic rename)."""
+    return dest.with_name(f".{dest.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
 
 
 def _read_manifest(out: Path) -> dict:
@@ -126,7 +150,7 @@ def _export_fp32(folder: Path, dest: Path) -> str:
     enc = tok(["an example sentence", "a second, longer example sentence for the trace"], padding=True,
               return_tensors="pt")
     axes = {k: {0: "batch", 1: "seq"} for k in (*_INPUTS, "last_hidden_state")}
-    tmp = dest.with_suffix(".tmp")
+    tmp = _tmp_name(dest)
     with torch.no_grad():
         torch.onnx.export(LastHidden(model), tuple(enc[k] for k in _INPUTS), str(tmp), input_names=list(_INPUTS),
                           output_names=["last_hidden_state"], dynamic_axes=axes, opset_version=OPSET, dynamo=False)
@@ -138,7 +162,7 @@ def _export_fp32(folder: Path, dest: Path) -> str:
 def _quantize(src: Path, dest: Path) -> str:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    tmp = dest.with_suffix(".tmp")
+    tmp = _tmp_name(dest)
     # per-channel int8 weights of the MatMuls only: min cosine to torch 0.98 on sample texts (per-tensor
     # quantisation of every op: 0.86)
     quantize_dynamic(str(src), str(tmp), weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=["MatMul"])
