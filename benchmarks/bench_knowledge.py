@@ -17,7 +17,8 @@
           unfiltered vector query, plus the query-embedding time, and HNSW recall@10 against an exact scan of
           the published rows (target >= 0.95).
 7. backends  Raw encode chunks/s of torch, onnx and onnx-int8 on the same texts and batch size, and the
-          recall@10 of onnx-int8 against torch's exact top-10.
+          recall@10 of onnx-int8 against torch's exact top-10 (``backendsreal``: on the real-text chunks).
+   coldreal  The cold figures (1.) on the real-text folder of the peer comparison (9.).
 8. diff   The SQL diff alone at ``--diff-docs`` (1,000,000) documents (COPY-staged scan, classification, plan).
 9. peer   Tandem beside the stock LlamaIndex IngestionPipeline (benchmarks/peer_llamaindex.py: docstore plus
           PGVectorStore, UPSERTS_AND_DELETE; same model, chunk size and Postgres), each run a fresh process, on
@@ -33,7 +34,7 @@ The 10,000-document index of the no-change figure is seeded through the real pip
 stand-in for the model (the run being measured embeds nothing, and embedding ~5M tokens takes ~20+ minutes
 on 2 cores); ``--real-seed`` seeds it with the real model instead.
 
-Usage: python benchmarks/bench_knowledge.py [--only cold,incr,nochange,verify,publish,query,backends,diff,peer] [--docs 2000]
+Usage: python benchmarks/bench_knowledge.py [--only cold,coldreal,incr,nochange,verify,publish,query,backends,backendsreal,diff,peer] [--docs 2000]
        [--nochange-docs 10000] [--publish-docs 40000] [--query-chunks 100000] [--queries 200] [--runs 3]
        [--threads 2]
        [--folder PATH] [--db-url URL] [--quick] [--json]
@@ -161,15 +162,17 @@ def embed_texts_of(settings, table: str) -> list[str]:
 
 
 # ----------------------------------------------------------------------------------------------- figures
-def bench_cold(args, settings, embedder, out: dict) -> None:
+def bench_cold(args, settings, embedder, out: dict, folder: Path | None = None, key: str = "cold") -> None:
     """Each run: the raw model on a sample of the corpus's chunk texts, the pipeline, the raw model again.
     The per-run ratio compares the pipeline with the mean of the raw figures taken just before and after it,
-    which keeps the comparison fair on a shared, noisy machine."""
+    which keeps the comparison fair on a shared, noisy machine. ``folder``: real text instead of the corpus."""
     import random
 
     from tandem.knowledge import reindex
 
-    folder = corpus.write(CACHE / f"corpus-{SEED}-{args.docs}", args.docs, SEED)  # (re)writes edited files too
+    real = folder is not None
+    if not real:
+        folder = corpus.write(CACHE / f"corpus-{SEED}-{args.docs}", args.docs, SEED)  # (re)writes edited files too
     runs, raw, ratios = [], [], []
     name = None
     sample = None
@@ -180,11 +183,11 @@ def bench_cold(args, settings, embedder, out: dict) -> None:
         return len(texts) / (time.perf_counter() - t0)
 
     for r in range(args.runs):
-        name = f"bcold{r}"
+        name = f"b{key}{r}"
         drop_index(settings, name)
-        s = settings.replace(index_name=name, sources=(f"acme={folder}",))
+        s = settings.replace(index_name=name, sources=(f"acme={folder}",), mass_delete_fraction=1.0)
         before = raw_rate(sample) if sample else None
-        log(f"cold full index #{r + 1}: {args.docs} docs")
+        log(f"{key} full index #{r + 1}: {folder}")
         summary = reindex.run(s, progress=False)
         runs.append(summary)
         if sample is None:  # the texts the pipeline embedded (context + chunk), a seeded sample of them
@@ -200,8 +203,9 @@ def bench_cold(args, settings, embedder, out: dict) -> None:
             f"{rate:.1f} chunks/s -> {pipe / rate:.0%}; phases {summary['phases']}")
     pipeline = [s["chunks_embedded"] / s["seconds"] for s in runs]
     embed_phase = [s["chunks_embedded"] / s["phases"]["embed"] for s in runs]
-    out["cold"] = {
-        "docs": args.docs, "chunks": runs[-1]["chunks_embedded"], "runs": len(runs),
+    out[key] = {
+        "docs": runs[-1]["new"], "folder": str(folder), "backend": settings.embed_backend,
+        "chunks": runs[-1]["chunks_embedded"], "runs": len(runs),
         "seconds_median": median([s["seconds"] for s in runs]), "run_seconds": [s["seconds"] for s in runs],
         "docs_per_s_median": median([s["new"] / s["seconds"] for s in runs]),
         "chunks_per_s_median": median(pipeline), "raw_sample": len(sample or []),
@@ -211,7 +215,8 @@ def bench_cold(args, settings, embedder, out: dict) -> None:
         "phases_last": runs[-1]["phases"], "batch_size": settings.embed_batch_size,
         "target": "pipeline chunks/s >= 85% of raw",
     }
-    out["_cold_index"] = name
+    if not real:
+        out["_cold_index"] = name
 
 
 def summary_table(summary: dict, name: str) -> str:
@@ -513,24 +518,31 @@ def bench_verify(args, settings, out: dict) -> None:
     out["verify"] = {"docs": args.nochange_docs, "seconds_median": median(secs), "runs": secs, "target": "<= 20 s"}
 
 
-def _pipeline_texts(settings, embedder, n: int) -> list[str]:
-    """The first ``n`` texts the pipeline embeds for the generated corpus: its chunks (context + text), made
-    by the same extraction and chunker as a reindex, so the backends encode chunks of realistic length."""
+def _pipeline_texts(settings, n: int, folder: Path | None = None) -> list[str]:
+    """The first ``n`` texts the pipeline embeds for the generated corpus (or the files of ``folder``, sorted):
+    their chunks (context + text), made by the same extraction and chunker as a reindex, so the backends
+    encode chunks of realistic length."""
     from tandem.knowledge import fingerprint
     from tandem.knowledge.chunking import chunk_document
     from tandem.knowledge.extract import extract
 
     _fp, _spec, _info, cfg = fingerprint.current(settings)
+    if folder is not None:
+        docs = ((str(p.relative_to(folder)), p.read_bytes()) for p in sorted(folder.rglob("*")) if p.is_file())
+    else:
+        docs = ((rel, text.encode()) for rel, text in (corpus.document(i, SEED) for i in range(10**9)))
     texts: list[str] = []
-    i = 0
-    while len(texts) < n:
-        rel, text = corpus.document(i, SEED)
-        texts += [c.embed_text for c in chunk_document(f"acme/{rel}", extract(rel, text.encode()), cfg)]
-        i += 1
+    for rel, data in docs:
+        try:
+            texts += [c.embed_text for c in chunk_document(f"docs/{rel}", extract(rel, data), cfg)]
+        except Exception as exc:  # noqa: BLE001 - a file the pipeline would fail on is skipped here too
+            log(f"  skipped {rel}: {exc}")
+        if len(texts) >= n:
+            break
     return texts[:n]
 
 
-def bench_backends(args, settings, embedder, out: dict) -> None:
+def bench_backends(args, settings, embedder, out: dict, folder: Path | None = None, key: str = "backends") -> None:
     """Raw encode chunks/s of torch, onnx and onnx-int8 on the same ``--backend-texts`` pipeline chunk texts and
     batch size (interleaved runs), and the quality of onnx-int8 against torch: recall@10 of its top-10 (its own
     query and chunk vectors) against torch's exact top-10 over those chunks, for 200 corpus queries."""
@@ -538,7 +550,7 @@ def bench_backends(args, settings, embedder, out: dict) -> None:
 
     from tandem.knowledge.embedding import get_embedder, model_info
 
-    texts = _pipeline_texts(settings, embedder, args.backend_texts)
+    texts = _pipeline_texts(settings, args.backend_texts, folder)
     n = len(texts)
     ref = embedder.ref
     encoders = {}
@@ -555,7 +567,8 @@ def bench_backends(args, settings, embedder, out: dict) -> None:
             rates[backend].append(n / (time.perf_counter() - t0))
             vectors[backend] = vecs
         log(f"raw encode run #{r + 1}: " + ", ".join(f"{b} {v[-1]:.1f} chunks/s" for b, v in rates.items()))
-    queries = [corpus.query(i, SEED) for i in range(200)]
+    queries = [corpus.query(i, SEED) for i in range(200)] if folder is None else \
+        [t.split("\n")[-1][:200] for t in texts[::max(1, n // 200)][:200]]  # a sentence of the text as the query
     qv = {b: encoders[b].encode(queries) for b in ("torch", "onnx-int8")}
     exact = np.argsort(-(vectors["torch"] @ qv["torch"].T), axis=0)[:10].T
     got = np.argsort(-(vectors["onnx-int8"] @ qv["onnx-int8"].T), axis=0)[:10].T
@@ -563,7 +576,7 @@ def bench_backends(args, settings, embedder, out: dict) -> None:
     cos = (vectors["onnx-int8"] * vectors["torch"]).sum(axis=1)
     cos_fp32 = (vectors["onnx"] * vectors["torch"]).sum(axis=1)
     torch_rate = median(rates["torch"])
-    out["backends"] = {"texts": n, "batch_size": settings.embed_batch_size, "threads": args.threads,
+    out[key] = {"texts": n, "corpus": str(folder or "generated"), "batch_size": settings.embed_batch_size, "threads": args.threads,
                        **{f"{b}_chunks_per_s_median": median(v) for b, v in rates.items()},
                        **{f"{b}_vs_torch": median(v) / torch_rate for b, v in rates.items() if b != "torch"},
                        "int8_recall_at_10_vs_torch": recall, "int8_cosine_min": float(cos.min()),
@@ -669,6 +682,12 @@ def real_text_folder(dest: Path, n: int, source: Path = REAL_TEXT_ROOT) -> Path:
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(src, target)
     return dest
+
+
+def _real_folder(args) -> Path:
+    """The real-text folder of the cold and backend figures (a fresh copy; the peer makes its own)."""
+    return real_text_folder(CACHE / "realtext", args.peer_real_docs,
+                            Path(args.peer_folder) if args.peer_folder else REAL_TEXT_ROOT)
 
 
 def _edit_files(folder: Path, fraction: float, revision: int) -> int:
@@ -800,9 +819,9 @@ def _query_line(q: dict, mode: str) -> str:
 
 def report(out: dict) -> str:
     lines = ["", "knowledge cadence benchmark (medians of %s runs; machine: %s cores)" % (out["runs"], os.cpu_count())]
-    c = out.get("cold")
-    if c:
-        lines += [f"cold full index, {c['docs']} docs / {c['chunks']} chunks: {c['seconds_median']:.1f}s, "
+    for c in filter(None, (out.get("cold"), out.get("cold_realtext"))):
+        lines += [f"cold full index ({c['backend']}) of {c['folder']}, {c['docs']} docs / {c['chunks']} chunks: "
+                  f"{c['seconds_median']:.1f}s, "
                   f"{c['docs_per_s_median']:.2f} docs/s, {c['chunks_per_s_median']:.1f} chunks/s",
                   f"  raw model on the same texts (batch {c['batch_size']}, {c['raw_sample']} sampled texts, before and "
                   f"after each run): {c['raw_model_chunks_per_s_median']:.1f} chunks/s -> pipeline at "
@@ -820,9 +839,8 @@ def report(out: dict) -> str:
     v = out.get("verify")
     if v:
         lines += [f"tandem index verify over {v['docs']} docs: {v['seconds_median']:.2f}s (target <= 20 s)"]
-    b = out.get("backends")
-    if b:
-        lines += [f"raw encode, {b['texts']} chunk texts, batch {b['batch_size']}, {b['threads']} threads: torch "
+    for b in filter(None, (out.get("backends"), out.get("backends_realtext"))):
+        lines += [f"raw encode, {b['texts']} chunk texts of {b['corpus']}, batch {b['batch_size']}, {b['threads']} threads: torch "
                   f"{b['torch_chunks_per_s_median']:.1f} chunks/s, onnx {b['onnx_chunks_per_s_median']:.1f} "
                   f"({b['onnx_vs_torch']:.2f}x), onnx-int8 {b['onnx-int8_chunks_per_s_median']:.1f} "
                   f"({b['onnx-int8_vs_torch']:.2f}x; default if >= 2x)",
@@ -856,7 +874,7 @@ def report(out: dict) -> str:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--only", default="cold,incr,nochange,verify,publish,query,backends,diff,peer")
+    p.add_argument("--only", default="cold,coldreal,incr,nochange,verify,publish,query,backends,backendsreal,diff,peer")
     p.add_argument("--backend-texts", type=int, default=2000, help="chunk texts of the backend comparison")
     p.add_argument("--baseline-rev", default="7cdacfe",
                    help="git revision whose search (before releases) is timed beside today's on the same table")
@@ -910,6 +928,8 @@ def main(argv=None) -> int:
     try:
         if "cold" in only:
             bench_cold(args, settings, embedder, out)
+        if "coldreal" in only:
+            bench_cold(args, settings, embedder, out, folder=_real_folder(args), key="cold_realtext")
         if "incr" in only:
             bench_incremental(args, settings, out)
         if "nochange" in only:
@@ -922,6 +942,8 @@ def main(argv=None) -> int:
             bench_query(args, settings, embedder, out)
         if "backends" in only:
             bench_backends(args, settings, embedder, out)
+        if "backendsreal" in only:
+            bench_backends(args, settings, embedder, out, folder=_real_folder(args), key="backends_realtext")
         if "diff" in only:
             bench_diff(args, settings, out)
         if "peer" in only:

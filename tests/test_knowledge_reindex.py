@@ -251,3 +251,24 @@ def test_a_cli_run_over_local_sources_does_not_import_airflow(kn, corpus):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert json.loads(proc.stdout)["unchanged"] == len(CORPUS)  # a real no-change run, printed as JSON
     assert "NO_AIRFLOW" in proc.stderr
+
+
+HEAVY_IMPORTS = ("airflow", "mlflow", "torch", "sentence_transformers", "transformers", "pandas")
+
+
+def _imported_by_cli_run(settings) -> set[str]:
+    """Top-level modules a ``tandem reindex --json`` process imported (python -X importtime)."""
+    proc = subprocess.run([sys.executable, "-X", "importtime", TANDEM, "reindex", "--json"], capture_output=True,
+                          text=True, env=cli_env(settings), timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return {line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
+
+
+def test_a_small_cli_run_imports_no_heavy_framework(kn, corpus):
+    """The fixed cost of a run: no Airflow (local sources), no mlflow (REST logging), no torch (ONNX Runtime)."""
+    reindex.run(kn, progress=False)
+    assert not set(HEAVY_IMPORTS) & _imported_by_cli_run(kn)  # no change: nothing to embed
+    (corpus / "policies/refunds.txt").write_text("Refunds within 45 days of purchase.\n")
+    modules = _imported_by_cli_run(kn)  # one changed document: the chunker and ONNX Runtime, nothing heavier
+    assert "onnxruntime" in modules and not set(HEAVY_IMPORTS) & modules
+    assert search.search(kn, "How many days do I have for a refund?", k=1)[0].doc_id == "acme/policies/refunds.txt"
