@@ -19,6 +19,7 @@
 7. backends  Raw encode chunks/s of torch, onnx and onnx-int8 on the same texts and batch size, and the
           recall@10 of onnx-int8 against torch's exact top-10 (``backendsreal``: on the real-text chunks).
    coldreal  The cold figures (1.) on the real-text folder of the peer comparison (9.).
+   canary  The retrieval canary of the demo knowledge base built with torch, onnx and onnx-int8 (hit@k, MRR).
    fixed  The fixed cost of a run through the CLI on ``--fixed-docs`` (77) documents, torch and onnx: a no-change
           run (target <= 2 s) and a one-document change (target <= 5 s), MLflow logging included.
 8. diff   The SQL diff alone at ``--diff-docs`` (1,000,000) documents (COPY-staged scan, classification, plan).
@@ -36,7 +37,7 @@ The 10,000-document index of the no-change figure is seeded through the real pip
 stand-in for the model (the run being measured embeds nothing, and embedding ~5M tokens takes ~20+ minutes
 on 2 cores); ``--real-seed`` seeds it with the real model instead.
 
-Usage: python benchmarks/bench_knowledge.py [--only cold,coldreal,incr,nochange,fixed,verify,publish,query,backends,backendsreal,diff,peer] [--docs 2000]
+Usage: python benchmarks/bench_knowledge.py [--only cold,coldreal,incr,nochange,fixed,verify,publish,query,backends,backendsreal,canary,diff,peer] [--docs 2000]
        [--nochange-docs 10000] [--publish-docs 40000] [--query-chunks 100000] [--queries 200] [--runs 3]
        [--threads 2]
        [--folder PATH] [--db-url URL] [--quick] [--json]
@@ -321,6 +322,26 @@ def bench_fixed(args, settings, out: dict) -> None:
         out["fixed"][backend] = {"nochange_seconds_median": median(nochange), "one_doc_seconds_median": median(one),
                                  "nochange_runs": nochange, "one_doc_runs": one}
     out["fixed"]["targets"] = "no change <= 2 s, one document <= 5 s (CLI wall)"
+
+
+def bench_canary(args, settings, out: dict) -> None:
+    """The retrieval canary (the demo's 36 golden queries, k = TANDEM_CANARY_K) on the demo knowledge base built
+    with each backend: onnx-int8 should match torch's hit@k and MRR within 0.01."""
+    from tandem.knowledge import reindex
+
+    demo = REPO / "include" / "tandem" / "data" / "demo"
+    out["canary"] = {"k": settings.canary_k, "queries": None}
+    for backend in ("torch", "onnx", "onnx-int8"):
+        name = f"bcanary{backend.replace('-', '')}"
+        drop_index(settings, name)
+        s = settings.replace(index_name=name, sources=(f"acme={demo / 'kb' / 'release1'}",), embed_backend=backend,
+                             canary_path=str(demo / "golden_retrieval.jsonl"))
+        summary = reindex.run(s, progress=False)
+        c = summary["canary"]
+        out["canary"]["queries"] = c.get("queries")
+        out["canary"][backend] = {"hit_at_k": c["hit_at_k"], "mrr": c["mrr"]}
+        log(f"canary on the demo knowledge base, {backend}: hit@{settings.canary_k} {c['hit_at_k']:.3f}, "
+            f"MRR {c['mrr']:.3f}")
 
 
 def query_vectors(embedder, n: int, batch: int):
@@ -784,8 +805,11 @@ def bench_peer(args, settings, out: dict) -> None:
     a fresh process as a scheduler would start it: cold, no change, 1% of the files changed."""
     corpora = [("synthetic", corpus.write(CACHE / f"peer-corpus-{SEED}-{args.docs}", args.docs, SEED),
                 args.peer_cold_runs_synthetic)]
+    wanted = set(args.peer_corpora.split(","))
+    if "synthetic" not in wanted:
+        corpora = []
     real = Path(args.peer_folder) if args.peer_folder else None
-    if real is not None or REAL_TEXT_ROOT.is_dir():
+    if "realtext" in wanted and (real is not None or REAL_TEXT_ROOT.is_dir()):
         corpora.append(("realtext", None, args.runs))
     out["peer"] = {}
     for tag, folder, cold_runs in corpora:
@@ -892,6 +916,11 @@ def report(out: dict) -> str:
         lines += [f"SQL diff at {d['docs']} documents (1% changed, 0.5% new, 0.5% deleted): {d['total_seconds_median']:.2f}s "
                   f"(COPY {d['copy_seconds_median']:.2f}s, classify {d['classify_seconds_median']:.2f}s, "
                   f"persist plan {d['persist_plan_seconds_median']:.2f}s)"]
+    cn = out.get("canary")
+    if cn:
+        lines += [f"canary on the demo knowledge base ({cn['queries']} golden queries, k={cn['k']}): " + ", ".join(
+            f"{b} hit@k {cn[b]['hit_at_k']:.3f} MRR {cn[b]['mrr']:.3f}" for b in ("torch", "onnx", "onnx-int8"))
+            + " (target: onnx-int8 within 0.01 of torch)"]
     fx = out.get("fixed")
     if fx:
         lines += [f"fixed cost through the CLI, {fx['docs']} docs, MLflow logging {fx['mlflow']}:"] + [
@@ -908,7 +937,7 @@ def report(out: dict) -> str:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--only", default="cold,coldreal,incr,nochange,fixed,verify,publish,query,backends,backendsreal,diff,peer")
+    p.add_argument("--only", default="cold,coldreal,incr,nochange,fixed,verify,publish,query,backends,backendsreal,canary,diff,peer")
     p.add_argument("--backend-texts", type=int, default=2000, help="chunk texts of the backend comparison")
     p.add_argument("--baseline-rev", default="7cdacfe",
                    help="git revision whose search (before releases) is timed beside today's on the same table")
@@ -929,6 +958,7 @@ def main(argv=None) -> int:
     p.add_argument("--peer-folder", default=None,
                    help="real-text files for the peer comparison (default: a spread of /usr/share/doc)")
     p.add_argument("--peer-real-docs", type=int, default=150, help="real-text files of the peer comparison")
+    p.add_argument("--peer-corpora", default="synthetic,realtext", help="corpora of the peer comparison")
     p.add_argument("--peer-cold-runs-synthetic", type=int, default=1,
                    help="cold builds of the synthetic corpus per tool in the peer comparison (~8 min each)")
     p.add_argument("--db-url", default=None)
@@ -981,6 +1011,8 @@ def main(argv=None) -> int:
             bench_backends(args, settings, embedder, out, folder=_real_folder(args), key="backends_realtext")
         if "diff" in only:
             bench_diff(args, settings, out)
+        if "canary" in only:
+            bench_canary(args, settings, out)
         if "fixed" in only:
             bench_fixed(args, settings, out)
         if "peer" in only:
