@@ -6,8 +6,8 @@ logs its run here instead: httpx against MLflow's documented, versioned REST API
 ``summary.json`` goes through the server's artifact proxy (``mlflow-artifacts:``). docs/decisions.md records
 the measurement.
 
-Anything else (a file or database store, an artifact store the server does not proxy) returns ``None`` from
-``supported`` and the caller uses the ``mlflow`` library. Authentication follows MLflow's own variables:
+Anything else (a file or database store) is not ``supported``, and an artifact store the server does not
+proxy fails ``can_upload``: the caller then uses the ``mlflow`` library. Authentication follows MLflow's own variables:
 ``MLFLOW_TRACKING_TOKEN`` (bearer) or ``MLFLOW_TRACKING_USERNAME`` / ``MLFLOW_TRACKING_PASSWORD`` (basic).
 """
 

@@ -112,6 +112,8 @@ def _log(settings: Settings, summary: dict) -> dict:
 
 def _mlflow_record(settings: Settings, summary: dict) -> dict:
     """The params, metrics and extra tags of a reindex's MLflow run."""
+    from tandem import tracking
+
     params = {
         "sources": ",".join(summary.get("sources") or [])[:500],
         "full": summary.get("full"), "chunk_size": settings.chunk_size,
@@ -128,8 +130,6 @@ def _mlflow_record(settings: Settings, summary: dict) -> dict:
         metrics["canary_hit_at_k"] = float(canary["hit_at_k"])
         metrics["canary_mrr"] = float(canary["mrr"])
     failed = summary.get("status") == "failed"
-    from tandem import tracking
-
     extra = {tracking.tag("failure"): str(summary.get("message", ""))[:500]} if failed else {}
     return {"params": params, "metrics": metrics, "tags": extra, "failed": failed}
 
