@@ -26,7 +26,7 @@ _MAX_PARAM = 6000  # MLflow's param value limit
 
 
 class MlflowRestError(RuntimeError):
-    pass
+    """The tracking server refused a call (the message carries the method, path, status and its reason)."""
 
 
 def supported(tracking_uri: str) -> bool:
