@@ -3,6 +3,10 @@
 The driver starts the stack (embedded Postgres, MLflow, Airflow api-server/scheduler/dag-processor/triggerer),
 triggers the DAGs through Airflow's REST API and reads their results back the same way; nothing is called
 in-process. Only the amounts shrink (``tandem.demo.fast``): eval and training slices, a few training steps.
+
+It runs on the multi-worker stack (TANDEM_EXECUTOR=celery): Redis, 2 CPU Celery workers and 1 `training`
+worker, each with a scratch home of its own and the base model fetched from MLflow. LocalExecutor, the
+default, runs the same DAGs in the stack tests (test_stack_lifecycle) and in every `airflow dags test`.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from tandem import models
 from tandem.config import Settings
 from tandem.demo import data
 from tandem.demo.run import STEPS, Demo
@@ -27,6 +32,22 @@ REPO = Path(__file__).resolve().parents[1]
 def _env(home: Path, ports: dict) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TANDEM_", "AIRFLOW"))}
     return {**env, "TANDEM_HOME": str(home), **ports}
+
+
+def _worker(hostname: str) -> str:
+    return hostname.split(".", 1)[0]  # tandem.airflow.hostname: "<worker name>.<machine>"
+
+
+def _assert_ran_on_workers(hosts: dict[str, dict[str, str]]) -> None:
+    """Where the Celery scenario's tasks ran, from the task instances' hostnames (Airflow's REST API)."""
+    reindex = [ran for key, ran in hosts.items() if key.startswith("knowledge_reindex/")]
+    embed_workers = {_worker(h) for ran in reindex for task, h in ran.items() if task.startswith("embed_batch[")}
+    assert len(embed_workers) > 1 and embed_workers <= {"cpu-1", "cpu-2"}, embed_workers
+    retrain = [ran for key, ran in hosts.items() if key.startswith("lora_retrain/")]
+    assert len(retrain) == 1, list(hosts)
+    ran = {task: _worker(h) for task, h in retrain[0].items()}
+    assert ran["train_adapter"] == "training-1" and ran["evaluate_three_way"] == "training-1", ran
+    assert ran["register_version"] in ("cpu-1", "cpu-2"), ran
 
 
 def test_an_unfinished_demo_continues_from_its_next_step(tmp_path):
@@ -48,14 +69,15 @@ def test_an_unknown_question_is_refused_before_any_step(tmp_path):
 
 
 @pytest.mark.slow
-def test_fast_demo_end_to_end(base_model_path):
+def test_fast_demo_end_to_end_on_celery_workers(base_model_path):
     from conftest import short_tmp
 
     home = short_tmp("demo")
     (home / "models").symlink_to(base_model_path.parent)  # the prepared model, not a second conversion
     ports = {"TANDEM_AIRFLOW_PORT": str(process.free_port()), "TANDEM_MLFLOW_PORT": str(process.free_port()),
-             "TANDEM_SERVE_PORT": str(process.free_port())}
-    env = _env(home, ports)
+             "TANDEM_SERVE_PORT": str(process.free_port()), "TANDEM_REDIS_PORT": str(process.free_port())}
+    # small reindex batches: release 1's documents map to several embed_batch tasks, for both CPU workers
+    env = {**_env(home, ports), "TANDEM_EXECUTOR": "celery", "TANDEM_WORKERS": "2", "TANDEM_REINDEX_BATCH_DOCS": "8"}
     report_path = home / "report.json"
     try:
         proc = subprocess.run([sys.executable, "-m", "tandem.demo.run", "--fast", "--report", str(report_path)],
@@ -95,6 +117,11 @@ def test_fast_demo_end_to_end(base_model_path):
 
         for needle in ("== 7. Where to look", "/dags/lora_retrain", "#/models/tandem-adapter", "/tandem/"):
             assert needle in proc.stdout
+        _assert_ran_on_workers(report["hosts"])
+        # the training worker loaded its own copy of the base model, fetched from MLflow and verified
+        fetched = home / "workers" / "training-1" / "models" / base_model_path.name
+        assert not fetched.is_symlink() and (fetched / "model.safetensors").is_file()
+        assert models.base_model_sha256(fetched) == models.base_model_sha256(base_model_path)
     finally:
         down = subprocess.run([sys.executable, "-m", "tandem.stack", "down"], env=env, capture_output=True,
                               text=True, timeout=300, cwd=str(REPO))

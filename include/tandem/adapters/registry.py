@@ -153,9 +153,9 @@ def _is_failed(mv) -> bool:
 
 def base_ref(settings: Settings) -> tuple[str, str]:
     """(reference, sha256) of the configured base model."""
-    from tandem.models import resolve_base_model
+    from tandem.model_store import ensure_base_model
 
-    ref = resolve_base_model(settings.base_model)
+    ref = ensure_base_model(settings)
     return ref, base_model_sha256(ref)
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import tempfile
 import time
@@ -43,8 +44,8 @@ EVAL_ITEMS = "eval/items.json"
 
 def _effective(settings: Settings, p) -> Settings:
     changes = {}
-    if p.base_model:
-        changes["base_model"] = p.base_model
+    if p.base_model:  # the run's own base model: the configured model store does not hold it
+        changes.update(base_model=p.base_model, base_model_uri="", base_model_sha256="")
     if p.dataset:
         changes["train_set_path"] = p.dataset
     return settings.replace(**changes) if changes else settings
@@ -85,11 +86,12 @@ def prepare(settings: Settings, values: dict | None, *, progress: Callable[[int]
 
     from tandem.adapters import dataset
     from tandem.behavior.spec import load_spec
-    from tandem.models import base_model_sha256, resolve_base_model
+    from tandem.model_store import ensure_base_model
+    from tandem.models import base_model_sha256
 
     p = params_mod.validate(values)
     settings = _effective(settings, p)
-    base = resolve_base_model(settings.base_model)
+    base = ensure_base_model(settings)
     base_sha = base_model_sha256(base)
     spec = load_spec(settings.spec_path)
     examples = dataset.load_examples(settings.train_set_path)
@@ -150,10 +152,11 @@ def _snapshot(settings: Settings, state: dict) -> list[dict]:
 
     local = workdir(settings, state["run_id"]) / dataset.SNAPSHOT_FILE
     if not local.exists():
-        got = mlflow.artifacts.download_artifacts(run_id=state["run_id"],
-                                                  artifact_path=f"{SNAPSHOT_ARTIFACT}/{dataset.SNAPSHOT_FILE}",
-                                                  dst_path=str(local.parent / ".dl"), tracking_uri=settings.mlflow_uri)
-        Path(got).rename(local)
+        with tempfile.TemporaryDirectory(prefix=".snapshot.", dir=local.parent) as tmp:
+            got = mlflow.artifacts.download_artifacts(run_id=state["run_id"],
+                                                      artifact_path=f"{SNAPSHOT_ARTIFACT}/{dataset.SNAPSHOT_FILE}",
+                                                      dst_path=tmp, tracking_uri=settings.mlflow_uri)
+            os.replace(got, local)  # atomic: a concurrent reader sees the whole file or none
     rows = dataset.read_snapshot(local)
     if dataset.digest(rows) != state["dataset_digest"]:
         raise JobFailed("the dataset snapshot does not match its digest", fix="re-run the retrain from the start")
@@ -168,11 +171,13 @@ def train(settings: Settings, state: dict, *, on_step: Callable[[int, int, float
 
     from tandem.adapters import train as train_mod
     from tandem.behavior.spec import load_spec
+    from tandem.model_store import check_same_base
     from tandem.models import weights_sha256
 
     p = params_mod.validate(state["params"])
     settings = _effective(settings, p)
     with _resume(settings, state["run_id"]):
+        base = check_same_base(settings, state["base_sha256"], "train")
         rows = [r for r in _snapshot(settings, state) if r["split"] == "train"]
         spec = load_spec(settings.spec_path)
         out_dir = workdir(settings, state["run_id"]) / "adapter"
@@ -181,7 +186,7 @@ def train(settings: Settings, state: dict, *, on_step: Callable[[int, int, float
         def log_metrics(metrics: dict, step: int) -> None:
             mlflow.log_metrics(metrics, step=step)
 
-        summary, _, _ = train_mod.train(settings, rows, spec, p, out_dir, base_model=state["base_model"],
+        summary, _, _ = train_mod.train(settings, rows, spec, p, out_dir, base_model=base,
                                         base_sha256=state["base_sha256"], dataset_digest=state["dataset_digest"],
                                         log_metrics=log_metrics, on_step=on_step)
         adapter_sha = weights_sha256(out_dir)
@@ -206,15 +211,17 @@ def _adapter_dir(settings: Settings, state: dict) -> Path:
                 return local
         except UserError:
             pass
-    shutil.rmtree(local, ignore_errors=True)
-    tmp = local.with_name("adapter.dl")
-    shutil.rmtree(tmp, ignore_errors=True)
-    got = Path(mlflow.artifacts.download_artifacts(run_id=state["run_id"], artifact_path=registry.ARTIFACT_PATH,
-                                                   dst_path=str(tmp), tracking_uri=settings.mlflow_uri))
-    got.rename(local)
-    shutil.rmtree(tmp, ignore_errors=True)
-    if weights_sha256(local) != state["adapter_sha256"]:
-        raise JobFailed("the downloaded adapter does not match the trained one (sha256)", fix="re-run the retrain")
+    with tempfile.TemporaryDirectory(prefix=".adapter.", dir=local.parent) as tmp:
+        got = Path(mlflow.artifacts.download_artifacts(run_id=state["run_id"], artifact_path=registry.ARTIFACT_PATH,
+                                                       dst_path=tmp, tracking_uri=settings.mlflow_uri))
+        if weights_sha256(got) != state["adapter_sha256"]:
+            raise JobFailed("the downloaded adapter does not match the trained one (sha256)",
+                            fix="re-run the retrain")
+        stale = Path(tempfile.mkdtemp(prefix=".adapter.old.", dir=local.parent))
+        if local.exists():
+            local.rename(stale / "adapter")  # moved aside, not deleted first: the swap leaves no gap
+        got.rename(local)
+        shutil.rmtree(stale, ignore_errors=True)
     return local
 
 
@@ -227,17 +234,19 @@ def evaluate(settings: Settings, state: dict, *, limit: int | None = None,
 
     from tandem.adapters import compare, gate
     from tandem.behavior.spec import load_spec
+    from tandem.model_store import check_same_base
 
     p = params_mod.validate(state["params"])
     settings = _effective(settings, p)
     with _resume(settings, state["run_id"]):
+        base = check_same_base(settings, state["base_sha256"], "evaluate")
         holdout = [r for r in _snapshot(settings, state) if r["split"] == "holdout"][: limit or None]
         spec = load_spec(settings.spec_path)
         champion = registry.resolve(settings, "champion")
         candidates = {"candidate": _adapter_dir(settings, state), "base": None}
         if champion.version is not None:
             candidates["champion"] = champion.path
-        result = compare.three_way(settings, spec, holdout, candidates, base_model=state["base_model"],
+        result = compare.three_way(settings, spec, holdout, candidates, base_model=base,
                                    progress=progress)
         thresholds, primary = gate.spec_gate(spec)
         for name, scores in result["models"].items():

@@ -55,6 +55,7 @@ class Demo:
         self.client: AirflowClient | None = None
         self.timings: dict[str, float] = {}
         self.outcomes: dict[str, Any] = {}
+        self.hosts: dict[str, dict[str, str]] = {}
 
     # --- state: which steps are done, so a re-run can continue or reset
     def _load_state(self) -> dict:
@@ -109,7 +110,23 @@ class Demo:
                     seen[key] = ti["state"]
                     self.say(f"      {key}: {ti['state']}")
 
-        return client.wait(run, on_progress=progress, timeout=3600)
+        done = client.wait(run, on_progress=progress, timeout=3600)
+        self._record_hosts(done)
+        return done
+
+    def _record_hosts(self, run: DagRun) -> None:
+        """Which host (or Celery worker, TANDEM_EXECUTOR=celery) ran each task of a run: kept in the report."""
+        ran = {}
+        for ti in self._client().task_instances(run.dag_id, run.run_id):
+            if ti.get("hostname"):
+                key = ti["task_id"] + (f"[{ti['map_index']}]" if ti.get("map_index", -1) >= 0 else "")
+                ran[key] = ti["hostname"]
+        self.hosts[f"{run.dag_id}/{run.run_id}"] = ran
+        counts: dict[str, int] = {}
+        for host in ran.values():
+            counts[host] = counts.get(host, 0) + 1
+        if len(counts) > 1:
+            self.say("    ran on: " + ", ".join(f"{h} ({n} task(s))" for h, n in sorted(counts.items())))
 
     def _step(self, name: str, fn: Callable[[], Any]) -> None:
         self.say(f"\n== {STEPS.index(name) + 1}. {name}")
@@ -246,7 +263,7 @@ class Demo:
         for name in todo:
             self._step(name, actions[name])
         self.where_to_look()
-        report = {"timings_s": self.timings, "outcomes": self.outcomes,
+        report = {"timings_s": self.timings, "outcomes": self.outcomes, "hosts": self.hosts,
                   "total_s": round(sum(self.timings.values()), 1)}
         self.say(f"\nDemo finished in {report['total_s']:.0f}s: " + json.dumps(self.timings))
         return report

@@ -68,14 +68,14 @@ class _Flight:
 def default_loader(settings: Settings, resolved) -> Any:
     """Base model + the resolved adapter, through the behavior cadence's Generator (one code path)."""
     from tandem.behavior.generate import Generator
-    from tandem.models import resolve_base_model
+    from tandem.model_store import ensure_base_model
 
     if settings.torch_threads:
         import torch
 
         torch.set_num_threads(settings.torch_threads)
     adapter = str(resolved.path) if getattr(resolved, "path", None) else None
-    return Generator(resolve_base_model(settings.base_model), adapter)
+    return Generator(ensure_base_model(settings), adapter)
 
 
 def default_resolver(settings: Settings, ref: str, download: bool):

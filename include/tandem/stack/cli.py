@@ -69,6 +69,11 @@ def up(settings: Settings) -> int:
         _print_urls(settings)
         return 0
     check_models(settings)
+    if services.is_celery(settings):
+        services.redis_binary()  # a clear error, before anything starts, when Redis is not installed
+        services.write_redis_conf(settings)
+    _refuse_other_executor(settings)
+    _remember(settings)
     for svc in all_services:  # partly running: say what, and only start the missing ones
         if running[svc.name]:
             _say(f"  {svc.name}: already running (pid {running[svc.name]})")
@@ -85,18 +90,73 @@ def up(settings: Settings) -> int:
          f"(PostgreSQL {postgres.MAJOR} + pgvector, socket in {settings.pg_data})")
     if not running["airflow-api-server"]:
         _init_airflow(settings)
-    for svc in all_services:
-        if not running[svc.name]:
-            pid = process.start(svc, settings.run_dir, settings.logs_dir)
-            _say(f"  {svc.name}: started (pid {pid})")
-    for svc in all_services:
-        waited = process.wait_healthy(svc, settings.run_dir, settings.logs_dir, timeout=180)
-        _say(f"  {svc.name}: healthy" + (f" after {waited:.1f}s" if svc.health else ""))
+    if services.is_celery(settings):  # the workers fetch the base model from MLflow: publish it first
+        first = [svc for svc in all_services if svc.name in ("redis", "mlflow")]
+        _start(settings, first, running)
+        all_services = services.all_services(settings, store=_publish_base_model(settings))
+    _start(settings, all_services, running)
     _ensure_pools(settings)
     _wait_components(settings)
+    if services.is_celery(settings):
+        _wait_workers(settings)
     _say(f"Tandem is up in {time.monotonic() - started:.1f}s.")
     _print_urls(settings)
     return 0
+
+
+def _refuse_other_executor(settings: Settings) -> None:
+    """A stack started with another executor or worker count is stopped first, not mixed with this one."""
+    saved = _saved(settings)
+    if saved is None or (saved.executor == settings.executor
+                         and (settings.executor == "local" or saved.workers == settings.workers)):
+        return
+    if any(process.running_pid(svc, settings.run_dir) for svc in services.all_services(saved)):
+        raise UserError(f"the running stack was started with TANDEM_EXECUTOR={saved.executor} "
+                        f"TANDEM_WORKERS={saved.workers}; this `make up` asks for "
+                        f"TANDEM_EXECUTOR={settings.executor} TANDEM_WORKERS={settings.workers}",
+                        fix="`make down` first, then `make up` with the executor you want")
+
+
+def _start(settings: Settings, todo: list, running: dict) -> None:
+    """Start the services not running yet, then wait until each is healthy."""
+    for svc in todo:
+        if not running.get(svc.name):
+            running[svc.name] = process.start(svc, settings.run_dir, settings.logs_dir)
+            _say(f"  {svc.name}: started (pid {running[svc.name]})")
+    for svc in todo:
+        waited = process.wait_healthy(svc, settings.run_dir, settings.logs_dir, timeout=180)
+        if svc.health:
+            _say(f"  {svc.name}: healthy after {waited:.1f}s")
+
+
+def _publish_base_model(settings: Settings) -> dict | None:
+    """Log the base model to MLflow (once per sha256) so that every worker can fetch it; None for a hub id."""
+    from tandem import model_store
+
+    if not models.is_local(settings.base_model):
+        return None
+    started = time.monotonic()
+    store = model_store.publish(settings)
+    _say(f"  base model: {'published to' if store['new'] else 'already in'} MLflow as {store['uri']} "
+         f"(sha256 {store['sha256'][:12]}, {time.monotonic() - started:.1f}s); workers fetch it from there")
+    return store
+
+
+def _wait_workers(settings: Settings, timeout: float = 120) -> None:
+    """Wait until every Celery worker answers a ping through the broker."""
+    from tandem.stack import celery_status
+
+    expected = {name for name, _ in services.worker_names(settings)}
+    deadline = time.monotonic() + timeout
+    answered: dict = {}
+    while time.monotonic() < deadline:
+        answered = celery_status.ping(settings)
+        if expected <= set(answered):
+            _say(f"  celery workers: {', '.join(sorted(answered))} answer "
+                 f"(queues: {celery_status.queues_text(settings)})")
+            return
+        time.sleep(2)
+    _say(f"  warning: Celery workers not all answering yet: {sorted(answered)} of {sorted(expected)}")
 
 
 def _wait_components(settings: Settings, timeout: float = 90) -> dict:
@@ -161,12 +221,40 @@ def status(settings: Settings) -> int:
             state = "down"
         elif svc.health:
             state = "healthy" if svc.health(STATUS_TIMEOUT) else "starting/unhealthy"
-        else:
+        elif svc.name in component:
             state = health.get(component[svc.name], {}).get("status") or "running (no heartbeat yet)"
+        else:
+            state = "healthy"  # a Celery worker: _worker_rows asks it through the broker
         rows.append((svc.name, pid, state))
+    workers_ok = True
+    if services.is_celery(settings):
+        rows, workers_ok = _worker_rows(settings, rows)
     for name, pid, state in rows:
         _say(f"  {name:<24} {('pid ' + str(pid)) if pid else '-':<12} {state}")
-    return 0 if all(state == "healthy" for _, _, state in rows) else 1
+    if services.is_celery(settings):
+        from tandem.stack import celery_status
+
+        _say(f"  {'celery queues':<24} {'':<12} {celery_status.queues_text(settings)}")
+    return 0 if workers_ok and all(state.startswith("healthy") for _, _, state in rows) else 1
+
+
+def _worker_rows(settings: Settings, rows: list) -> tuple[list, bool]:
+    """Each Celery worker's row says whether it answers the broker, its queue, and what it runs now."""
+    from tandem.stack import celery_status
+
+    answered = celery_status.ping(settings)
+    busy = celery_status.active(settings) if answered else {}
+    queue_of = {f"airflow-worker-{name}": (name, queue) for name, queue in services.worker_names(settings)}
+    out, ok = [], True
+    for name, pid, state in rows:
+        if name in queue_of and pid:
+            worker, queue = queue_of[name]
+            if worker in answered:
+                state = f"healthy (queue {queue}, {busy.get(worker, 0)} running)"
+            else:
+                state, ok = f"running, not answering the broker (queue {queue})", False
+        out.append((name, pid, state))
+    return out, ok
 
 
 def logs(settings: Settings) -> int:
@@ -185,12 +273,40 @@ def pools_json(settings: Settings) -> int:
     return 0
 
 
+STACK_FILE = "stack.json"  # under run_dir: the executor and worker count `make up` started with
+
+
+def _remember(settings: Settings) -> None:
+    settings.run_dir.mkdir(parents=True, exist_ok=True)
+    (settings.run_dir / STACK_FILE).write_text(json.dumps({"executor": settings.executor,
+                                                          "workers": settings.workers}) + "\n")
+
+
+def _saved(settings: Settings) -> Settings | None:
+    """The settings with the executor and worker count the last `make up` recorded (None: no record)."""
+    try:
+        saved = json.loads((settings.run_dir / STACK_FILE).read_text())
+        return settings.replace(executor=str(saved["executor"]), workers=int(saved["workers"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def started_as(settings: Settings) -> Settings:
+    """The settings of the running stack: `make status`/`down` without TANDEM_EXECUTOR see the workers that
+    `TANDEM_EXECUTOR=celery make up` started."""
+    if os.environ.get("TANDEM_EXECUTOR") or os.environ.get("TANDEM_WORKERS"):
+        return settings
+    return _saved(settings) or settings
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tandem.stack", description=__doc__.splitlines()[0])
     parser.add_argument("action", choices=["up", "down", "status", "logs", "pools-json"])
     args = parser.parse_args(argv)
     try:
         settings = Settings.load()
+        if args.action in ("down", "status", "logs"):
+            settings = started_as(settings)
         actions = {"up": up, "down": down, "status": status, "logs": logs, "pools-json": pools_json}
         return actions[args.action](settings)
     except TandemError as exc:

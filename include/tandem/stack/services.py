@@ -2,13 +2,21 @@
 
 Topology (the same as docker-compose.yaml): PostgreSQL (embedded) holds the ``airflow``, ``mlflow`` and
 ``tandem`` databases; the MLflow tracking server; Airflow's api-server, scheduler, dag-processor and
-triggerer with LocalExecutor (compose uses CeleryExecutor workers).
+triggerer. The executor is LocalExecutor by default; with TANDEM_EXECUTOR=celery it is CeleryExecutor, with
+a Redis broker (Debian's ``redis-server``), Celery's result backend in the ``airflow`` database,
+TANDEM_WORKERS workers on the ``default`` queue and one worker on the ``training`` queue.
+
+Each Celery worker has a scratch TANDEM_HOME and AIRFLOW_HOME of its own under ``$TANDEM_HOME/workers/``:
+it shares nothing with the scheduler or the other workers but the read-only checkout, the source URIs and
+the task log folder (what remote logging is on a real cluster). Its base model comes from the model store
+(``tandem.model_store``), published to MLflow by ``make up``.
 """
 
 from __future__ import annotations
 
 import json
 import secrets
+import shutil
 import sys
 from pathlib import Path
 
@@ -22,6 +30,15 @@ POOLS = {
     "training": (1, "LoRA training: one job at a time"),
     "knowledge": (2, "knowledge_reindex embedding batches"),
 }
+
+
+CPU_QUEUE = "default"
+TRAINING_QUEUE = "training"  # the DAGs' queue of the same name (tandem.airflow.defaults)
+HEARTBEAT_TIMEOUT_S = 60  # a task whose worker died (kill -9) is retried after this (Airflow's default: 300)
+
+
+def is_celery(settings: Settings) -> bool:
+    return settings.executor == "celery"
 
 
 def _bin(name: str) -> str:
@@ -64,7 +81,7 @@ def airflow_env(settings: Settings) -> dict[str, str]:
         "AIRFLOW_HOME": str(home),
         "AIRFLOW__CORE__DAGS_FOLDER": str(checkout() / "dags"),
         "AIRFLOW__CORE__PLUGINS_FOLDER": str(checkout() / "plugins"),
-        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+        "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor" if is_celery(settings) else "LocalExecutor",
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__CORE__PARALLELISM": str(settings.airflow_parallelism),
         "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
@@ -90,7 +107,102 @@ def airflow_env(settings: Settings) -> dict[str, str]:
     env.update(connection_env(settings))
     env.update(settings.as_env())
     env.update(serve_env(settings))  # the plugin forwards /tandem/api/ask to `tandem serve`
+    if is_celery(settings):
+        env.update(celery_env(settings))
     return env
+
+
+def celery_env(settings: Settings) -> dict[str, str]:
+    """CeleryExecutor's settings: the Redis broker, the result backend in the airflow database."""
+    airflow_db = sqlalchemy_url(local_pg_url(settings.values, "airflow"), "psycopg2")
+    return {
+        "AIRFLOW__CELERY__BROKER_URL": broker_url(settings),
+        "AIRFLOW__CELERY__RESULT_BACKEND": "db+" + airflow_db,
+        "AIRFLOW__CELERY__WORKER_CONCURRENCY": "1",
+        "AIRFLOW__OPERATORS__DEFAULT_QUEUE": CPU_QUEUE,
+        "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": str(HEARTBEAT_TIMEOUT_S),
+    }
+
+
+def redis_password(settings: Settings) -> str:
+    return _secret(settings.airflow_home / "secrets" / "redis_password", lambda: secrets.token_hex(24))
+
+
+def broker_url(settings: Settings) -> str:
+    return f"redis://:{redis_password(settings)}@{settings.bind_host}:{settings.redis_port}/0"
+
+
+def redis_binary() -> str:
+    """Debian's redis-server, or a clear error naming the install command."""
+    from tandem.errors import UserError
+
+    found = shutil.which("redis-server") or next(
+        (p for p in ("/usr/bin/redis-server", "/usr/local/bin/redis-server") if Path(p).exists()), None)
+    if not found:
+        raise UserError("TANDEM_EXECUTOR=celery needs Redis, and redis-server is not installed",
+                        fix="install it: `sudo apt-get install -y redis-server` (Debian/Ubuntu), "
+                            "or run with the default TANDEM_EXECUTOR=local")
+    return found
+
+
+def redis_service(settings: Settings) -> Service:
+    """Redis as the Celery broker: loopback only, a password, nothing persisted (a restart loses only queued
+    messages, which Airflow's scheduler re-queues)."""
+    conf = settings.airflow_home / "secrets" / "redis.conf"
+    argv = [shutil.which("redis-server") or "redis-server", str(conf)]
+
+    def health(timeout: float) -> bool:
+        import redis
+
+        try:
+            return bool(redis.Redis.from_url(broker_url(settings), socket_timeout=timeout).ping())
+        except redis.RedisError:
+            return False
+
+    health.target = f"redis://{settings.bind_host}:{settings.redis_port}"
+    return Service("redis", argv, {}, health=health, port=settings.redis_port, host=settings.bind_host)
+
+
+def write_redis_conf(settings: Settings) -> Path:
+    conf = settings.airflow_home / "secrets" / "redis.conf"
+    conf.parent.mkdir(parents=True, exist_ok=True)
+    conf.write_text("\n".join([
+        f"bind {settings.bind_host}", f"port {settings.redis_port}", "protected-mode yes",
+        f"requirepass {redis_password(settings)}", 'save ""', "appendonly no", f"dir {settings.run_dir}",
+        "daemonize no", "loglevel notice", ""]))
+    conf.chmod(0o600)
+    return conf
+
+
+def worker_names(settings: Settings) -> list[tuple[str, str]]:
+    """(name, queue) of each Celery worker: TANDEM_WORKERS on ``default``, one on ``training``."""
+    if not is_celery(settings):
+        return []
+    return [(f"cpu-{i}", CPU_QUEUE) for i in range(1, settings.workers + 1)] + [("training-1", TRAINING_QUEUE)]
+
+
+def worker_settings(settings: Settings, name: str, store: dict | None) -> Settings:
+    """A worker's settings: the stack's, with a scratch home of its own and the base model from the store."""
+    home = settings.home / "workers" / name
+    default_base = settings.home / "models" / "SmolLM2-135M-Instruct"
+    changes: dict = {"home": home}
+    if store and Path(str(settings.base_model)) == default_base:
+        changes.update(base_model=str(home / "models" / default_base.name), base_model_uri=store["uri"],
+                       base_model_sha256=store["sha256"])
+    return settings.replace(**changes)
+
+
+def worker_services(settings: Settings, store: dict | None = None) -> list[Service]:
+    out = []
+    for name, queue in worker_names(settings):
+        own = worker_settings(settings, name, store)
+        env = {**airflow_env(settings), **own.as_env(), "AIRFLOW_HOME": str(own.home / "airflow"),
+               "TANDEM_WORKER_NAME": name,
+               "AIRFLOW__CORE__HOSTNAME_CALLABLE": "tandem.airflow.hostname.worker_hostname"}
+        argv = [_bin("airflow"), "celery", "worker", "--queues", queue, "--concurrency", "1",
+                "--celery-hostname", f"{name}@%h", "--skip-serve-logs", "--without-gossip", "--without-mingle"]
+        out.append(Service(f"airflow-worker-{name}", argv, env))
+    return out
 
 
 def serve_env(settings: Settings) -> dict[str, str]:
@@ -181,5 +293,8 @@ def airflow_health(settings: Settings):
     return check
 
 
-def all_services(settings: Settings) -> list[Service]:
-    return [mlflow_service(settings), *airflow_services(settings), serve_service(settings)]
+def all_services(settings: Settings, store: dict | None = None) -> list[Service]:
+    """Every service in start order (``store``: the published base model the Celery workers fetch)."""
+    broker = [redis_service(settings)] if is_celery(settings) else []
+    return [*broker, mlflow_service(settings), *airflow_services(settings), *worker_services(settings, store),
+            serve_service(settings)]

@@ -1,0 +1,159 @@
+"""The base model's model store: how a worker with an empty disk gets the base model, and proves it has the right one.
+
+A worker never relies on another machine's disk. ``make setup`` converts the base model once on the machine
+that runs it; ``tandem models publish`` (and ``make up`` with TANDEM_EXECUTOR=celery) logs that folder to
+MLflow (experiment ``tandem-models``, artifact ``base-model/``) and prints its URI. A worker configured with
+
+    TANDEM_BASE_MODEL_URI=runs:/<run id>/base-model     (or s3://..., file://...: any URI MLflow's artifact API reads)
+    TANDEM_BASE_MODEL_SHA256=<weights_sha256>            (optional pin)
+
+fetches it into its own TANDEM_BASE_MODEL folder the first time a task needs it, and checks the weights
+against the manifest (and the pin) before the folder appears. Concurrent tasks on one host take a file
+lock; the download goes to a unique temporary folder and is renamed into place, so the folder appears
+complete or not at all. A cached folder whose manifest differs from the pin is refused with a clear error.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import shutil
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+from tandem import models
+from tandem.config import Settings
+from tandem.errors import JobFailed, UserError
+
+log = logging.getLogger(__name__)
+
+EXPERIMENT = "tandem-models"
+ARTIFACT = "base-model"
+SHA_TAG = "tandem.base_model_sha256"
+
+
+@contextmanager
+def _locked(folder: Path):
+    """An exclusive lock beside ``folder`` (one fetch per host at a time)."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with open(folder.parent / f".{folder.name}.lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _manifest_sha(folder: Path) -> str:
+    try:
+        return json.loads((folder / models.MANIFEST).read_text())["weights_sha256"]
+    except (OSError, ValueError, KeyError):
+        return ""
+
+
+def fetch(uri: str, folder: Path, *, tracking_uri: str, expected_sha256: str = "") -> str:
+    """Download the model at ``uri`` into ``folder`` (atomic), verified; returns its weights sha256."""
+    import mlflow.artifacts
+
+    with _locked(folder):
+        if (folder / "config.json").exists():  # another task on this host fetched it while we waited
+            return models.base_model_sha256(folder)
+        started = time.monotonic()
+        log.info("fetching the base model from %s into %s", uri, folder)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+        try:
+            try:
+                got = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(tmp),
+                                                               tracking_uri=tracking_uri))
+            except Exception as exc:  # noqa: BLE001 - any store error: say which URI and what to do
+                raise UserError(f"cannot fetch the base model from TANDEM_BASE_MODEL_URI={uri}: {exc}",
+                                fix="check the URI (`tandem models publish` prints it) and that the store is "
+                                    "reachable from this worker") from None
+            actual = models.weights_sha256(got)
+            recorded = _manifest_sha(got)
+            if recorded and recorded != actual:
+                raise JobFailed(f"the base model fetched from {uri} is corrupt: its weights hash to {actual[:12]}, "
+                                f"its manifest says {recorded[:12]}", fix="publish it again: `tandem models publish`")
+            if expected_sha256 and actual != expected_sha256:
+                raise UserError(f"the base model at {uri} has sha256 {actual[:12]}, but TANDEM_BASE_MODEL_SHA256 "
+                                f"pins {expected_sha256[:12]}",
+                                fix="point TANDEM_BASE_MODEL_URI at the pinned model, or update the pin")
+            if not recorded:
+                (got / models.MANIFEST).write_text(json.dumps({"source": uri, "weights_sha256": actual}) + "\n")
+            got.rename(folder)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        size = sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
+        seconds = time.monotonic() - started
+        log.info("base model fetched: %.0f MB in %.1fs (%.0f MB/s), sha256 %s", size / 1e6, seconds,
+                 size / 1e6 / max(seconds, 1e-6), actual[:12])
+        return actual
+
+
+def ensure_base_model(settings: Settings) -> str:
+    """The base model to load on this machine: fetched from the model store when missing, always checked.
+
+    Returns what ``from_pretrained`` takes (a folder, or a hub id when the setting is one).
+    """
+    ref = str(settings.base_model)
+    if not models.is_local(ref) and not settings.base_model_uri:
+        return models.resolve_base_model(ref)
+    folder = Path(ref).expanduser()
+    if not (folder / "config.json").exists() and settings.base_model_uri:
+        fetch(settings.base_model_uri, folder, tracking_uri=settings.mlflow_uri,
+              expected_sha256=settings.base_model_sha256)
+    path = models.resolve_base_model(folder)
+    pin = settings.base_model_sha256
+    if pin:
+        actual = models.base_model_sha256(folder)
+        if actual != pin:
+            raise UserError(f"the base model at {folder} has sha256 {actual[:12]}, but TANDEM_BASE_MODEL_SHA256 "
+                            f"pins {pin[:12]}: this worker refuses to run on another model",
+                            fix=f"delete {folder} so that it is fetched again from TANDEM_BASE_MODEL_URI, "
+                                "or correct the pin")
+    return path
+
+
+def check_same_base(settings: Settings, expected_sha256: str, what: str) -> str:
+    """This worker's base model, refused unless its sha256 is the one a run started with."""
+    path = ensure_base_model(settings)
+    actual = models.base_model_sha256(path)
+    if expected_sha256 and actual != expected_sha256:
+        raise JobFailed(f"{what}: this worker's base model ({path}, sha256 {actual[:12]}) is not the one the "
+                        f"run started with (sha256 {expected_sha256[:12]})",
+                        fix="give every worker the same base model: TANDEM_BASE_MODEL_URI and "
+                            "TANDEM_BASE_MODEL_SHA256 (docs/scaling.md)")
+    return path
+
+
+def publish(settings: Settings) -> dict:
+    """Log the local base model to MLflow once per sha256; returns {"uri", "sha256", "run_id", "new"}."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    folder = Path(models.resolve_base_model(settings.base_model))
+    sha = models.base_model_sha256(folder)
+    client = MlflowClient(tracking_uri=settings.mlflow_uri)
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    experiment_id = experiment.experiment_id if experiment else client.create_experiment(EXPERIMENT)
+    found = client.search_runs([experiment_id], filter_string=f"tags.`{SHA_TAG}` = '{sha}' and "
+                                                              "attributes.status = 'FINISHED'",
+                               max_results=1, order_by=["attributes.start_time DESC"])
+    if found:
+        run_id = found[0].info.run_id
+        return {"uri": f"runs:/{run_id}/{ARTIFACT}", "sha256": sha, "run_id": run_id, "new": False}
+    started = time.monotonic()
+    run = client.create_run(experiment_id, run_name=f"base-model-{sha[:12]}",
+                            tags={SHA_TAG: sha, "tandem.base_model": folder.name})
+    try:
+        mlflow.set_tracking_uri(settings.mlflow_uri)
+        client.log_artifacts(run.info.run_id, str(folder), ARTIFACT)
+    except BaseException:
+        client.set_terminated(run.info.run_id, "FAILED")
+        raise
+    client.set_terminated(run.info.run_id, "FINISHED")
+    log.info("published the base model %s in %.1fs", sha[:12], time.monotonic() - started)
+    return {"uri": f"runs:/{run.info.run_id}/{ARTIFACT}", "sha256": sha, "run_id": run.info.run_id, "new": True}
