@@ -4,6 +4,7 @@ services, images, healthchecks, start-up order, secrets from .env, loopback-only
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -17,7 +18,8 @@ COMPOSE = yaml.safe_load((REPO / "docker-compose.yaml").read_text())
 SERVICES = COMPOSE["services"]
 ONE_SHOT = {"airflow-init"}
 AIRFLOW_SERVICES = {"airflow-apiserver", "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer",
-                    "airflow-worker"}
+                    "airflow-worker", "airflow-worker-training"}
+WORKERS = {"airflow-worker", "airflow-worker-training"}
 
 
 def _env_example() -> dict[str, str]:
@@ -58,7 +60,7 @@ def test_start_order_waits_on_health():
         deps = SERVICES[name]["depends_on"]
         assert deps["postgres"]["condition"] == "service_healthy"
         assert deps["redis"]["condition"] == "service_healthy"
-    for name in AIRFLOW_SERVICES - {"airflow-worker"}:
+    for name in AIRFLOW_SERVICES - WORKERS:
         assert SERVICES[name]["depends_on"]["airflow-init"]["condition"] == "service_completed_successfully"
     assert SERVICES["mlflow"]["depends_on"]["postgres"]["condition"] == "service_healthy"
 
@@ -67,10 +69,28 @@ def test_workers_scale_out_and_training_queue_exists():
     worker = SERVICES["airflow-worker"]
     assert "container_name" not in worker  # a fixed name would block --scale
     assert "ports" not in worker
-    assert "celery worker" in worker["command"]
-    gpu = SERVICES["airflow-worker-training"]
-    assert "--queues training" in gpu["command"]
+    assert re.search(r"celery worker --queues default( |$)", worker["command"])  # never `training`
+    for name in ("airflow-worker-training", "airflow-worker-gpu"):
+        assert "--queues training" in SERVICES[name]["command"], name
+    assert "profiles" not in SERVICES["airflow-worker-training"]  # the training queue always has a worker
+    gpu = SERVICES["airflow-worker-gpu"]
+    assert gpu["profiles"] == ["gpu"]
     assert gpu["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
+
+
+def test_no_task_depends_on_a_shared_tandem_state_volume():
+    """Each container's TANDEM_HOME is its own: the base model comes from MLflow, verified by sha256."""
+    from tandem import model_store
+
+    assert "tandem-state" not in (COMPOSE.get("volumes") or {})
+    for name, svc in SERVICES.items():
+        home = (svc.get("environment") or {}).get("TANDEM_HOME")
+        for volume in svc.get("volumes") or []:
+            assert not (home and str(volume).split(":")[1].startswith(home)), f"{name} mounts {volume} over TANDEM_HOME"
+        if home:
+            assert svc["environment"]["TANDEM_BASE_MODEL_URI"] == model_store.STORE_URI, name
+    init = " ".join(SERVICES["airflow-init"]["command"])
+    assert "python -m tandem.setup_models" in init and "tandem models publish" in init
 
 
 def test_ports_are_published_on_loopback_only():
@@ -106,7 +126,9 @@ def test_tandem_settings_are_the_same_layer_as_local():
 
     known = {s.env for s in SETTINGS}
     env = SERVICES["airflow-scheduler"]["environment"]
-    tandem_vars = {k for k in env if k.startswith("TANDEM_")}
+    # TANDEM_AIRFLOW_PASSWORD is a secret, read only where it is needed (tandem.airflow.events, the api-server's
+    # start); it is not a setting, so `tandem config` never prints it
+    tandem_vars = {k for k in env if k.startswith("TANDEM_")} - {"TANDEM_AIRFLOW_PASSWORD"}
     assert tandem_vars and tandem_vars <= known, tandem_vars - known
 
 
@@ -128,4 +150,20 @@ def test_one_password_file_path_everywhere():
     settings = Settings.load(env={"TANDEM_HOME": env["TANDEM_HOME"]})
     path = str(settings.airflow_home / "passwords.json")
     assert env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE"] == path
-    assert f"> {path}" in " ".join(SERVICES["airflow-init"]["command"])
+    # the api-server writes it in its own container at start, from .env (tandem.stack passwords-file)
+    assert SERVICES["airflow-apiserver"]["command"][-1].startswith("python -m tandem.stack passwords-file && ")
+
+
+def test_the_password_file_action_writes_where_airflow_and_the_cli_read(tmp_path, monkeypatch):
+    from tandem.airflow import events
+    from tandem.config import Settings
+    from tandem.stack import cli
+
+    monkeypatch.setenv("TANDEM_HOME", str(tmp_path))
+    monkeypatch.setenv("TANDEM_AIRFLOW_PASSWORD", "p@ss/w:rd %")
+    assert cli.main(["passwords-file"]) == 0
+    settings = Settings.load()
+    assert json.loads((settings.airflow_home / "passwords.json").read_text()) == {"admin": "p@ss/w:rd %"}
+    monkeypatch.delenv("TANDEM_AIRFLOW_PASSWORD")
+    assert events._credentials(settings)[1] == "p@ss/w:rd %"
+    assert cli.main(["passwords-file"]) == 2  # unset: a clear error, exit 2

@@ -272,3 +272,32 @@ def test_a_small_cli_run_imports_no_heavy_framework(kn, corpus):
     modules = _imported_by_cli_run(kn)  # one changed document: the chunker and ONNX Runtime, nothing heavier
     assert "onnxruntime" in modules and not set(HEAVY_IMPORTS) & modules
     assert search.search(kn, "How many days do I have for a refund?", k=1)[0].doc_id == "acme/policies/refunds.txt"
+
+
+def test_a_document_changed_between_plan_and_batch_is_not_indexed_then_retried(kn, corpus):
+    """embed_batch re-reads each document from its source (on whichever worker runs it). Bytes that differ from
+    what the plan hashed are recorded as changed during the run, never indexed under a hash the plan didn't see."""
+    reindex.run(kn, progress=False)
+    before = index_state(kn)
+    plans = corpus / "pricing/plans.md"
+    plans.write_text(CORPUS["pricing/plans.md"].replace("29 dollars", "35 dollars"))  # what the plan sees
+    owner = lock.new_owner("test")
+    lease = reindex.acquire_lease(kn, owner, keep_connection=True)
+    try:
+        the_plan = reindex.plan(kn, run_id=reindex.new_run_id("test"), owner=owner, progress=False)
+        assert the_plan["changed"] == 1
+        plans.write_text(CORPUS["pricing/plans.md"].replace("29 dollars", "41 dollars"))  # changed again since
+        stats = reindex.process_batches(kn, the_plan, the_plan["batches"], owner=owner)
+        assert stats["changed_during_run"] == 1 and stats["written"] == 0
+        summary = reindex.finalize(kn, the_plan, [stats], owner=owner)
+    finally:
+        lease.release()
+    assert summary["changed_during_run"] == 1 and summary["changed_during_run_docs"] == ["acme/pricing/plans.md"]
+    assert summary["failed"] == 0  # not a failure: no attempt counted, nothing quarantined
+    assert index_state(kn) == before  # nothing published: the served version is still the first one
+    again = reindex.run(kn, progress=False)  # the next run indexes what the file holds now
+    assert again["changed"] == 1 and again["changed_during_run"] == 0
+    final = index_state(kn)
+    assert_consistent(final)
+    assert {d: r["hash"] for d, r in final["manifest"].items()} == expected_hashes(corpus)
+    assert final["manifest"]["acme/pricing/plans.md"]["hash"] != before["manifest"]["acme/pricing/plans.md"]["hash"]

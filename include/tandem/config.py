@@ -153,7 +153,7 @@ SETTINGS: tuple[Setting, ...] = (
             "Base LLM: a local HF folder or hub id. Default: SmolLM2-135M-Instruct converted by `make setup`."),
     Setting("base_model_uri", "", str,
             "Model store of the base model: where a worker that lacks TANDEM_BASE_MODEL's folder fetches it (an "
-            "MLflow artifact URI such as runs:/<id>/base-model, or s3://, file://). Verified against its "
+            "MLflow URI such as models:/tandem-base-model@current, or s3://, file://). Verified against its "
             "sha256 manifest. `tandem models publish` logs the local one and prints the URI."),
     Setting("base_model_sha256", "", lambda t: _sha256(t) if t.strip() else "",
             "The base model's weights_sha256 every worker must have (empty: not pinned). A worker whose "

@@ -2,9 +2,11 @@
 
 A worker never relies on another machine's disk. ``make setup`` converts the base model once on the machine
 that runs it; ``tandem models publish`` (and ``make up`` with TANDEM_EXECUTOR=celery) logs that folder to
-MLflow (experiment ``tandem-models``, artifact ``base-model/``) and prints its URI. A worker configured with
+MLflow (a run in experiment ``tandem-models``, registered as model ``tandem-base-model``, alias ``current``).
+A worker configured with
 
-    TANDEM_BASE_MODEL_URI=runs:/<run id>/base-model     (or s3://..., file://...: any URI MLflow's artifact API reads)
+    TANDEM_BASE_MODEL_URI=models:/tandem-base-model@current   (or runs:/..., s3://..., file://...: any URI
+                                                               MLflow's artifact API reads)
     TANDEM_BASE_MODEL_SHA256=<weights_sha256>            (optional pin)
 
 fetches it into its own TANDEM_BASE_MODEL folder the first time a task needs it, and checks the weights
@@ -33,6 +35,9 @@ log = logging.getLogger(__name__)
 EXPERIMENT = "tandem-models"
 ARTIFACT = "base-model"
 SHA_TAG = "tandem.base_model_sha256"
+REGISTERED_MODEL = "tandem-base-model"
+ALIAS = "current"
+STORE_URI = f"models:/{REGISTERED_MODEL}@{ALIAS}"
 
 
 @contextmanager
@@ -130,30 +135,45 @@ def check_same_base(settings: Settings, expected_sha256: str, what: str) -> str:
 
 
 def publish(settings: Settings) -> dict:
-    """Log the local base model to MLflow once per sha256; returns {"uri", "sha256", "run_id", "new"}."""
+    """Log the local base model to MLflow once per sha256, as a version of the registered model
+    ``tandem-base-model`` with the alias ``current``; returns {"uri", "sha256", "version", "new"}.
+
+    The URI ``models:/tandem-base-model@current`` is stable: compose and Helm set it once, and a worker
+    pinned with TANDEM_BASE_MODEL_SHA256 refuses a model published later under the same alias.
+    """
     import mlflow
     from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
 
     folder = Path(models.resolve_base_model(settings.base_model))
     sha = models.base_model_sha256(folder)
-    client = MlflowClient(tracking_uri=settings.mlflow_uri)
-    experiment = client.get_experiment_by_name(EXPERIMENT)
-    experiment_id = experiment.experiment_id if experiment else client.create_experiment(EXPERIMENT)
-    found = client.search_runs([experiment_id], filter_string=f"tags.`{SHA_TAG}` = '{sha}' and "
-                                                              "attributes.status = 'FINISHED'",
-                               max_results=1, order_by=["attributes.start_time DESC"])
-    if found:
-        run_id = found[0].info.run_id
-        return {"uri": f"runs:/{run_id}/{ARTIFACT}", "sha256": sha, "run_id": run_id, "new": False}
-    started = time.monotonic()
-    run = client.create_run(experiment_id, run_name=f"base-model-{sha[:12]}",
-                            tags={SHA_TAG: sha, "tandem.base_model": folder.name})
+    client = MlflowClient(tracking_uri=settings.mlflow_uri, registry_uri=settings.mlflow_uri)
     try:
-        mlflow.set_tracking_uri(settings.mlflow_uri)
-        client.log_artifacts(run.info.run_id, str(folder), ARTIFACT)
-    except BaseException:
-        client.set_terminated(run.info.run_id, "FAILED")
-        raise
-    client.set_terminated(run.info.run_id, "FINISHED")
-    log.info("published the base model %s in %.1fs", sha[:12], time.monotonic() - started)
-    return {"uri": f"runs:/{run.info.run_id}/{ARTIFACT}", "sha256": sha, "run_id": run.info.run_id, "new": True}
+        client.get_registered_model(REGISTERED_MODEL)
+    except MlflowException:
+        client.create_registered_model(REGISTERED_MODEL, description="Tandem's base LLM: the weights every "
+                                       "worker fetches (TANDEM_BASE_MODEL_URI) and verifies by sha256.")
+    found = [mv for mv in client.search_model_versions(f"name = '{REGISTERED_MODEL}'")
+             if mv.tags.get(SHA_TAG) == sha]
+    new = not found
+    if found:
+        version = max(found, key=lambda mv: int(mv.version))
+    else:
+        started = time.monotonic()
+        experiment = client.get_experiment_by_name(EXPERIMENT)
+        experiment_id = experiment.experiment_id if experiment else client.create_experiment(EXPERIMENT)
+        run = client.create_run(experiment_id, run_name=f"base-model-{sha[:12]}",
+                                tags={SHA_TAG: sha, "tandem.base_model": folder.name})
+        try:
+            mlflow.set_tracking_uri(settings.mlflow_uri)
+            client.log_artifacts(run.info.run_id, str(folder), ARTIFACT)
+        except BaseException:
+            client.set_terminated(run.info.run_id, "FAILED")
+            raise
+        client.set_terminated(run.info.run_id, "FINISHED")
+        version = client.create_model_version(REGISTERED_MODEL, source=f"{run.info.artifact_uri}/{ARTIFACT}",
+                                              run_id=run.info.run_id, tags={SHA_TAG: sha})
+        log.info("published the base model %s as version %s in %.1fs", sha[:12], version.version,
+                 time.monotonic() - started)
+    client.set_registered_model_alias(REGISTERED_MODEL, ALIAS, version.version)
+    return {"uri": STORE_URI, "sha256": sha, "version": str(version.version), "new": new}

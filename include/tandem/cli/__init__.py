@@ -17,7 +17,7 @@ from tandem.errors import JobFailed, TandemError
 
 # Modules that add verbs: each has ``register(subparsers)``; a missing one is skipped (area not built yet).
 AREAS = ("tandem.cli.config_cmd", "tandem.cli.knowledge", "tandem.cli.behavior", "tandem.cli.adapters",
-         "tandem.cli.ask", "tandem.cli.serve_cmd")
+         "tandem.cli.ask", "tandem.cli.serve_cmd", "tandem.cli.models_cmd")
 
 
 def build_parser() -> argparse.ArgumentParser:

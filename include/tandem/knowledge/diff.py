@@ -173,11 +173,12 @@ def record_plan(conn: psycopg.Connection, n: Names, run_id: str, space_no: int, 
     params = {"space": space_no, "run": run_id, "batch": batch_docs, "max": max_attempts}
     c = ident(CLASS_TABLE)
     conn.execute(sql.SQL("""
-        INSERT INTO {rd} (run_id, doc_id, class, uri, source, batch_no)
+        INSERT INTO {rd} (run_id, doc_id, class, uri, source, batch_no, planned_hash)
         SELECT %(run)s, doc_id, class, uri, source,
                CASE WHEN class IN ('new', 'changed')
                     THEN ((row_number() OVER (PARTITION BY class IN ('new', 'changed') ORDER BY doc_id)) - 1) / %(batch)s
-               END
+               END,
+               CASE WHEN class IN ('new', 'changed') THEN content_hash END
         FROM {c} WHERE class IN ('new', 'changed', 'deleted', 'failed', 'quarantined')
         """).format(rd=ident(n.run_docs), c=c), params)
     # scan failures: count the attempt against this content; quarantine at max_attempts

@@ -205,7 +205,8 @@ def process_batch(settings: Settings, the_plan: dict, batch_no: int, *, owner: s
     run_id = the_plan["run_id"]
     started = time.monotonic()
     times = {"read": 0.0, "chunk": 0.0, "embed": 0.0, "write": 0.0}
-    stats = {"batch_no": batch_no, "docs": 0, "written": 0, "failed": 0, "quarantined": 0, "chunks_embedded": 0}
+    stats = {"batch_no": batch_no, "docs": 0, "written": 0, "failed": 0, "quarantined": 0, "chunks_embedded": 0,
+             "changed_during_run": 0}
     _, _spec, info, chunk_cfg = fingerprint.current(settings)
     if the_plan.get("fingerprint") != _fingerprint_of(settings):
         raise JobFailed("the embedding settings changed between the plan and this batch",
@@ -223,7 +224,7 @@ def process_batch(settings: Settings, the_plan: dict, batch_no: int, *, owner: s
     with db.connection(settings.db_url) as conn:
         with conn.cursor() as cur:
             docs = cur.execute(sql.SQL("""
-                SELECT doc_id, uri, source FROM {rd}
+                SELECT doc_id, uri, source, planned_hash FROM {rd}
                 WHERE run_id = %s AND batch_no = %s AND outcome IS NULL ORDER BY doc_id""")
                 .format(rd=ident(n.run_docs)), (run_id, batch_no)).fetchall()
         conn.commit()
@@ -284,10 +285,18 @@ def process_batch(settings: Settings, the_plan: dict, batch_no: int, *, owner: s
 
         pending: list = []
         pending_chunks = 0
-        for doc_id, uri, source in docs:
+        for doc_id, uri, source, planned_hash in docs:
             t0 = time.monotonic()
             doc, marker, error = scan.load(reader, doc_id, uri, settings.max_file_bytes)
             times["read"] += time.monotonic() - t0
+            if error is None and planned_hash is not None and marker != planned_hash:  # the file changed since the plan
+                writer.record_changed_during_run(conn, n, owner=owner, run_id=run_id, doc_id=doc_id)
+                stats["changed_during_run"] += 1
+                log.warning("document %s changed during the run (planned %s, read %s): not indexed now; the next "
+                            "run indexes its new content", doc_id, planned_hash[:12], marker[:12])
+                if progress is not None:
+                    progress.update()
+                continue
             if error is not None:
                 fail(doc_id, uri, source, marker, error)
                 if progress is not None:
@@ -342,7 +351,7 @@ def process_batches(settings: Settings, the_plan: dict, batch_nos: list[int], *,
     """Several batches in one task (see ``group_batches``); their stats summed."""
     stats = [process_batch(settings, the_plan, b, owner=owner) for b in batch_nos]
     out = {"batch_no": batch_nos[0] if batch_nos else None, "batches": list(batch_nos)}
-    for key in ("docs", "written", "failed", "quarantined", "chunks_embedded", "wall"):
+    for key in ("docs", "written", "failed", "quarantined", "chunks_embedded", "changed_during_run", "wall"):
         out[key] = sum(s.get(key, 0) for s in stats)
     out["seconds"] = {k: _r(sum(s["seconds"].get(k, 0.0) for s in stats)) for k in ("read", "chunk", "embed", "write")}
     return out
@@ -423,6 +432,9 @@ def _document_outcomes(conn, n, the_plan: dict) -> dict:
         SELECT r.doc_id, m.last_error FROM {rd} r JOIN {m} m ON m.space_no = %s AND m.doc_id = r.doc_id
         WHERE r.run_id = %s AND (r.class = 'failed' OR r.outcome IN ('failed', 'quarantined'))
         ORDER BY r.doc_id""").format(rd=rd, m=m), (space_no, run_id)).fetchall()
+    out["changed_during_run"] = [r[0] for r in conn.execute(sql.SQL("""
+        SELECT doc_id FROM {rd} WHERE run_id = %s AND outcome = 'changed_during_run' ORDER BY doc_id""")
+        .format(rd=rd), (run_id,))]
     out["quarantined"] = conn.execute(sql.SQL("""
         SELECT doc_id, last_error, attempts FROM {m} m WHERE space_no = %s AND status = 'quarantined'
           AND NOT EXISTS (SELECT 1 FROM {rd} r WHERE r.run_id = %s AND r.doc_id = m.doc_id
@@ -479,6 +491,9 @@ def _verdict(the_plan: dict, docs: dict, canary_result: dict) -> tuple[str, str 
         return "failed", ("retrieval canary regressed: " + canary_result.get("reason", "") +
                           ("; the new embedding space was NOT switched in" if switch else
                            f"; release {the_plan['release']} was NOT published (the live index is unchanged)"))
+    if switch and docs["changed_during_run"]:
+        return "failed", (f"{len(docs['changed_during_run'])} documents changed during the run, so the new embedding "
+                          "space lacks them: not switched in (the live index is unchanged); the next run indexes them")
     if switch and docs["lost_by_switch"]:
         return "failed", (f"the new embedding space failed {docs['lost_by_switch']} documents that the live space "
                           "serves: not switched in (the live index is unchanged); the next run retries them (after "
@@ -489,6 +504,7 @@ def _verdict(the_plan: dict, docs: dict, canary_result: dict) -> tuple[str, str 
 def _counts(the_plan: dict, deleted: int, docs: dict, batch_stats: list[dict]) -> dict:
     return {"new": the_plan["new"], "changed": the_plan["changed"], "unchanged": the_plan["unchanged"],
             "deleted": deleted, "failed": len(docs["failed"]), "quarantined": len(docs["quarantined"]),
+            "changed_during_run": len(docs["changed_during_run"]),
             "written": sum(b.get("written", 0) for b in batch_stats),
             "chunks_embedded": sum(b.get("chunks_embedded", 0) for b in batch_stats)}
 
@@ -543,6 +559,7 @@ def build_summary(conn, n, the_plan: dict, space, batch_stats: list[dict], phase
         "errors": [{"doc_id": d, "reason": e or ""} for d, e in docs["failed"][:MAX_LISTED_ERRORS]],
         "quarantined_docs": [{"doc_id": d, "reason": e or "", "attempts": a}
                              for d, e, a in docs["quarantined"][:MAX_LISTED_ERRORS]],
+        "changed_during_run_docs": docs["changed_during_run"][:MAX_LISTED_ERRORS],
     }
     if message:
         summary["message"] = message

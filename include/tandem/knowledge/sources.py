@@ -151,6 +151,8 @@ def list_entries(source: Source, include: Iterable[str], exclude: Iterable[str])
     """The selected files under a source root, sorted by doc id."""
     include, exclude = tuple(include), tuple(exclude)
     fs, base = _root(source)
+    if not source.is_local:  # fsspec caches listings per filesystem instance: a scan must see the bucket now
+        fs.invalidate_cache(base)
     _check_root(source, fs, base)
     found = fs.find(base, withdirs=False, detail=True)
     rows = []
@@ -174,21 +176,38 @@ def list_entries(source: Source, include: Iterable[str], exclude: Iterable[str])
 
 
 class Reader:
-    """Reads documents by URI through their source's filesystem (one fsspec filesystem per root)."""
+    """Reads documents by URI, through one filesystem per storage root and connection.
+
+    A remote URI may name its Airflow connection in its user part (``s3://aws_docs@bucket/key``). The cache is
+    keyed by scheme, connection and bucket, so two roots with different connections never share a filesystem,
+    and so never share credentials.
+    """
 
     def __init__(self):
-        self._fs: dict[str, object] = {}
+        self._fs: dict[tuple[str, str, str], object] = {}
 
-    def _fs_for(self, uri: str):
-        scheme = uri.split("://", 1)[0]
-        if scheme not in self._fs:
-            self._fs[scheme] = filesystem(uri)
-        return self._fs[scheme]
+    def _locate(self, uri: str) -> tuple[object, str]:
+        """(filesystem, path in it) of a URI."""
+        if uri.startswith("file://"):
+            key = ("file", "", "")
+            if key not in self._fs:
+                self._fs[key] = filesystem(uri)
+            return self._fs[key], uri[len("file://"):]
+        from airflow.sdk import ObjectStoragePath
+
+        path = ObjectStoragePath(uri)
+        key = (path.protocol, path.conn_id or "", path.bucket if hasattr(path, "bucket") else "")
+        if key not in self._fs:
+            self._fs[key] = path.fs
+        return self._fs[key], path.path
 
     def read(self, uri: str, max_bytes: int) -> bytes:
         """The file's bytes; raises ``OSError`` subclasses or ``FileTooLarge``."""
-        fs = self._fs_for(uri)
-        path = uri.split("://", 1)[1] if uri.startswith("file://") else uri
+        fs, path = self._locate(uri)
+        if not uri.startswith("file://"):
+            # a listing cached earlier in this process holds the object's old ETag, and s3fs would refuse the
+            # newer object (412): read what the store holds now
+            fs.invalidate_cache(path)
         with fs.open(path, "rb") as fh:
             data = fh.read(max_bytes + 1)
         if len(data) > max_bytes:

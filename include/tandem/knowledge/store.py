@@ -160,8 +160,11 @@ def ensure_schema(conn: psycopg.Connection, n: Names) -> None:
             content_hash  text,
             title         text,
             chunk_count   integer,
+            planned_hash  text,
             PRIMARY KEY (run_id, doc_id)
         )""").format(run_docs=i(n.run_docs)))
+    # the hash the plan saw: a batch that reads other bytes (the file changed since) indexes nothing for it
+    conn.execute(sql.SQL("ALTER TABLE {rd} ADD COLUMN IF NOT EXISTS planned_hash text").format(rd=i(n.run_docs)))
     conn.execute(sql.SQL("""
         CREATE TABLE IF NOT EXISTS {releases} (
             release_no    integer PRIMARY KEY,

@@ -66,6 +66,10 @@ def text(summary: dict) -> str:
     if quarantined:
         lines.append("  quarantined (skipped until the file changes):")
         lines.extend(f"    {q['doc_id']}: {q['reason']} ({q['attempts']} attempts)" for q in quarantined[:50])
+    moved = s.get("changed_during_run_docs") or []
+    if moved:
+        lines.append("  changed during the run (not indexed now; the next run indexes the new content):")
+        lines.extend(f"    {d}" for d in moved[:50])
     if s.get("mlflow_run_url"):
         lines.append(f"  mlflow: {s['mlflow_run_url']}")
     elif (s.get("mlflow") or {}).get("error"):
@@ -122,8 +126,8 @@ def _mlflow_record(settings: Settings, summary: dict) -> dict:
         "embed_backend": (summary.get("space") or {}).get("backend", ""),
     }
     metrics = {k: float(summary.get(k) or 0) for k in
-               ("new", "changed", "unchanged", "deleted", "failed", "quarantined", "chunks_embedded",
-                "seconds", "docs_per_s", "chunks_per_s")}
+               ("new", "changed", "unchanged", "deleted", "failed", "quarantined", "changed_during_run",
+                "chunks_embedded", "seconds", "docs_per_s", "chunks_per_s")}
     metrics.update({f"seconds_{k}": float(v) for k, v in (summary.get("phases") or {}).items()})
     canary = summary.get("canary") or {}
     if "hit_at_k" in canary:

@@ -87,6 +87,16 @@ def write_document(conn: psycopg.Connection, n: Names, *, table: str, space_no: 
         os._exit(70)  # an abrupt crash: no cleanup, no lease release, no finally blocks
 
 
+def record_changed_during_run(conn: psycopg.Connection, n: Names, *, owner: str, run_id: str, doc_id: str) -> None:
+    """The document's bytes differ from what the plan hashed: nothing is written for it in this run (its previous
+    version, if any, stays), no failed attempt is counted, and the next run's plan sees the new content."""
+    _require_idle(conn)
+    with conn.transaction():
+        lock.check(conn, n, owner)
+        conn.execute(sql.SQL("UPDATE {rd} SET outcome = 'changed_during_run' WHERE run_id = %s AND doc_id = %s")
+                     .format(rd=ident(n.run_docs)), (run_id, doc_id))
+
+
 def record_failure(conn: psycopg.Connection, n: Names, *, space_no: int, owner: str, run_id: str, doc_id: str,
                    source: str, uri: str, failed_hash: str, error: str, max_attempts: int) -> tuple[str, int]:
     """Count a failed attempt (the previous version, if any, stays). Returns (status, attempts)."""

@@ -299,15 +299,27 @@ def started_as(settings: Settings) -> Settings:
     return _saved(settings) or settings
 
 
+def passwords_file(settings: Settings) -> int:
+    """Compose's api-server: write the admin password (TANDEM_AIRFLOW_PASSWORD, from .env) to the one password
+    file path, $TANDEM_HOME/airflow/passwords.json, inside its own container (no shared volume)."""
+    password = os.environ.get("TANDEM_AIRFLOW_PASSWORD", "")
+    if not password:
+        raise UserError("TANDEM_AIRFLOW_PASSWORD is not set", fix="set AIRFLOW_ADMIN_PASSWORD in .env")
+    path = services.write_airflow_password(settings, password)
+    _say(f"  admin password written to {path}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tandem.stack", description=__doc__.splitlines()[0])
-    parser.add_argument("action", choices=["up", "down", "status", "logs", "pools-json"])
+    parser.add_argument("action", choices=["up", "down", "status", "logs", "pools-json", "passwords-file"])
     args = parser.parse_args(argv)
     try:
         settings = Settings.load()
         if args.action in ("down", "status", "logs"):
             settings = started_as(settings)
-        actions = {"up": up, "down": down, "status": status, "logs": logs, "pools-json": pools_json}
+        actions = {"up": up, "down": down, "status": status, "logs": logs, "pools-json": pools_json,
+                   "passwords-file": passwords_file}
         return actions[args.action](settings)
     except TandemError as exc:
         print(f"tandem {args.action}: error: {exc}", file=sys.stderr)

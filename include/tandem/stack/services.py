@@ -65,11 +65,18 @@ def airflow_password(settings: Settings) -> str:
     pwfile = settings.airflow_home / "passwords.json"
     if pwfile.exists():
         return json.loads(pwfile.read_text())["admin"]
-    settings.airflow_home.mkdir(parents=True, exist_ok=True)
     password = secrets.token_urlsafe(12)
+    write_airflow_password(settings, password)
+    return password
+
+
+def write_airflow_password(settings: Settings, password: str) -> Path:
+    """The SimpleAuthManager passwords file: $TANDEM_HOME/airflow/passwords.json, locally and in compose."""
+    pwfile = settings.airflow_home / "passwords.json"
+    settings.airflow_home.mkdir(parents=True, exist_ok=True)
     pwfile.write_text(json.dumps({"admin": password}))
     pwfile.chmod(0o600)
-    return password
+    return pwfile
 
 
 def airflow_env(settings: Settings) -> dict[str, str]:
