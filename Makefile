@@ -8,11 +8,12 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: help setup models up down status logs test bench-knowledge bench-behavior bench-serve demo screenshots clean-state
+.PHONY: help setup models redis up down status logs test bench-knowledge bench-behavior bench-serve demo screenshots clean-state
 
 help:
 	@echo "make setup            create .venv, install exact pins, prepare the models (idempotent)"
 	@echo "make up|down|status|logs   the local stack: Postgres+pgvector, MLflow, Airflow 3"
+	@echo "                       (TANDEM_EXECUTOR=celery TANDEM_WORKERS=2 make up: Celery workers, needs redis-server)"
 	@echo "make test             the test suite (real Postgres, MLflow, Airflow and models)"
 	@echo "make demo             the whole story on real DAG runs (DEMO_ARGS=--fast: the CI slice; --reset)"
 	@echo "make screenshots      README screenshots of the running stack (headless Chromium)"
@@ -46,7 +47,13 @@ status:
 logs:
 	$(BIN)/python -m tandem.stack logs
 
-test: setup
+# The multi-worker tests (TANDEM_EXECUTOR=celery) need Debian's redis-server: installed here when missing.
+redis:
+	@command -v redis-server >/dev/null 2>&1 || { echo "installing redis-server (Debian package)"; \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq redis-server >/dev/null; \
+	  else sudo apt-get update -qq && sudo apt-get install -y -qq redis-server >/dev/null; fi; }
+
+test: setup redis
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 # The peers the benchmarks run beside Tandem (LlamaIndex's PGVectorStore and HuggingFaceEmbedding).

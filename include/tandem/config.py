@@ -126,6 +126,9 @@ SETTINGS: tuple[Setting, ...] = (
             "Executor of the local stack: local (LocalExecutor, one machine) or celery (CeleryExecutor: Redis, "
             "TANDEM_WORKERS CPU workers and one `training` worker, each with its own scratch TANDEM_HOME)."),
     Setting("workers", 2, _pos_int, "CPU Celery workers `make up` starts with TANDEM_EXECUTOR=celery."),
+    Setting("retry_delay_seconds", 60, _nonneg_int,
+            "How long Airflow waits before retrying a failed Tandem task (each has one retry: a task lost with its "
+            "worker runs again on a live one)."),
     Setting("redis_port", 6380, _port,
             "Port of the Redis broker `make up` starts with TANDEM_EXECUTOR=celery (6380: clear of a system Redis)."),
     # --- databases
