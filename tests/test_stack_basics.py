@@ -56,3 +56,73 @@ def test_mlflow_server_is_real(mlflow_server):
         mlflow.log_metric("x", 1.5)
     got = mlflow.get_run(run.info.run_id)
     assert got.data.metrics["x"] == 1.5
+
+
+def test_the_celery_stack_as_data(tmp_path):
+    """TANDEM_EXECUTOR=celery: Redis, N CPU workers on `default`, one on `training`, each with a scratch home."""
+    from tandem.stack import services
+
+    local = Settings.load(home=tmp_path)
+    assert [s.name for s in services.all_services(local) if "worker" in s.name or s.name == "redis"] == []
+    assert services.airflow_env(local)["AIRFLOW__CORE__EXECUTOR"] == "LocalExecutor"
+
+    settings = Settings.load(home=tmp_path, executor="celery", workers=3, redis_port=16399)
+    store = {"uri": "models:/tandem-base-model@current", "sha256": "a" * 64}
+    svcs = {s.name: s for s in services.all_services(settings, store)}
+    workers = [n for n in svcs if n.startswith("airflow-worker-")]
+    assert workers == ["airflow-worker-cpu-1", "airflow-worker-cpu-2", "airflow-worker-cpu-3",
+                       "airflow-worker-training-1"]
+    assert list(svcs)[0] == "redis" and svcs["redis"].port == 16399
+    for name in workers:
+        argv, env = svcs[name].argv, svcs[name].env
+        queue = argv[argv.index("--queues") + 1]
+        assert queue == ("training" if "training" in name else "default")
+        assert argv[argv.index("--concurrency") + 1] == "1" and "--skip-serve-logs" in argv
+        own = tmp_path / "workers" / name.removeprefix("airflow-worker-")
+        assert env["TANDEM_HOME"] == str(own) and env["AIRFLOW_HOME"] == str(own / "airflow")
+        assert env["TANDEM_BASE_MODEL"] == str(own / "models" / "SmolLM2-135M-Instruct")
+        assert (env["TANDEM_BASE_MODEL_URI"], env["TANDEM_BASE_MODEL_SHA256"]) == (store["uri"], store["sha256"])
+        assert env["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
+        assert env["AIRFLOW__CORE__HOSTNAME_CALLABLE"] == "tandem.airflow.hostname.worker_hostname"
+        assert env["AIRFLOW__CELERY__RESULT_BACKEND"].startswith("db+postgresql+psycopg2://")
+        assert env["AIRFLOW__CELERY__BROKER_URL"].startswith("redis://:") and "@127.0.0.1:16399/0" in \
+            env["AIRFLOW__CELERY__BROKER_URL"]
+    # the scheduler and the api-server keep the stack's own home
+    assert svcs["airflow-scheduler"].env["TANDEM_HOME"] == str(tmp_path)
+    conf = services.write_redis_conf(settings).read_text()
+    assert "bind 127.0.0.1\n" in conf and "port 16399\n" in conf and f"requirepass {services.redis_password(settings)}" in conf
+    assert oct(services.write_redis_conf(settings).stat().st_mode & 0o777) == "0o600"
+
+
+def test_a_missing_redis_server_names_the_install_command(monkeypatch):
+    from tandem.stack import services
+
+    monkeypatch.setattr(services.shutil, "which", lambda name: None)
+    monkeypatch.setattr(services, "REDIS_PATHS", ())
+    with pytest.raises(UserError, match="redis-server is not installed") as err:
+        services.redis_binary()
+    assert "apt-get install -y redis-server" in err.value.fix
+
+
+def test_each_worker_records_its_own_name_as_the_task_hostname(monkeypatch):
+    import socket
+
+    from tandem.airflow.hostname import worker_hostname
+
+    monkeypatch.setenv("TANDEM_WORKER_NAME", "cpu-2")
+    assert worker_hostname() == f"cpu-2.{socket.gethostname()}"
+    monkeypatch.delenv("TANDEM_WORKER_NAME")
+    assert worker_hostname() == socket.getfqdn()
+
+
+def test_status_and_down_see_the_executor_up_started_with(tmp_path, monkeypatch):
+    from tandem.stack import cli
+
+    settings = Settings.load(home=tmp_path, executor="celery", workers=3)
+    cli._remember(settings)
+    monkeypatch.delenv("TANDEM_EXECUTOR", raising=False)
+    monkeypatch.delenv("TANDEM_WORKERS", raising=False)
+    seen = cli.started_as(Settings.load(home=tmp_path))
+    assert (seen.executor, seen.workers) == ("celery", 3)
+    monkeypatch.setenv("TANDEM_EXECUTOR", "local")
+    assert cli.started_as(Settings.load(home=tmp_path)).executor == "local"

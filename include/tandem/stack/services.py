@@ -139,12 +139,14 @@ def broker_url(settings: Settings) -> str:
     return f"redis://:{redis_password(settings)}@{settings.bind_host}:{settings.redis_port}/0"
 
 
+REDIS_PATHS = ("/usr/bin/redis-server", "/usr/local/bin/redis-server")  # where PATH lacks /usr/sbin-style dirs
+
+
 def redis_binary() -> str:
     """Debian's redis-server, or a clear error naming the install command."""
     from tandem.errors import UserError
 
-    found = shutil.which("redis-server") or next(
-        (p for p in ("/usr/bin/redis-server", "/usr/local/bin/redis-server") if Path(p).exists()), None)
+    found = shutil.which("redis-server") or next((p for p in REDIS_PATHS if Path(p).exists()), None)
     if not found:
         raise UserError("TANDEM_EXECUTOR=celery needs Redis, and redis-server is not installed",
                         fix="install it: `sudo apt-get install -y redis-server` (Debian/Ubuntu), "
