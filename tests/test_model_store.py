@@ -7,6 +7,9 @@ any folder the same way, and the real 0.5 GB base model goes through it in the C
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -48,10 +51,17 @@ def test_publish_once_per_sha_under_a_stable_uri(settings, published, tmp_path):
 
 
 def test_an_empty_worker_fetches_and_verifies_the_base_model(settings, published, tmp_path):
+    """`tandem models fetch` in a fresh process, as a new worker would (nothing set up by an earlier call)."""
     store, sha = published
     worker = _worker(settings, tmp_path, store, pin=sha)
-    path = model_store.ensure_base_model(worker)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TANDEM_")}
+    proc = subprocess.run([str(Path(sys.executable).parent / "tandem"), "models", "fetch", "--json"],
+                          env={**env, **worker.as_env()}, capture_output=True, text=True, timeout=300,
+                          cwd=str(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    path = json.loads(proc.stdout)["path"]
     assert path == str(tmp_path / "worker" / "models" / "TinyModel")
+    assert not list(tmp_path.glob("*.db"))  # nothing fell back to a local MLflow store
     assert models.weights_sha256(Path(path)) == sha == models.base_model_sha256(path)
     assert not [p for p in Path(path).parent.iterdir() if p.name.startswith(".TinyModel.") and p.is_dir()]
     assert model_store.check_same_base(worker, sha, "train") == path

@@ -61,8 +61,12 @@ def _manifest_sha(folder: Path) -> str:
 
 def fetch(uri: str, folder: Path, *, tracking_uri: str, expected_sha256: str = "") -> str:
     """Download the model at ``uri`` into ``folder`` (atomic), verified; returns its weights sha256."""
+    import mlflow
     import mlflow.artifacts
 
+    # models:/ URIs resolve through the registry, whose default is a local SQLite file, not the tracking server
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
     with _locked(folder):
         if (folder / "config.json").exists():  # another task on this host fetched it while we waited
             return models.base_model_sha256(folder)
