@@ -59,14 +59,26 @@ def _manifest_sha(folder: Path) -> str:
         return ""
 
 
+def _source(uri: str, tracking_uri: str) -> str:
+    """A ``models:/name@alias`` (or ``models:/name/version``) URI as the version's own artifact location, read
+    from the tracking server's registry. MLflow would resolve it against its process-wide default registry,
+    a local SQLite file where none was set: a worker then finds no such model."""
+    if not uri.startswith("models:/"):
+        return uri
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    name, _, version = uri[len("models:/"):].partition("/")
+    if "@" in name:
+        name, alias = name.split("@", 1)
+        version = client.get_model_version_by_alias(name, alias).version
+    return client.get_model_version_download_uri(name, version)
+
+
 def fetch(uri: str, folder: Path, *, tracking_uri: str, expected_sha256: str = "") -> str:
     """Download the model at ``uri`` into ``folder`` (atomic), verified; returns its weights sha256."""
-    import mlflow
     import mlflow.artifacts
 
-    # models:/ URIs resolve through the registry, whose default is a local SQLite file, not the tracking server
-    mlflow.set_tracking_uri(tracking_uri)
-    mlflow.set_registry_uri(tracking_uri)
     with _locked(folder):
         if (folder / "config.json").exists():  # another task on this host fetched it while we waited
             return models.base_model_sha256(folder)
@@ -75,8 +87,8 @@ def fetch(uri: str, folder: Path, *, tracking_uri: str, expected_sha256: str = "
         tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
         try:
             try:
-                got = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(tmp),
-                                                               tracking_uri=tracking_uri))
+                got = Path(mlflow.artifacts.download_artifacts(artifact_uri=_source(uri, tracking_uri),
+                                                               dst_path=str(tmp), tracking_uri=tracking_uri))
             except Exception as exc:  # noqa: BLE001 - any store error: say which URI and what to do
                 raise UserError(f"cannot fetch the base model from TANDEM_BASE_MODEL_URI={uri}: {exc}",
                                 fix="check the URI (`tandem models publish` prints it) and that the store is "
