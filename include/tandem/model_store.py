@@ -17,18 +17,17 @@ complete or not at all. A cached folder whose manifest differs from the pin is r
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
 import shutil
 import tempfile
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 from tandem import models
 from tandem.config import Settings
 from tandem.errors import JobFailed, UserError
+from tandem.filelock import file_lock
 
 log = logging.getLogger(__name__)
 
@@ -38,18 +37,6 @@ SHA_TAG = "tandem.base_model_sha256"
 REGISTERED_MODEL = "tandem-base-model"
 ALIAS = "current"
 STORE_URI = f"models:/{REGISTERED_MODEL}@{ALIAS}"
-
-
-@contextmanager
-def _locked(folder: Path):
-    """An exclusive lock beside ``folder`` (one fetch per host at a time)."""
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    with open(folder.parent / f".{folder.name}.lock", "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def _manifest_sha(folder: Path) -> str:
@@ -79,7 +66,7 @@ def fetch(uri: str, folder: Path, *, tracking_uri: str, expected_sha256: str = "
     """Download the model at ``uri`` into ``folder`` (atomic), verified; returns its weights sha256."""
     import mlflow.artifacts
 
-    with _locked(folder):
+    with file_lock(folder.parent / f".{folder.name}.lock"):
         if (folder / "config.json").exists():  # another task on this host fetched it while we waited
             return models.base_model_sha256(folder)
         started = time.monotonic()

@@ -14,7 +14,6 @@ with a Normalize module are accepted.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
@@ -24,6 +23,7 @@ import uuid
 from pathlib import Path
 
 from tandem.errors import UserError
+from tandem.filelock import file_lock
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ def ensure_exported(ref: str, weights_sha256: str, models_dir: Path, backend: st
         return out / name
     out.mkdir(parents=True, exist_ok=True)
     # one exporter per folder: threads of this process, and other processes on this host (Airflow workers)
-    with _export_lock, _file_lock(out / ".export.lock"):
+    with _export_lock, file_lock(out / ".export.lock"):
         manifest = _read_manifest(out)
         if manifest.get("source_weights_sha256") == weights_sha256 and _intact(out, manifest, name):
             return out / name  # another process exported it while this one waited
@@ -97,18 +97,6 @@ def ensure_exported(ref: str, weights_sha256: str, models_dir: Path, backend: st
         tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True))
         tmp.replace(out / "manifest.json")
     return out / name
-
-
-@contextlib.contextmanager
-def _file_lock(path: Path):
-    import fcntl
-
-    with path.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _tmp_name(dest: Path) -> Path:
