@@ -11,6 +11,7 @@ attempt never touches `champion`.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -53,6 +54,7 @@ def celery_stack(base_model_path):
         down = _stack(env, "down")
         assert down.returncode == 0, down.stderr
         assert "airflow-worker-cpu-1: stopped" in down.stdout and "redis: stopped" in down.stdout
+    shutil.rmtree(home, ignore_errors=True)
 
 
 def _client(settings: Settings):
