@@ -126,3 +126,16 @@ def test_status_and_down_see_the_executor_up_started_with(tmp_path, monkeypatch)
     assert (seen.executor, seen.workers) == ("celery", 3)
     monkeypatch.setenv("TANDEM_EXECUTOR", "local")
     assert cli.started_as(Settings.load(home=tmp_path)).executor == "local"
+
+
+def test_down_stops_what_up_started_whatever_the_executor_setting_says_now(tmp_path, monkeypatch):
+    from tandem.stack import cli, process, services
+
+    started = Settings.load(home=tmp_path, executor="celery", workers=2)
+    cli._remember(started)
+    stopped = []
+    monkeypatch.setattr(process, "stop", lambda svc, run_dir: stopped.append(svc.name) or True)
+    monkeypatch.setattr(cli.postgres, "stop", lambda data: False)
+    assert cli.down(Settings.load(home=tmp_path, executor="local")) == 0
+    assert stopped == [s.name for s in reversed(services.all_services(started))]
+    assert {"airflow-worker-cpu-1", "airflow-worker-cpu-2", "airflow-worker-training-1", "redis"} <= set(stopped)

@@ -193,7 +193,11 @@ def _print_urls(settings: Settings) -> None:
 
 def down(settings: Settings) -> int:
     stopped_any = False
-    for svc in reversed(services.all_services(settings)):
+    saved = _saved(settings)  # also what the last `make up` started, whatever TANDEM_EXECUTOR says now
+    todo = {svc.name: svc for svc in services.all_services(saved or settings)}  # start order
+    for svc in services.all_services(settings):
+        todo.setdefault(svc.name, svc)
+    for svc in reversed(list(todo.values())):
         if process.stop(svc, settings.run_dir):
             _say(f"  {svc.name}: stopped")
             stopped_any = True
