@@ -193,11 +193,10 @@ def worker_names(settings: Settings) -> list[tuple[str, str]]:
 def worker_settings(settings: Settings, name: str, store: dict | None) -> Settings:
     """A worker's settings: the stack's, with a scratch home of its own and the base model from the store."""
     home = settings.home / "workers" / name
-    default_base = settings.home / "models" / "SmolLM2-135M-Instruct"
     changes: dict = {"home": home}
-    if store and Path(str(settings.base_model)) == default_base:
-        changes.update(base_model=str(home / "models" / default_base.name), base_model_uri=store["uri"],
-                       base_model_sha256=store["sha256"])
+    if store:  # a local base model (the default or yours): each worker fetches its own copy from the store
+        changes.update(base_model=str(home / "models" / Path(str(settings.base_model)).name),
+                       base_model_uri=store["uri"], base_model_sha256=store["sha256"])
     return settings.replace(**changes)
 
 
