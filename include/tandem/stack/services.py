@@ -139,14 +139,18 @@ def broker_url(settings: Settings) -> str:
     return f"redis://:{redis_password(settings)}@{settings.bind_host}:{settings.redis_port}/0"
 
 
-REDIS_PATHS = ("/usr/bin/redis-server", "/usr/local/bin/redis-server")  # where PATH lacks /usr/sbin-style dirs
+REDIS_PATHS = ("/usr/bin/redis-server", "/usr/local/bin/redis-server")  # when PATH is a minimal one
+
+
+def _redis_path() -> str | None:
+    return shutil.which("redis-server") or next((p for p in REDIS_PATHS if Path(p).exists()), None)
 
 
 def redis_binary() -> str:
     """Debian's redis-server, or a clear error naming the install command."""
     from tandem.errors import UserError
 
-    found = shutil.which("redis-server") or next((p for p in REDIS_PATHS if Path(p).exists()), None)
+    found = _redis_path()
     if not found:
         raise UserError("TANDEM_EXECUTOR=celery needs Redis, and redis-server is not installed",
                         fix="install it: `sudo apt-get install -y redis-server` (Debian/Ubuntu), "
@@ -158,7 +162,7 @@ def redis_service(settings: Settings) -> Service:
     """Redis as the Celery broker: loopback only, a password, nothing persisted (a restart loses only queued
     messages, which Airflow's scheduler re-queues)."""
     conf = settings.airflow_home / "secrets" / "redis.conf"
-    argv = [shutil.which("redis-server") or "redis-server", str(conf)]
+    argv = [_redis_path() or "redis-server", str(conf)]  # `make up` checks redis_binary() before starting
 
     def health(timeout: float) -> bool:
         import redis
