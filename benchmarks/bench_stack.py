@@ -64,6 +64,17 @@ def _stack(env: dict, action: str) -> tuple[float, subprocess.CompletedProcess]:
     return time.monotonic() - started, proc
 
 
+def _tree(pid: int) -> set[int]:
+    """A process and all its descendants (empty when it is gone)."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        return {root.pid, *(c.pid for c in root.children(recursive=True))}
+    except psutil.NoSuchProcess:
+        return set()
+
+
 def _stack_rss(home: Path) -> tuple[float, int]:
     """(MiB, processes) of every process of the stack: the services' process groups and Postgres."""
     import psutil
@@ -73,26 +84,18 @@ def _stack_rss(home: Path) -> tuple[float, int]:
     pids: set[int] = set()
     for pidfile in (home / "run").glob("*.pid"):
         record = read_pid(pidfile)
-        if record is None:
-            continue
-        try:
-            root = psutil.Process(record.pid)
-            pids.update([root.pid, *(c.pid for c in root.children(recursive=True))])
-        except psutil.NoSuchProcess:
-            continue
-    pg = home / "postgres" / "data" / "postmaster.pid"
-    if pg.exists():
-        try:
-            root = psutil.Process(int(pg.read_text().split()[0]))
-            pids.update([root.pid, *(c.pid for c in root.children(recursive=True))])
-        except (psutil.NoSuchProcess, ValueError):
-            pass
+        if record is not None:
+            pids |= _tree(record.pid)
+    postmaster = home / "postgres" / "data" / "postmaster.pid"
+    first_line = postmaster.read_text().split()[:1] if postmaster.exists() else []
+    if first_line and first_line[0].isdigit():
+        pids |= _tree(int(first_line[0]))
     total = 0
     for pid in pids:
         try:
             total += psutil.Process(pid).memory_info().rss
         except psutil.NoSuchProcess:
-            continue
+            continue  # exited while we counted
     return total / 2**20, len(pids)
 
 

@@ -37,7 +37,7 @@ class S3Account:
         self.proc = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1",
                                       "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 60
-        while process.port_in_use("127.0.0.1", port) is False and time.monotonic() < deadline:
+        while not process.port_in_use("127.0.0.1", port) and time.monotonic() < deadline:
             time.sleep(0.2)
         self.conn_id = conn_id
         self.connection = json.dumps({"conn_type": "aws", "login": key, "password": f"{key}-secret",
