@@ -3,7 +3,9 @@ scorers of ``behavior_eval`` (``tandem.behavior.evaluate.evaluate``): no second 
 
 Holdout rows keep the contexts the RAFT dataset gave them (oracle + distractors, or none for refusal rows),
 so the three models see exactly the same prompts. A row whose oracle was withheld counts as unanswerable:
-the context cannot answer it, and the spec's refusal is the right output.
+the context cannot answer it, and the spec's refusal is the right output. The same counterfactual probes
+(``tandem.behavior.faithfulness.build_probes`` over the oracle rows, the spec's seed) give each model its
+``faithful`` metric.
 """
 
 from __future__ import annotations
@@ -50,9 +52,13 @@ def three_way(settings: Settings, spec: Any, rows: list[dict], adapters: dict[st
     Returns {"models": {name: gate metrics}, "table": {column: [...]}, "items": per-item rows, "stats": ...}.
     """
     from tandem.behavior.evaluate import evaluate
+    from tandem.behavior.faithfulness import build_probes
     from tandem.behavior.generate import Generator
 
     items = holdout_items(rows)
+    probes = build_probes(items, seed=spec.probe_seed, limit=spec.probes, max_chars=spec.max_context_chars)
+    log.info("holdout: %d rows and %d counterfactual probes per model", len(items), len(probes))
+    probe_rows: dict[str, list[dict]] = {}
     models: dict[str, dict[str, float]] = {}
     per_item: dict[str, list[dict]] = {}
     stats: dict[str, dict] = {}
@@ -65,9 +71,10 @@ def three_way(settings: Settings, spec: Any, rows: list[dict], adapters: dict[st
         def tick(n: int, _name=name, _done=done) -> None:
             _done[0] += n
             if progress is not None:
-                progress(_name, _done[0], len(items))
+                progress(_name, _done[0], len(items) + len(probes))
 
-        result = evaluate(spec, generator, items, progress=tick)
+        result = evaluate(spec, generator, items, progress=tick, probes=probes)
+        probe_rows[name] = result.probe_rows
         models[name] = gate_metrics(result.metrics)
         per_item[name] = result.rows
         stats[name] = {**result.stats, "seconds": round(time.monotonic() - started, 2)}
@@ -82,4 +89,9 @@ def three_way(settings: Settings, spec: Any, rows: list[dict], adapters: dict[st
         items_table[f"{n}_output"] = [row["raw_output"] for row in per_item[n]]
         items_table[f"{n}_passed"] = [bool(row["passed"]) for row in per_item[n]]
         items_table[f"{n}_failed_rules"] = [",".join(row["failed_rules"]) for row in per_item[n]]
-    return {"models": models, "table": table, "items": items_table, "stats": stats}
+    probes_table: dict[str, list] = {"id": [p.id for p, _ in probes], "gold": [p.gold for p, _ in probes],
+                                     "original": [p.original for p, _ in probes]}
+    for n in names:
+        probes_table[f"{n}_answer"] = [row["answer"] for row in probe_rows[n]]
+        probes_table[f"{n}_faithful"] = [bool(row["faithful"]) for row in probe_rows[n]]
+    return {"models": models, "table": table, "items": items_table, "probes": probes_table, "stats": stats}

@@ -8,6 +8,13 @@ chunks of each oracle document most relevant to the question, at most ``ORACLE_C
 chunks: like unanswerable examples, its target is the spec's refusal with no citations. Targets follow the
 spec's output contract ``{"answer", "citations", "confidence"}``.
 
+A ``counterfactual_fraction`` of the training split's oracle rows whose answer states a value (a number with its
+unit) that the oracle chunk holds (chosen by a seeded hash of the id) gets that value changed consistently, in
+every context chunk and in the target answer (``tandem.behavior.faithfulness``): the answer is right only
+when copied from the context, so the adapter learns to read its context rather than recite what the base model
+memorised. Such a row has kind ``counterfactual`` and records what was altered (``altered``). Held-out rows
+are never altered: the three-way evaluation probes faithfulness with probes of its own.
+
 The train/holdout split depends only on the example ids (sorted by a hash of the id), so an example stays
 on the same side across retrains and seeds. The snapshot (one JSON line per row, sorted by id) has a
 sha256 digest; the retrain logs it with ``mlflow.log_input`` and stores the file as an artifact.
@@ -135,8 +142,35 @@ def _trim(text: str, limit: int = MAX_CONTEXT_CHARS) -> str:
     return (cut[: cut.rfind(" ")] if " " in cut[limit // 2:] else cut) + " …"
 
 
+def counterfactual_row(row: dict[str, Any], answer: str, seed: int) -> dict[str, Any] | None:
+    """``row`` (an oracle row) with one value of its answer changed in the answer and every context that states
+    it, or None when no gold fact is a value that both the answer and an oracle chunk state."""
+    from tandem.behavior.faithfulness import counterfactual, substitute, values
+    from tandem.behavior.scoring import contains
+
+    facts = [f for f in row["gold_facts"] if values(f) and contains(answer, f)]
+    oracle = set(row["oracle_doc_ids"])
+    for ctx in row["contexts"]:
+        if ctx["doc_id"] not in oracle:
+            continue
+        item = {"id": row["id"], "question": row["question"], "gold_facts": facts}
+        probe = counterfactual(item, ctx["chunk_id"], ctx["text"], seed)
+        if probe is None:
+            continue
+        new_answer = substitute(answer, probe.original, probe.gold)
+        contexts = [dict(c, text=substitute(c["text"], probe.original, probe.gold)) for c in row["contexts"]]
+        if not contains(new_answer, probe.gold) or contains(new_answer, probe.original) or \
+                any(contains(c["text"], probe.original) for c in contexts):
+            continue  # the value is written another way somewhere: altering it would leave the row inconsistent
+        return {**row, "kind": "counterfactual", "contexts": contexts,
+                "gold_facts": [substitute(f, probe.original, probe.gold) for f in row["gold_facts"]],
+                "target": {**row["target"], "answer": new_answer},
+                "altered": {"fact": probe.original, "value": probe.gold, "chunk_id": probe.chunk_id}}
+    return None
+
+
 def build_rows(examples: list[Example], source: ChunkSource, spec: Any, *, distractors: int,
-               no_oracle_fraction: float, holdout_fraction: float, seed: int,
+               no_oracle_fraction: float, holdout_fraction: float, seed: int, counterfactual_fraction: float = 0.0,
                progress: Any = None) -> list[dict[str, Any]]:
     """The RAFT rows, sorted by id. ``spec`` gives the refusal (``refusal_target(spec)``)."""
     sides = split(examples, holdout_fraction)
@@ -170,13 +204,17 @@ def build_rows(examples: list[Example], source: ChunkSource, spec: Any, *, distr
         else:
             target = dict(refusal)
             kind = "withheld" if ex.answerable else "unanswerable"
-        rows.append({
+        row = {
             "id": ex.id, "split": sides[ex.id], "kind": kind, "question": ex.question,
             "answerable": ex.answerable and kind == "oracle", "oracle_doc_ids": list(ex.oracle_doc_ids),
             "gold_facts": list(ex.gold_facts),
             "contexts": [dict(dataclasses.asdict(c), text=_trim(c.text)) for c in contexts],
             "target": target,
-        })
+        }
+        if (kind == "oracle" and sides[ex.id] == "train"
+                and _unit("counterfactual", seed, ex.id) < counterfactual_fraction):
+            row = counterfactual_row(row, ex.answer, seed) or row
+        rows.append(row)
         if progress is not None:
             progress(1)
     if missing_oracle:
@@ -211,6 +249,11 @@ def write_snapshot(rows: list[dict[str, Any]], path: Path) -> Path:
 
 def read_snapshot(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def alterations(rows: list[dict[str, Any]]) -> list[dict[str, str]]:
+    """What each counterfactual row altered: ``{id, fact, value, chunk_id}``, sorted by id."""
+    return [{"id": r["id"], **r["altered"]} for r in sorted(rows, key=lambda r: r["id"]) if r.get("altered")]
 
 
 def counts(rows: list[dict[str, Any]]) -> dict[str, int]:

@@ -5,7 +5,10 @@ A candidate is promoted only if
 2. it beats the incumbent (the champion, or the base model when there is no champion yet) on the spec's
    primary metric by at least ``promotion_margin``, and
 3. no other metric the spec gates (its ``thresholds``) drops more than ``regression_tolerance`` below the
-   incumbent's.
+   incumbent's, and
+4. it protects content: on ``answer_correct``, ``no_false_refusal`` and ``faithful`` (``BASE_GUARDED``) it is
+   not below the base model by more than the spec's ``gate.base_tolerance``, whether or not the spec sets a
+   threshold on them. The adapter learns behavior; it may not make answers less correct than the base model.
 
 Otherwise it becomes ``challenger`` and the reasons are recorded as the tag ``tandem.gate_reason``. Metrics
 the spec does not gate are compared too: a regression there does not block, but the reason names it
@@ -57,6 +60,9 @@ class Decision:
 def _describe(check: dict) -> str:
     value = "missing" if check["value"] is None else f"{check['value']:.3f}"
     op = "<=" if check["metric"] in LOWER_IS_BETTER else ">="
+    if check["check"] == "base":
+        return (f"{check['metric']} {value} fell below the base model's {check['base']:.3f} by more than the "
+                f"spec's base_tolerance (needs >= {check['bound']:.3f})")
     names = {"threshold": "below the spec threshold", "margin": "does not beat the incumbent by the margin",
              "regression": "regressed beyond tolerance"}
     return f"{check['metric']} {value} {names[check['check']]} (needs {op} {check['bound']:.3f})"
@@ -67,8 +73,15 @@ def _better_or_equal(metric: str, value: float, bound: float) -> bool:
 
 
 def decide(candidate: dict[str, float], incumbent: dict[str, float] | None, *, thresholds: dict[str, float],
-           primary: str, margin: float, tolerance: float) -> Decision:
-    """The gate's verdict with every check it made (see the module docstring)."""
+           primary: str, margin: float, tolerance: float, base: dict[str, float] | None = None,
+           base_tolerance: float = 0.05, base_guarded: tuple[str, ...] | None = None) -> Decision:
+    """The gate's verdict with every check it made (see the module docstring).
+
+    ``base``: the base model's metrics on the same holdout; each ``base_guarded`` metric both have is checked
+    against it (check ``base``), thresholds or not."""
+    from tandem.behavior.metrics import BASE_GUARDED
+
+
     checks: list[dict] = []
     for metric, bound in sorted(thresholds.items()):
         value = candidate.get(metric)
@@ -89,6 +102,13 @@ def decide(candidate: dict[str, float], incumbent: dict[str, float] | None, *, t
             checks.append({"check": "regression", "metric": metric, "value": candidate[metric], "bound": bound,
                            "incumbent": incumbent[metric], "gated": gated, "regressed": not held,
                            "ok": held or not gated})
+    for metric in (BASE_GUARDED if base_guarded is None else base_guarded):
+        if base is None or metric not in base or metric not in candidate:
+            continue
+        bound = base[metric] - base_tolerance
+        held = candidate[metric] >= bound - 1e-12
+        checks.append({"check": "base", "metric": metric, "value": candidate[metric], "bound": bound,
+                       "base": base[metric], "gated": True, "ok": held})
     return Decision(promote=all(c["ok"] for c in checks), checks=tuple(checks), primary=primary)
 
 

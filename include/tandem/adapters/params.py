@@ -40,10 +40,15 @@ SCHEMA: dict[str, tuple[Any, dict, str]] = {
     "gradient_checkpointing": (False, {"type": "boolean"}, "Trade compute for memory on long sequences."),
     "distractors": (2, {"type": "integer", "minimum": 0, "maximum": 10},
                     "RAFT: distractor chunks added to each example's context."),
-    "no_oracle_fraction": (0.1, {"type": "number", "minimum": 0, "maximum": 0.9},
+    "no_oracle_fraction": (0.0, {"type": "number", "minimum": 0, "maximum": 0.9},
                            "RAFT: fraction of answerable examples whose oracle chunks are withheld; their target "
                            "is the spec's refusal. Measured on the demo (40 steps): 0.2 refuses 78% of answerable "
-                           "held-out questions, 0.1 42%, 0.0 (30 steps) 35%."),
+                           "held-out questions, 0.1 42%, 0.0 (30 steps) 35%. The unanswerable examples still teach "
+                           "the refusal, and the answer path refuses by similarity before the model is asked."),
+    "counterfactual_fraction": (0.5, {"type": "number", "minimum": 0, "maximum": 1},
+                                "RAFT: fraction of training rows whose answer states a value from its oracle chunk "
+                                "that get the value changed in both context and target, so the adapter learns to "
+                                "copy facts from its context instead of reciting them."),
     "holdout_fraction": (0.15, {"type": "number", "minimum": 0.05, "maximum": 0.5},
                          "Fraction of examples held out for the three-way evaluation (split by a hash of the id)."),
     "promotion_margin": (0.02, {"type": "number", "minimum": 0, "maximum": 1},
@@ -81,6 +86,7 @@ class RetrainParams:
     gradient_checkpointing: bool
     distractors: int
     no_oracle_fraction: float
+    counterfactual_fraction: float
     holdout_fraction: float
     promotion_margin: float
     regression_tolerance: float

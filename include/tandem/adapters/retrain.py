@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 SNAPSHOT_ARTIFACT = "dataset"
 EVAL_TABLE = "eval/three_way.json"
 EVAL_ITEMS = "eval/items.json"
+EVAL_PROBES = "eval/probes.json"
 
 
 def _effective(settings: Settings, p) -> Settings:
@@ -100,7 +101,7 @@ def prepare(settings: Settings, values: dict | None, *, progress: Callable[[int]
     started = time.monotonic()
     rows = dataset.build_rows(examples, source, spec, distractors=p.distractors,
                               no_oracle_fraction=p.no_oracle_fraction, holdout_fraction=p.holdout_fraction,
-                              seed=p.seed, progress=progress)
+                              seed=p.seed, counterfactual_fraction=p.counterfactual_fraction, progress=progress)
     digest = dataset.digest(rows)
     counts = dataset.counts(rows)
     if not counts.get("train") or not counts.get("holdout"):
@@ -127,6 +128,14 @@ def prepare(settings: Settings, values: dict | None, *, progress: Callable[[int]
             ds = _mlflow_dataset(settings, rows, side, digest)
             mlflow.log_input(ds, context=side, tags={"rows": str(ds.df.shape[0]), "dataset_digest": digest})
         mlflow.log_metrics({f"dataset_{k}": float(v) for k, v in counts.items()})
+        altered = dataset.alterations(rows)
+        train_answerable = counts.get("train_oracle", 0) + counts.get("train_counterfactual", 0)
+        realised = len(altered) / train_answerable if train_answerable else 0.0
+        mlflow.log_metric("dataset_counterfactual_share", round(realised, 4))
+        mlflow.log_dict({"counterfactual_fraction": p.counterfactual_fraction, "realised_share": round(realised, 4),
+                         "rows": altered}, f"{SNAPSHOT_ARTIFACT}/counterfactual.json")
+        log.info("counterfactual rows: %d of %d training rows with an oracle (%.0f%%; asked %.0f%%)", len(altered),
+                 train_answerable, 100 * realised, 100 * p.counterfactual_fraction)
     return {"run_id": run_id, "params": p.as_dict(), "base_model": base, "base_sha256": base_sha,
             "dataset_digest": digest, "counts": counts, "index_version": index_version,
             "spec_version": spec_version, "airflow": tracking.airflow_context_tags(settings)}
@@ -253,11 +262,14 @@ def evaluate(settings: Settings, state: dict, *, limit: int | None = None,
             mlflow.log_metrics({f"{name}.{m}": float(v) for m, v in scores.items() if isinstance(v, (int, float))})
         mlflow.log_table(result["table"], artifact_file=EVAL_TABLE)
         mlflow.log_table(result["items"], artifact_file=EVAL_ITEMS)
+        if result["probes"]["id"]:
+            mlflow.log_table(result["probes"], artifact_file=EVAL_PROBES)
         for name, st in result["stats"].items():
             mlflow.log_metrics({f"{name}.eval_{k}": float(v) for k, v in st.items() if isinstance(v, (int, float))})
         mlflow.set_tags(tracking.tags(status="evaluated", champion_version=champion.version or "base"))
     evaluation = {"models": result["models"], "champion_version": champion.version, "primary": primary,
-                  "thresholds": thresholds, "n": len(holdout),
+                  "thresholds": thresholds, "n": len(holdout), "base_tolerance": spec.base_tolerance,
+                  "probes": len(result["probes"]["id"]),
                   "eval_seconds": {k: v.get("seconds") for k, v in result["stats"].items()}}
     log.info("three-way evaluation on %d holdout rows: %s", len(holdout), result["models"])
     return {**state, "evaluation": evaluation}
@@ -319,7 +331,8 @@ def gate(settings: Settings, state: dict) -> dict:
     ev = state["evaluation"]
     incumbent = ev["models"].get("champion") or ev["models"]["base"]
     decision = gate_mod.decide(ev["models"]["candidate"], incumbent, thresholds=ev["thresholds"],
-                               primary=ev["primary"], margin=p.promotion_margin, tolerance=p.regression_tolerance)
+                               primary=ev["primary"], margin=p.promotion_margin, tolerance=p.regression_tolerance,
+                               base=ev["models"].get("base"), base_tolerance=float(ev.get("base_tolerance", 0.05)))
     version = state["version"]
     if not decision.promote:
         action, reason = "challenger", decision.reason

@@ -1,7 +1,9 @@
 """The decision after an eval: retrain (behavior), reindex or report (knowledge), or nothing.
 
 - ``none``: every metric meets its threshold.
-- ``retrain``: behavior metrics are under threshold, behavior failures dominate, and anti-flap allows:
+- ``retrain``: behavior metrics are under threshold, behavior failures dominate (``stale`` answers count as
+  behavior: the adapter overrode its context, and the retrain's counterfactual rows train that away), and
+  anti-flap allows:
   trigger ``lora_retrain`` with conf ``{reason, failing_metrics, eval_run_id}``.
 - ``hold``: the same, but anti-flap holds the retrain (the reasons say which rule).
 - ``reindex``: knowledge failures dominate and ``trigger_reindex_on_knowledge_failure`` is set.
@@ -19,7 +21,8 @@ from typing import Any
 
 from tandem.behavior import antiflap
 from tandem.behavior.diagnosis import dominant_class
-from tandem.behavior.metrics import BEHAVIOR, BEHAVIOR_CLASS, CAPABILITY, KNOWLEDGE, METRIC_GROUPS
+from tandem.behavior.metrics import (BEHAVIOR, BEHAVIOR_CLASS, CAPABILITY, FAILURE_CLASSES, KNOWLEDGE, METRIC_GROUPS,
+                                     STALE)
 
 RETRAIN, HOLD, REINDEX, REPORT, NONE = "retrain", "hold", "reindex", "report", "none"
 HEALTHY, MIXED = "healthy", "mixed"
@@ -73,8 +76,10 @@ def decide(spec, metrics: dict[str, float], counts: dict[str, int], *, missing_d
     failing = failing_metrics(spec, metrics)
     if not failing:
         return Decision(NONE, HEALTHY, "every metric meets its threshold", [], False, {})
-    dominant = dominant_class(counts, spec.dominance)
-    failures = {k: counts.get(k, 0) for k in (KNOWLEDGE, BEHAVIOR_CLASS, CAPABILITY)}
+    failures = {k: counts.get(k, 0) for k in FAILURE_CLASSES}
+    # stale answers are behavior failures: they count with behavior when deciding what dominates
+    merged = {**failures, BEHAVIOR_CLASS: failures[BEHAVIOR_CLASS] + failures[STALE], STALE: 0}
+    dominant = dominant_class(merged, spec.dominance)
     mix = ", ".join(f"{k} {v}" for k, v in failures.items())
     behavior_failing = [m for m in failing if METRIC_GROUPS[m] == BEHAVIOR]
     kind = dominant or MIXED
@@ -92,6 +97,9 @@ def decide(spec, metrics: dict[str, float], counts: dict[str, int], *, missing_d
             raise ValueError("a behavior decision needs the anti-flap history")
         verdict = antiflap.check(spec.anti_flap, history, current_failing=True, now=now)
         what = f"behavior failures dominate ({mix}); under threshold: {_fmt(spec, metrics, behavior_failing)}"
+        if failures[STALE]:
+            what += (f"; {failures[STALE]} stale answer(s) repeated an old fact over the context's new one: "
+                     "the retrain's counterfactual rows train the adapter to copy from its context")
         if verdict.allowed:
             return Decision(RETRAIN, kind, f"{what}; anti-flap allows: retrain", anti_flap=verdict.as_dict(), **base)
         return Decision(HOLD, kind, f"{what}; anti-flap holds the retrain: {'; '.join(verdict.reasons)}",

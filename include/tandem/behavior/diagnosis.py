@@ -3,6 +3,9 @@
 - ``knowledge``: an answerable question whose gold document was not in the context, or whose gold facts
   were not in the chunks shown (the right document, the wrong chunk): a retrieval miss that retraining
   cannot fix.
+- ``stale``: the example lists the facts its documents used to state (``old_facts``), the context holds the
+  new ones, and the answer repeats an old one: the adapter overrode its context. A behavior failure (it routes
+  to a retrain with counterfactual data, never to a reindex: the index already holds the new fact).
 - ``behavior``: the context held what was needed, but the format, style, grounding or refusal was wrong
   (what LoRA retraining fixes).
 - ``model_capability``: the context was right and every behavior rule held, but the content was wrong.
@@ -15,7 +18,7 @@ from collections import Counter
 from typing import Sequence
 
 from tandem.behavior.metrics import (BEHAVIOR_CLASS, BEHAVIOR_VERDICTS, CAPABILITY, FAILURE_CLASSES, KNOWLEDGE,
-                                     PASS, class_metric)
+                                     PASS, STALE, class_metric)
 from tandem.behavior.scoring import passed
 
 
@@ -25,6 +28,8 @@ def diagnose(verdicts: dict[str, bool | None], answerable: bool) -> str:
         return PASS
     if answerable and (verdicts.get("retrieval_hit") is False or verdicts.get("facts_in_context") is False):
         return KNOWLEDGE
+    if verdicts.get("not_stale") is False:
+        return STALE
     if any(verdicts.get(name) is False for name in BEHAVIOR_VERDICTS):
         return BEHAVIOR_CLASS
     return CAPABILITY

@@ -31,6 +31,7 @@ from tandem.errors import ServiceUnavailable, UserError
 log = logging.getLogger(__name__)
 
 TABLE_FILE = "eval_table.json"
+PROBE_TABLE_FILE = "faithfulness_probes.json"
 SUMMARY_FILE = "summary.json"
 DECISION_FILE = "decision.json"
 Progress = Callable[[str, int, int], None]  # (stage, done since last call, total)
@@ -104,7 +105,7 @@ def _table(rows: list[dict]) -> dict[str, list]:
     columns = ["id", "question", "answerable", "gold_doc_ids", "retrieved_ids", "refused_by_similarity", "raw_output",
                *VERDICTS,
                "passed", "diagnosis", "failed_rules", "missing_docs", "facts_not_in_context", "missing_facts",
-               "invented_citations",
+               "old_facts_found", "ungrounded", "invented_citations",
                "forbidden_found", "parse_error"]
 
     def cell(value):
@@ -146,10 +147,17 @@ def run_eval(settings: Settings, *, adapter: str = "champion", limit: int | None
     refuse = [refusal_decision(hits, threshold)[0] for _, hits in items]
     log.info("%d of %d questions refused without generating (best similarity < %s)", sum(refuse), len(items),
              threshold)
+    from tandem.behavior.faithfulness import build_probes
+
+    probes = build_probes(items, seed=spec.probe_seed, limit=spec.probes, max_chars=spec.max_context_chars)
+    log.info("%d counterfactual probes (of at most %d, seed %d) from the answerable questions' retrieved context",
+             len(probes), spec.probes, spec.probe_seed)
     generator = Generator(p.base_model, p.adapter_path, threads=settings.torch_threads)
-    result = evaluate(spec, generator, items, refuse=refuse,
-                      progress=(lambda n: progress("generate", n, len(items))) if progress else None)
+    total = len(items) + len(probes)
+    result = evaluate(spec, generator, items, refuse=refuse, probes=probes,
+                      progress=(lambda n: progress("generate", n, total)) if progress else None)
     wall = time.monotonic() - started
+    ungrounded = sum(1 for row in result.rows if row["values_grounded"] is False)
 
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # stdout is the CLI's (--json)
     exp = tracking.use(settings, tracking.EXPERIMENT_EVAL)
@@ -163,7 +171,7 @@ def run_eval(settings: Settings, *, adapter: str = "champion", limit: int | None
     metrics = {**result.metrics, "n_examples": result.n, "wall_s": round(wall, 2),
                "generation_s": round(result.stats.get("generation_s", 0.0), 2),
                "examples_per_s": round(result.stats.get("examples_per_s", 0.0), 4),
-               "n_refused_by_similarity": sum(refuse),
+               "n_refused_by_similarity": sum(refuse), "n_probes": len(probes), "n_ungrounded": ungrounded,
                **{f"n_{name}": count for name, count in result.counts.items()}}
     run_name = f"eval {p.adapter_label if p.adapter_version is None else 'v' + p.adapter_label} @ {p.index_version}"
     with mlflow.start_run(experiment_id=exp.experiment_id, run_name=run_name) as run:
@@ -172,10 +180,14 @@ def run_eval(settings: Settings, *, adapter: str = "champion", limit: int | None
                            "retrieval_k": spec.retrieval_k, "max_new_tokens": spec.max_new_tokens,
                            "batch_size": spec.batch_size, "max_context_chars": spec.max_context_chars,
                            "limit": limit if limit is not None else "all", "n_examples": result.n,
-                           "refusal_min_similarity": threshold,
+                           "refusal_min_similarity": threshold, "probes": spec.probes,
+                           "probe_seed": spec.probe_seed,
                            "device": generator.device})
         mlflow.log_metrics(metrics)
         mlflow.log_table(_table(result.rows), artifact_file=TABLE_FILE)
+        if result.probe_rows:
+            mlflow.log_table({col: [row[col] for row in result.probe_rows] for col in result.probe_rows[0]},
+                             artifact_file=PROBE_TABLE_FILE)
         summary = {
             "run_id": run.info.run_id, "experiment_id": exp.experiment_id,
             "run_url": tracking.run_url(settings, exp.experiment_id, run.info.run_id),
@@ -186,7 +198,7 @@ def run_eval(settings: Settings, *, adapter: str = "champion", limit: int | None
             "diagnosis_mix": mix, "thresholds": spec.thresholds, "primary_metric": spec.primary_metric,
             "missing_docs": result.missing_docs(), "wall_s": round(wall, 1),
             "generation_s": metrics["generation_s"], "examples_per_s": metrics["examples_per_s"],
-            "refused_by_similarity": sum(refuse),
+            "refused_by_similarity": sum(refuse), "probes": len(probes), "ungrounded": ungrounded,
         }
         mlflow.log_dict(summary, SUMMARY_FILE)
     log.info("eval run %s logged: %d examples in %.1fs (%.2f examples/s generating); pass_rate %.3f; %s",

@@ -1,7 +1,9 @@
 """The eval set: versioned JSONL, one example a line.
 
 ``{"id": "e001", "question": str, "gold_doc_ids": [doc ids], "gold_facts": [str], "reference_answer": str,
-"answerable": bool}``. An answerable example needs at least one gold doc id and one gold fact. Every
+"answerable": bool}``, and optionally ``"old_facts": [str]``: values the documents stated before they changed
+(a release-2 question lists release 1's value), which an answer must not repeat while the context holds the new
+ones (the ``not_stale`` verdict, diagnosis ``stale``). An answerable example needs at least one gold doc id and one gold fact. Every
 problem is reported with the file and line, before any model loads. The file's sha256 is logged with every
 eval run (``tandem.eval_set_digest``).
 """
@@ -17,6 +19,7 @@ from tandem.errors import UserError
 
 FIELDS = {"id": str, "question": str, "gold_doc_ids": list, "gold_facts": list, "reference_answer": str,
           "answerable": bool}
+OPTIONAL = {"old_facts": list}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,11 +31,12 @@ class Example:
     reference_answer: str
     answerable: bool
     line: int = 0
+    old_facts: tuple[str, ...] = ()
 
     def as_dict(self) -> dict:
         return {"id": self.id, "question": self.question, "gold_doc_ids": list(self.gold_doc_ids),
                 "gold_facts": list(self.gold_facts), "reference_answer": self.reference_answer,
-                "answerable": self.answerable}
+                "answerable": self.answerable, **({"old_facts": list(self.old_facts)} if self.old_facts else {})}
 
 
 def file_digest(path: str | Path) -> str:
@@ -71,10 +75,13 @@ def load_examples(path: str | Path) -> list[Example]:
             if not isinstance(row[field], kind):
                 raise bad(f"field `{field}` must be a {kind.__name__}, got {row[field]!r}",
                           f"make `{field}` a {kind.__name__}")
-        extra = sorted(set(row) - set(FIELDS))
+        extra = sorted(set(row) - set(FIELDS) - set(OPTIONAL))
         if extra:
-            raise bad(f"unknown field `{extra[0]}`", f"remove it (fields: {', '.join(FIELDS)})")
-        for field in ("gold_doc_ids", "gold_facts"):
+            raise bad(f"unknown field `{extra[0]}`", f"remove it (fields: {', '.join([*FIELDS, *OPTIONAL])})")
+        row.setdefault("old_facts", [])
+        if not isinstance(row["old_facts"], list):
+            raise bad(f"field `old_facts` must be a list, got {row['old_facts']!r}", "make `old_facts` a list")
+        for field in ("gold_doc_ids", "gold_facts", "old_facts"):
             if not all(isinstance(v, str) and v.strip() for v in row[field]):
                 raise bad(f"field `{field}` must be a list of non-empty strings", f"fix `{field}`")
         ex_id = row["id"].strip()
@@ -93,7 +100,7 @@ def load_examples(path: str | Path) -> list[Example]:
                                 gold_doc_ids=tuple(v.strip() for v in row["gold_doc_ids"]),
                                 gold_facts=tuple(v.strip() for v in row["gold_facts"]),
                                 reference_answer=row["reference_answer"], answerable=row["answerable"],
-                                line=lineno))
+                                line=lineno, old_facts=tuple(v.strip() for v in row["old_facts"])))
     if not examples:
         raise UserError(f"eval set {path} has no examples", fix="add JSONL lines (see the demo eval set)")
     return examples

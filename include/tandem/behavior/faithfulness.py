@@ -8,8 +8,12 @@
   context, which is a behavior failure, not a knowledge one.
 - ``ungrounded_values``: the numbers, amounts, durations and sizes in an answer that no cited chunk holds.
 
-These are pure functions over text. Wiring them into behavior_eval, the gate and the answer path is issue 14's
-remaining work: see the closing notes.
+- ``build_probes``: the probe set of an eval: up to ``limit`` answerable items (chosen by a seeded hash of the
+  id), each with its retrieved context where the oracle chunk's fact is changed, in every chunk that states it.
+
+behavior_eval and lora_retrain's holdout evaluation generate answers for the probes beside the examples
+(``tandem.behavior.evaluate``) and report the share that is ``faithful``; the answer path's grounding guard
+uses ``ungrounded_values``.
 """
 
 from __future__ import annotations
@@ -85,13 +89,63 @@ def counterfactual(item: dict, chunk_id: str, chunk_text: str, seed: int) -> Pro
     new = _changed(fact, rng, present | {normalize(fact)})
     if new is None:
         return None
-    pattern = re.compile((r"(?<!\w)" if fact[0].isalnum() else "") + re.escape(fact) +
-                         (r"(?!\w|\.\d)" if fact[-1].isalnum() else ""))
-    altered, count = pattern.subn(new, chunk_text)
+    altered, count = _pattern(fact).subn(new, chunk_text)
     if not count or contains(altered, fact):  # an occurrence written differently (a quote, a separator) remains
         return None
     return Probe(id=f"cf-{item['id']}", question=item["question"], context=altered, gold=new, original=fact,
                  chunk_id=chunk_id)
+
+
+def _pattern(fact: str) -> re.Pattern:
+    return re.compile((r"(?<!\w)" if fact[0].isalnum() else "") + re.escape(fact) +
+                      (r"(?!\w|\.\d)" if fact[-1].isalnum() else ""))
+
+
+def substitute(text: str, original: str, new: str) -> str:
+    """``text`` with every occurrence of the value ``original`` (as a whole value) written ``new``."""
+    return _pattern(original).sub(new, text)
+
+
+def _get(ctx, name: str) -> str:
+    value = ctx.get(name, "") if isinstance(ctx, dict) else getattr(ctx, name, "")
+    return "" if value is None else str(value)
+
+
+def _order(seed: int, item_id: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(f"probe\x1f{seed}\x1f{item_id}".encode()).hexdigest()
+
+
+def build_probes(items: Sequence[tuple], *, seed: int, limit: int, max_chars: int) -> list[tuple[Probe, list[dict]]]:
+    """(probe, contexts) for up to ``limit`` answerable items of ``items`` ((example, contexts) pairs).
+
+    The oracle chunk is the first context from a gold document that states every gold fact. The changed value
+    replaces the original in every context that states it (one fact changes, consistently), and the probe is
+    kept only when the window the model is shown (``max_chars``) holds the new value and not the old one.
+    Deterministic: the same items, seed and limit give the same probes, in the items' order.
+    """
+    from tandem.behavior.prompt import context_text
+
+    found = []
+    for example, contexts in items:
+        if not getattr(example, "answerable", False) or not example.gold_facts:
+            continue
+        for ctx in contexts:
+            text = _get(ctx, "text")
+            if _get(ctx, "doc_id") in example.gold_doc_ids and all(contains(text, f) for f in example.gold_facts):
+                item = {"id": example.id, "question": example.question, "gold_facts": list(example.gold_facts)}
+                probe = counterfactual(item, _get(ctx, "chunk_id"), text, seed)
+                if probe is None:
+                    break
+                altered = [{"doc_id": _get(c, "doc_id"), "chunk_id": _get(c, "chunk_id"), "title": _get(c, "title"),
+                            "text": substitute(_get(c, "text"), probe.original, probe.gold)} for c in contexts]
+                shown = context_text(altered, max_chars, example.question)
+                if contains(shown, probe.gold) and not contains(shown, probe.original):
+                    found.append((probe, altered))
+                break
+    chosen = {p.id for p, _ in sorted(found, key=lambda pc: _order(seed, pc[0].id))[:max(limit, 0)]}
+    return [(p, c) for p, c in found if p.id in chosen]
 
 
 def faithful(answer: str, probe: Probe) -> bool:

@@ -7,6 +7,7 @@ exactly the prompt it is evaluated and served with.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any, Iterable, Sequence
 
 
@@ -25,26 +26,73 @@ def shown_doc_ids(contexts: Iterable[Any]) -> list[str]:
     return out
 
 
-def _cut(text: str, max_chars: int) -> str:
+# Words a question shares with every chunk: they say nothing about which part of a chunk answers it.
+_STOP = frozenset("""a about an and are as at be by can do does for from has have how i in is it its many much my
+of on or our per that the their there this to was we what when where which who why will with you your""".split())
+_TERM = re.compile(r"[0-9a-z][0-9a-z$%]*")
+_UNITS = re.compile(r"(?<=[.!?])\s+(?=\S)")
+
+
+def _terms(question: str) -> set[str]:
+    """The question's content words, lower-cased, a plural's final s dropped."""
+    out = set()
+    for word in _TERM.findall(question.casefold()):
+        if word not in _STOP and (len(word) > 2 or word.isdigit()):
+            out.add(word[:-1] if len(word) > 3 and word.endswith("s") else word)
+    return out
+
+
+def _score(unit: str, terms: set[str]) -> int:
+    """Shared words, squared: one sentence that matches the question well beats several that match a word."""
+    return len(terms & _terms(unit)) ** 2 if terms else 0
+
+
+def _cut(text: str, max_chars: int, question: str = "") -> str:
+    """``text`` on one line, at most ``max_chars`` characters (plus the "..." marks of what was left out).
+
+    A longer chunk keeps its best-matching window: the run of whole sentences (a table row rendered as a
+    record is one sentence) that fits the budget and matches the question best (the sum over its sentences of
+    the squared count of words shared with the question), the earliest on
+    a tie. Without a question, or when nothing matches, that is the chunk's beginning.
+    """
     text = " ".join(text.split())
-    if len(text) > max_chars:
-        cut = text[:max_chars]
-        text = (cut.rsplit(" ", 1)[0] if " " in cut else cut) + " ..."
-    return text
+    if len(text) <= max_chars:
+        return text
+    units = _UNITS.split(text)
+    terms = _terms(question)
+    scores = [_score(u, terms) for u in units]
+    best, best_score = (0, 0), -1
+    for start in range(len(units)):
+        length, end = -1, start
+        while end < len(units) and length + 1 + len(units[end]) <= max_chars:
+            length += 1 + len(units[end])
+            end += 1
+        score = sum(scores[start:end]) if end > start else scores[start]
+        if score > best_score:
+            best, best_score = (start, end), score
+        if end == len(units):
+            break  # later starts only drop sentences from this window
+    start, end = best
+    if end <= start:  # one sentence alone is over the budget: its beginning
+        piece = units[start][:max_chars]
+        body, tail = (piece.rsplit(" ", 1)[0] if " " in piece else piece), True
+    else:
+        body, tail = " ".join(units[start:end]), end < len(units)
+    return ("... " if start > 0 else "") + body + (" ..." if tail else "")
 
 
-def context_text(contexts: Sequence[Any], max_chars: int = 700) -> str:
-    """The chunk texts exactly as the model sees them (cut to ``max_chars``), for checking what it was shown."""
-    return "\n".join(_cut(_field(ctx, "text"), max_chars) for ctx in contexts)
+def context_text(contexts: Sequence[Any], max_chars: int = 700, question: str = "") -> str:
+    """The chunk texts exactly as the model sees them (windowed to ``max_chars``), for checking what it was shown."""
+    return "\n".join(_cut(_field(ctx, "text"), max_chars, question) for ctx in contexts)
 
 
-def format_context(contexts: Sequence[Any], max_chars: int = 700) -> str:
-    """Each chunk under a header naming its doc id (and title), its text cut to ``max_chars`` characters."""
+def format_context(contexts: Sequence[Any], max_chars: int = 700, question: str = "") -> str:
+    """Each chunk under a header naming its doc id (and title), its text windowed to ``max_chars`` characters."""
     if not contexts:
         return "(no documents)"
     blocks = []
     for i, ctx in enumerate(contexts, start=1):
-        text = _cut(_field(ctx, "text"), max_chars)
+        text = _cut(_field(ctx, "text"), max_chars, question)
         title = _field(ctx, "title")
         header = f"[{i}] doc_id: {_field(ctx, 'doc_id')}" + (f" | title: {title}" if title else "")
         blocks.append(f"{header}\n{text}")
@@ -53,7 +101,7 @@ def format_context(contexts: Sequence[Any], max_chars: int = 700) -> str:
 
 def build_messages(question: str, contexts: Sequence[Any], spec) -> list[dict]:
     """Chat messages (system + user) for one question. ``contexts``: objects (or dicts) with doc_id, title, text."""
-    user = (f"Context:\n{format_context(contexts, spec.max_context_chars)}\n\n"
+    user = (f"Context:\n{format_context(contexts, spec.max_context_chars, question)}\n\n"
             f"Question: {question.strip()}\n"
             "Answer with the JSON object only.")
     return [{"role": "system", "content": spec.system_prompt}, {"role": "user", "content": user}]

@@ -73,6 +73,8 @@ class Score:
     missing_facts: list[str] = dataclasses.field(default_factory=list)
     missing_docs: list[str] = dataclasses.field(default_factory=list)  # gold docs not in the context
     facts_not_in_context: list[str] = dataclasses.field(default_factory=list)  # gold facts the context lacked
+    old_facts_found: list[str] = dataclasses.field(default_factory=list)  # stale: old facts the answer repeated
+    ungrounded: list[str] = dataclasses.field(default_factory=list)  # values no cited document holds
     words: int = 0
 
     @property
@@ -97,12 +99,18 @@ def _schema_errors(obj: dict, schema: dict) -> list[str]:
 
 
 def score_output(raw: str, *, answerable: bool, gold_doc_ids: Sequence[str], gold_facts: Sequence[str],
-                 shown_ids: Iterable[str], spec, context_text: str | None = None) -> Score:
+                 shown_ids: Iterable[str], spec, context_text: str | None = None, old_facts: Sequence[str] = (),
+                 doc_texts: dict[str, Sequence[str]] | None = None) -> Score:
     """Score one model output against the spec, the example's gold data and the doc ids that were shown.
 
     ``context_text``: the text of the context shown to the model; when given, "the context holds the answer"
     also needs every gold fact in it (``facts_in_context``), not only a gold doc id among the shown ones.
+    ``old_facts``: values the example's answer had before the documents changed (``not_stale``).
+    ``doc_texts``: doc id -> the texts of its chunks in the context (``values_grounded`` checks an answer's
+    values against the documents it cites).
     """
+    from tandem.behavior.faithfulness import stale, ungrounded_values
+
     shown = list(dict.fromkeys(shown_ids))
     obj, parse_error = parse_output(raw)
     answer = obj.get("answer") if obj is not None and isinstance(obj.get("answer"), str) else None
@@ -138,6 +146,20 @@ def score_output(raw: str, *, answerable: bool, gold_doc_ids: Sequence[str], gol
                                 and citations_ok_type and not citations)
     v["no_false_refusal"] = (not refused) if context_has_answer else None
 
+    old_found: list[str] = []
+    if answerable and old_facts and context_text is not None and all(contains(context_text, f) for f in gold_facts):
+        if stale(text, old_facts=old_facts, new_facts=gold_facts, context=context_text):
+            old_found = [f for f in old_facts if contains(text, f)]
+        v["not_stale"] = not old_found
+    else:
+        v["not_stale"] = None
+    ungrounded: list[str] = []
+    if doc_texts is not None and not refused and text.strip():
+        ungrounded = ungrounded_values(text, [t for c in citations for t in doc_texts.get(c, ())])
+        v["values_grounded"] = not ungrounded
+    else:
+        v["values_grounded"] = None
+
     missing_facts = [f for f in gold_facts if not contains(text, f)] if answerable else []
     v["answer_correct"] = (not missing_facts) if answerable else None
     v["retrieval_hit"] = bool(gold_shown) if answerable else None
@@ -147,7 +169,7 @@ def score_output(raw: str, *, answerable: bool, gold_doc_ids: Sequence[str], gol
                  parse_error=parse_error, schema_errors=[] if v["schema_valid"] else schema_errors,
                  invented_citations=invented, forbidden_found=forbidden, missing_facts=missing_facts,
                  missing_docs=missing_docs if answerable else [], facts_not_in_context=facts_not_in_context,
-                 words=words)
+                 old_facts_found=old_found, ungrounded=ungrounded, words=words)
 
 
 def aggregate(verdict_rows: Sequence[dict[str, bool | None]]) -> dict[str, float]:

@@ -1,8 +1,9 @@
 """The behavior spec: one versioned YAML file, the single place a team says how answers must look.
 
 It holds the output contract (a JSON schema), the style rules (max words, forbidden phrases, the refusal
-text), a threshold per metric and the primary metric, the anti-flap policy, and the prompt/generation
-bounds. ``load_spec`` validates all of it and names the file and the field of the first problem, before any
+text), a threshold per metric and the primary metric, the anti-flap policy, the prompt/generation bounds,
+the counterfactual probes of the ``faithful`` metric, and how far a candidate adapter may fall below the base
+model on content (``gate.base_tolerance``). ``load_spec`` validates all of it and names the file and the field of the first problem, before any
 model is loaded.
 """
 
@@ -25,7 +26,7 @@ DEFAULT_SYSTEM = (
 )
 
 _TOP_KEYS = {"version", "description", "output_contract", "style", "thresholds", "primary_metric", "anti_flap",
-             "decision", "prompt", "retrieval", "generation"}
+             "decision", "prompt", "retrieval", "generation", "faithfulness", "gate"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,6 +59,9 @@ class Spec:
     retrieval_k: int
     max_new_tokens: int
     batch_size: int
+    probes: int = 20  # counterfactual probes per eval (0: no `faithful` metric)
+    probe_seed: int = 0
+    base_tolerance: float = 0.05  # how far a candidate may fall below the base model on BASE_GUARDED metrics
 
     @property
     def refusal(self) -> str:
@@ -197,6 +201,11 @@ def load_spec(path: str | Path) -> Spec:
     gen = top.section("generation", required=False)
     gen.unknown({"max_new_tokens", "batch_size"})
 
+    faith = top.section("faithfulness", required=False)
+    faith.unknown({"probes", "seed"})
+    gate = top.section("gate", required=False)
+    gate.unknown({"base_tolerance"})
+
     return Spec(
         version=version, path=str(path), digest=hashlib.sha256(raw).hexdigest(), output_schema=schema, style=style,
         thresholds=thresholds, primary_metric=primary, anti_flap=anti_flap, dominance=dominance,
@@ -204,4 +213,7 @@ def load_spec(path: str | Path) -> Spec:
         retrieval_k=ret.get("k", int, 3, minimum=1, maximum=50),
         max_new_tokens=gen.get("max_new_tokens", int, 96, minimum=8, maximum=2048),
         batch_size=gen.get("batch_size", int, 8, minimum=1, maximum=256),
+        probes=faith.get("probes", int, 20, minimum=0, maximum=1000),
+        probe_seed=faith.get("seed", int, 0, minimum=0, maximum=2**31 - 1),
+        base_tolerance=gate.get("base_tolerance", float, 0.05, minimum=0.0, maximum=1.0),
     )

@@ -7,7 +7,9 @@
 3. ``lora_retrain`` trains, evaluates, registers adapter v1 and promotes it to champion.
 4. ``behavior_eval`` re-runs on the new champion (triggered by the ``behavior_adapter`` asset).
 5. Release 2 is applied to the source folder and ``knowledge_reindex`` runs: only changed docs re-embed.
-6. ``tandem ask`` asks about a fact release 2 changed, and answers with the new value.
+6. ``tandem ask`` asks about a fact release 2 changed, and answers with the new value; then every release-2
+   question goes through the same answer path, and the demo counts the answers that give the new value and
+   not the old one (the knowledge cadence's end-to-end measure: the index has the fact, does the model use it?).
 7. Where to look: Airflow grids, MLflow experiments and registry, the Tandem status page.
 
 The demo owns ``$TANDEM_HOME/demo/`` (its source folder and a state file). A second run continues an
@@ -236,9 +238,37 @@ class Demo:
         cited = [d for d in question["gold_doc_ids"] if d in (result.get("citations") or [])]
         self.say(f"    new value {question['gold_facts']} in the answer: {new_ok}; old value "
                  f"{question['old_facts']} in it: {old_present}; cites the changed document: {bool(cited)}")
+        check = self.release2_check()
         return {"question": question["question"], "answer": result.get("answer"),
                 "citations": result.get("citations"), "valid": result.get("valid"), "adapter": result.get("adapter"),
-                "new_fact_present": new_ok, "old_fact_present": old_present, "cites_changed_doc": bool(cited)}
+                "new_fact_present": new_ok, "old_fact_present": old_present, "cites_changed_doc": bool(cited),
+                "release2": check}
+
+    def release2_check(self) -> dict:
+        """Every release-2 question through the answer path (one model load): how many get the new value?"""
+        from tandem.serve.adapter_cache import AdapterCache
+        from tandem.serve.answer import answer, load_spec
+
+        questions = [q for q in data.read_jsonl(data.RELEASE2_QUESTIONS_PATH) if q["answerable"]]
+        cache = AdapterCache(self.settings)
+        rows, started = [], time.monotonic()
+        for i, q in enumerate(questions, 1):
+            a = answer(self.settings, q["question"], cache=cache)
+            rows.append(release2_verdict(q, a.to_dict(), load_spec(self.settings).style.refusal_text))
+            if i % 5 == 0 or i == len(questions):
+                self.say(f"    release-2 questions: {i}/{len(questions)} answered "
+                         f"({i / (time.monotonic() - started):.2f}/s)")
+        summary = {key: sum(1 for r in rows if r[key]) for key in
+                   ("new_value", "new_without_old", "old_value", "refused", "cites_changed_doc", "valid",
+                    "ungrounded")}
+        self.say(f"    release-2 questions answered with the new value and without the old one: "
+                 f"{summary['new_without_old']} of {len(rows)} (old value given: {summary['old_value']}; refused: "
+                 f"{summary['refused']}; cite the changed document: {summary['cites_changed_doc']}; flagged "
+                 f"ungrounded: {summary['ungrounded']})")
+        for r in rows:
+            mark = "ok " if r["new_without_old"] else ("OLD" if r["old_value"] else "-- ")
+            self.say(f"      {mark} {r['id']}: {json.dumps(r['answer'])[:110]}")
+        return {"n": len(rows), **summary, "rows": rows}
 
     def where_to_look(self) -> None:
         s = self.settings
@@ -267,6 +297,20 @@ class Demo:
                   "total_s": round(sum(self.timings.values()), 1)}
         self.say(f"\nDemo finished in {report['total_s']:.0f}s: " + json.dumps(self.timings))
         return report
+
+
+def release2_verdict(question: dict, result: dict, refusal_text: str) -> dict:
+    """Did an answer (``Answer.to_dict()``) to a release-2 question give the new value, or the old one?"""
+    from tandem.behavior.scoring import contains, is_refusal
+
+    text = str(result.get("answer") or "")
+    new = all(contains(text, f) for f in question["gold_facts"])
+    old = any(contains(text, f) for f in question["old_facts"])
+    return {"id": question["id"], "answer": text, "new_value": new, "old_value": old, "new_without_old": new and not old,
+            "refused": bool(result.get("refused")) or is_refusal(text, refusal_text),
+            "cites_changed_doc": any(d in (result.get("citations") or []) for d in question["gold_doc_ids"]),
+            "valid": bool(result.get("valid")),
+            "ungrounded": any(str(v).startswith("ungrounded") for v in result.get("violations") or [])}
 
 
 def clear_aliases(settings: Settings) -> None:

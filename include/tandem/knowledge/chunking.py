@@ -1,6 +1,12 @@
 """Structure-aware chunks: Markdown sections (LlamaIndex ``MarkdownNodeParser``) split to size with overlap
 (LlamaIndex ``SentenceSplitter`` measuring the embedding model's tokens).
 
+A Markdown table is rendered row by row as records before splitting: ``Team — Price per month: $59; Monitors:
+100.``, each row with its column headers, so that a chunk cut inside a table still says which row a value
+belongs to, and a small model reads the value off its row instead of a neighbour's. (LlamaIndex's
+``MarkdownElementNodeParser`` also finds tables, but it needs an LLM to summarise each one; a record per row
+needs none.)
+
 Each chunk carries its document title and heading path; the text that is embedded is
 ``"<title> > <heading path>\\n\\n<chunk text>"``, and the whole of it fits the model's maximum sequence length
 (the context's tokens are taken from the chunk's budget), so nothing is silently truncated by the model.
@@ -16,9 +22,10 @@ from functools import lru_cache
 from tandem.knowledge.extract import Extracted
 
 CHUNKER = "md-sections+sentence-splitter"
-CHUNKER_VERSION = 1
+CHUNKER_VERSION = 2  # 2: Markdown table rows as records
 HEADING_SEP = " > "
 _HEADING_LINE = re.compile(r"^#{1,6}\s+(.+?)\s*#*\s*$")
+_TABLE_RULE = re.compile(r"^\|?\s*:?-{3,}:?\s*(\|\s*:?-{3,}:?\s*)*\|?$")
 MIN_BUDGET = 32
 
 
@@ -32,7 +39,7 @@ class ChunkConfig:
     def spec(self) -> dict:
         return {"name": CHUNKER, "version": CHUNKER_VERSION, "chunk_size": self.chunk_size,
                 "chunk_overlap": self.chunk_overlap, "max_seq_length": self.max_seq_length,
-                "context": "title > heading path"}
+                "context": "title > heading path", "tables": "rows as records"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,6 +98,44 @@ def _sections(doc: Extracted) -> list[tuple[list[str], str]]:
     return out
 
 
+def _cells(line: str) -> list[str]:
+    line = line.strip()
+    if line.startswith("|"):
+        line = line[1:]
+    if line.endswith("|") and not line.endswith("\\|"):
+        line = line[:-1]
+    return [c.strip().replace("\\|", "|") for c in re.split(r"(?<!\\)\|", line)]
+
+
+def _record(headers: list[str], cells: list[str]) -> str:
+    """One table row as a sentence: the row's first cell, then each other cell under its column header."""
+    key, rest = cells[0], list(zip(headers[1:], cells[1:]))
+    fields = "; ".join(f"{h}: {c}" if h else c for h, c in rest if c)
+    text = f"{key} — {fields}" if key and fields else (key or fields)
+    return text if text.endswith((".", "!", "?")) else text + "."
+
+
+def tables_as_records(body: str) -> str:
+    """``body`` with every Markdown table (a header row, a ``|---|`` rule, rows) rendered as one record a row."""
+    lines = body.split("\n")
+    out: list[str] = []
+    i = 0
+    while i < len(lines):
+        if (lines[i].lstrip().startswith("|") and i + 1 < len(lines) and _TABLE_RULE.match(lines[i + 1].strip())):
+            headers = _cells(lines[i])
+            i += 2
+            while i < len(lines) and lines[i].lstrip().startswith("|"):
+                cells = _cells(lines[i])
+                cells += [""] * (len(headers) - len(cells))
+                if any(cells):
+                    out.append(_record(headers, cells[:max(len(headers), 1)]))
+                i += 1
+            continue
+        out.append(lines[i])
+        i += 1
+    return "\n".join(out)
+
+
 def chunk_document(doc_id: str, doc: Extracted, config: ChunkConfig) -> list[Chunk]:
     from tandem.knowledge.embedding import token_counter
 
@@ -100,6 +145,7 @@ def chunk_document(doc_id: str, doc: Extracted, config: ChunkConfig) -> list[Chu
     chunks: list[Chunk] = []
     sections = _sections(doc) or [([], doc.text)]  # only headings: index the headings' text itself
     for parts, body in sections:
+        body = tables_as_records(body)
         heading_path = HEADING_SEP.join(parts)
         context = f"{doc.title}{HEADING_SEP}{heading_path}" if heading_path else doc.title
         budget = max(MIN_BUDGET, limit - len(count(context + "\n\n")))

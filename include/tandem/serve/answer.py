@@ -9,6 +9,10 @@ the evals.
 4. Otherwise build the prompt with the chunks and their doc ids (``tandem.behavior.prompt``), generate with
    base + adapter (``tandem.behavior.generate`` via the cache), and validate the output against the
    contract (``tandem.behavior.scoring``).
+5. The grounding guard: every number, amount, duration and size in the answer must appear in a chunk of a
+   document it cites. One that does not makes the answer ``valid: false`` with an ``ungrounded`` violation
+   naming the values, and its confidence ``low``: a small model that copies a neighbour's value, or recites
+   one it memorised, is flagged, not trusted.
 
 The result always has the contract's shape (``answer``, ``citations``, ``confidence``). Model output that
 breaks the contract is not hidden: ``valid`` is false and ``violations`` says how, and the contract object
@@ -138,11 +142,14 @@ def refusal_text(spec) -> str:
 CONTRACT_VERDICTS = ("json_valid", "schema_valid", "citations_valid", "style_max_words", "style_forbidden_phrases")
 
 
-def check_output(raw: str, spec, shown_ids: Sequence[str]) -> tuple[dict[str, Any], bool, list[str]]:
+def check_output(raw: str, spec, shown_ids: Sequence[str],
+                 doc_texts: dict[str, Sequence[str]] | None = None) -> tuple[dict[str, Any], bool, list[str]]:
     """(contract object, valid, violations) for a model output; never raises on bad output.
 
     The verdicts come from the behavior cadence's scorer (``tandem.behavior.scoring``), so an answer is
     judged here exactly as the evals judge it; the repair keeps only what the contract allows.
+    ``doc_texts`` (doc id -> its chunk texts in the context): the grounding guard checks the answer's values
+    against the documents it cites (``ungrounded``; the confidence becomes ``low``).
     """
     from tandem.behavior import scoring
 
@@ -173,6 +180,14 @@ def check_output(raw: str, spec, shown_ids: Sequence[str]) -> tuple[dict[str, An
     confidence = parsed.get("confidence") if parsed.get("confidence") in CONFIDENCE else "low"
     if scoring.is_refusal(answer_value, spec.style.refusal_text):
         kept = []  # the refusal form has no citations
+    elif doc_texts is not None:
+        from tandem.behavior.faithfulness import ungrounded_values
+
+        missing = ungrounded_values(answer_value, [t for cid in kept for t in doc_texts.get(cid, ())])
+        if missing:
+            where = "the documents it cites" if kept else "any cited document (it cites none)"
+            violations.append(f"ungrounded: {', '.join(dict.fromkeys(missing))} not in {where}")
+            confidence = "low"
     return {"answer": answer_value, "citations": kept, "confidence": confidence}, not violations, violations
 
 
@@ -246,7 +261,10 @@ def answer(settings: Settings, question: str, k: int | None = None, adapter: str
 
     step("validate")
     shown_ids = shown_doc_ids(hits)
-    contract, valid, violations = check_output(raw, spec, shown_ids)
+    doc_texts: dict[str, list[str]] = {}
+    for h in hits:
+        doc_texts.setdefault(h.doc_id, []).append(h.text)
+    contract, valid, violations = check_output(raw, spec, shown_ids, doc_texts)
     first_hit = {}
     for h in hits:
         first_hit.setdefault(h.doc_id, h)
