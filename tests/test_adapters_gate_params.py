@@ -123,3 +123,21 @@ def test_lora_retrain_dag_wiring(tmp_path, monkeypatch):
         assert dag.params.get_param(name).description, name
     rollback = DagBag(dag_folder=str(dags / "adapter_rollback.py")).dags["adapter_rollback"]
     assert [o.uri for o in rollback.get_task("move_champion").outlets] == ["tandem://behavior/adapter"]
+
+
+def test_gate_refuses_a_candidate_that_regresses_content_below_the_base_model():
+    """answer_correct, no_false_refusal and faithful are held against the base model, thresholds or not."""
+    base = {"schema_valid": 0.10, "answer_correct": 0.29, "no_false_refusal": 0.87, "faithful": 0.60}
+    cand = {"schema_valid": 0.97, "answer_correct": 0.20, "no_false_refusal": 0.63, "faithful": 0.90}
+    kw = dict(thresholds={"schema_valid": 0.9}, primary="schema_valid", margin=0.02, tolerance=0.02)
+    d = gate.decide(cand, base, base=base, base_tolerance=0.05, **kw)
+    assert not d.promote
+    assert {c["metric"] for c in d.failed} == {"answer_correct", "no_false_refusal"}
+    assert "answer_correct 0.200 fell below the base model's 0.290" in d.reason and "base_tolerance" in d.reason
+    within = {**cand, "answer_correct": 0.25, "no_false_refusal": 0.83}  # inside the 0.05 tolerance
+    assert gate.decide(within, base, base=base, base_tolerance=0.05, **kw).promote
+    # against a champion, the base check still applies
+    champion = {"schema_valid": 0.90, "answer_correct": 0.10, "no_false_refusal": 0.50, "faithful": 0.5}
+    d = gate.decide(cand, champion, base=base, base_tolerance=0.05, **kw)
+    assert not d.promote and {c["check"] for c in d.failed} == {"base"}
+    assert gate.decide(cand, champion, base=None, **kw).promote  # no base scores: nothing to hold against

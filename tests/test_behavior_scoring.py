@@ -183,3 +183,16 @@ def test_missing_docs_names_the_chunk_when_the_doc_was_retrieved():
     result = score_items(SPEC, [(ex, ctx)], [out("Pro costs $59.")])
     assert result.rows[0]["diagnosis"] == "knowledge"
     assert result.missing_docs() == {"e2": [f"{PLANS} (the chunk with '$49')"]}
+
+
+def test_a_long_chunk_shows_its_window_that_matches_the_question():
+    from tandem.behavior.prompt import context_text
+
+    rows = [f"{plan} — Requests per API key: {n} requests per minute." for plan, n in
+            (("Free", 60), ("Starter", 120), ("Team", "1,000"), ("Business", "1,200"), ("Enterprise", "3,000"))]
+    text = "Rate limits are counted per key over a rolling minute. " * 4 + " ".join(rows) + " Bulk calls count 5."
+    shown = context_text([{"text": text}], 150, "What is the API rate limit on the Team plan?")
+    assert "Team — Requests per API key: 1,000 requests per minute." in shown and len(shown) <= 150 + 8
+    assert shown.startswith("... ") and shown.endswith(" ...")
+    assert context_text([{"text": text}], 150).startswith("Rate limits are counted")  # no question: the start
+    assert context_text([{"text": "short"}], 150, "Team?") == "short"

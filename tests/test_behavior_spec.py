@@ -96,6 +96,17 @@ def test_eval_set_loads_and_digests(tmp_path):
     assert [e.id for e in examples] == ["e1", "e2"]
     assert examples[0].gold_doc_ids == ("acme/pricing/plans.md",) and examples[1].line == 3
     assert file_digest(path) == file_digest(path) and len(file_digest(path)) == 64
+    assert examples[0].old_facts == ()
+
+
+def test_eval_set_old_facts_are_optional_and_checked(tmp_path):
+    path = _jsonl(tmp_path, [{**GOOD, "old_facts": ["$39"]}])
+    assert load_examples(path)[0].old_facts == ("$39",)
+    assert load_examples(path)[0].as_dict()["old_facts"] == ["$39"]
+    for bad, needle in (({**GOOD, "old_facts": "$39"}, "`old_facts` must be a list"),
+                        ({**GOOD, "old_facts": [""]}, "`old_facts` must be a list of non-empty strings")):
+        with pytest.raises(UserError, match=needle):
+            load_examples(_jsonl(tmp_path, [bad]))
 
 
 @pytest.mark.parametrize("row, needle", [

@@ -129,3 +129,13 @@ def test_batches_are_grouped_under_max_map_length():
     assert len(groups) == 1024 and [b for g in groups for b in g] == list(range(2500))  # all, in order, once
     assert {len(g) for g in groups} == {2, 3}  # as even as the numbers allow
     assert group_batches(list(range(5)), 2) == [[0, 1, 2], [3, 4]]
+
+
+def test_markdown_table_rows_become_records_with_their_headers():
+    body = ("Limits per plan:\n\n| Plan | Requests per API key | Burst |\n|---|:---:|---|\n"
+            "| Starter | 120 requests per minute | 10 |\n| Team | 1,000 requests per minute | |\n\nAfter the table.")
+    assert chunking.tables_as_records(body) == (
+        "Limits per plan:\n\nStarter — Requests per API key: 120 requests per minute; Burst: 10.\n"
+        "Team — Requests per API key: 1,000 requests per minute.\n\nAfter the table.")
+    assert chunking.tables_as_records("a | b\nno rule here") == "a | b\nno rule here"  # not a table
+    assert chunking.tables_as_records("| A | B |\n|---|---|\n| x \\| y | 2 |") == "x | y — B: 2."

@@ -7,6 +7,7 @@ exactly the prompt it is evaluated and served with.
 from __future__ import annotations
 
 import json
+import math
 import re
 from typing import Any, Iterable, Sequence
 
@@ -42,32 +43,40 @@ def _terms(question: str) -> set[str]:
     return out
 
 
-def _score(unit: str, terms: set[str]) -> int:
-    """Shared words, squared: one sentence that matches the question well beats several that match a word."""
-    return len(terms & _terms(unit)) ** 2 if terms else 0
+def _scores(units: list[str], terms: set[str]) -> list[float]:
+    """How well each sentence matches the question: the summed rarity (within the chunk) of the words it shares
+    with it. A word every sentence has ("limit" in a chunk about limits) says little; "Team" says which row."""
+    if not terms:
+        return [0.0] * len(units)
+    shared = [terms & _terms(u) for u in units]
+    df: dict[str, int] = {}
+    for words in shared:
+        for w in words:
+            df[w] = df.get(w, 0) + 1
+    return [sum(math.log(1 + len(units) / df[w]) for w in words) for words in shared]
 
 
 def _cut(text: str, max_chars: int, question: str = "") -> str:
     """``text`` on one line, at most ``max_chars`` characters (plus the "..." marks of what was left out).
 
     A longer chunk keeps its best-matching window: the run of whole sentences (a table row rendered as a
-    record is one sentence) that fits the budget and matches the question best (the sum over its sentences of
-    the squared count of words shared with the question), the earliest on
-    a tie. Without a question, or when nothing matches, that is the chunk's beginning.
+    record is one sentence) that fits the budget and holds the sentence that matches the question best (then
+    the best total), the earliest on a tie. Without a question, or when nothing matches, that is the chunk's
+    beginning.
     """
     text = " ".join(text.split())
     if len(text) <= max_chars:
         return text
     units = _UNITS.split(text)
-    terms = _terms(question)
-    scores = [_score(u, terms) for u in units]
-    best, best_score = (0, 0), -1
+    scores = _scores(units, _terms(question))
+    best, best_score = (0, 0), (-1.0, -1.0)
     for start in range(len(units)):
         length, end = -1, start
         while end < len(units) and length + 1 + len(units[end]) <= max_chars:
             length += 1 + len(units[end])
             end += 1
-        score = sum(scores[start:end]) if end > start else scores[start]
+        window = scores[start:end] or scores[start:start + 1]
+        score = (round(max(window), 9), round(sum(window), 9))
         if score > best_score:
             best, best_score = (start, end), score
         if end == len(units):
