@@ -4,6 +4,10 @@ of SmolLM2 for a few steps, the behavior_eval scorers, the real MLflow server an
 
 from __future__ import annotations
 
+import json
+import tempfile
+from pathlib import Path
+
 import pytest
 
 from adapters_fixtures import adapters_settings, register_adapter  # noqa: F401 - fixtures
@@ -82,7 +86,12 @@ def test_retrain_end_to_end_registers_an_adapter_that_reloads_exactly(first_run)
     assert set(inputs) == {"tandem-raft-train", "tandem-raft-holdout"}
     assert {t.key: t.value for t in inputs["tandem-raft-holdout"].tags}["rows"] == "2"
     artifacts = {a.path for a in cl.list_artifacts(run.info.run_id, "dataset")}
-    assert artifacts == {"dataset/raft.jsonl"}
+    assert artifacts == {"dataset/raft.jsonl", "dataset/counterfactual.json"}
+    altered = json.loads(Path(cl.download_artifacts(run.info.run_id, "dataset/counterfactual.json",
+                                                    tempfile.mkdtemp())).read_text())
+    assert altered["counterfactual_fraction"] == 0.5 and altered["realised_share"] == \
+        run.data.metrics["dataset_counterfactual_share"]
+    assert len(altered["rows"]) == state["counts"].get("train_counterfactual", 0)
     assert any(a.path == "eval/three_way.json" for a in cl.list_artifacts(run.info.run_id, "eval"))
     for model in ("candidate", "base"):
         assert any(k.startswith(model + ".") for k in run.data.metrics), run.data.metrics
@@ -161,6 +170,14 @@ def test_worse_candidate_never_becomes_champion(first_run):
     assert registry.champion_version(settings) == state["version"]
     assert registry.resolve(settings, "challenger", download=False).version == worse["version"]
     assert "does not beat the incumbent" in worse["reason"] or "below the spec threshold" in worse["reason"]
+    # the same holdout rows, spec and base weights: the base model's scores come from the first run
+    assert worse["dataset_digest"] == state["dataset_digest"]
+    assert ev["models"]["base"] == state["evaluation"]["models"]["base"]
+    assert "base" not in ev["eval_seconds"] and "base" in state["evaluation"]["eval_seconds"]
+    from mlflow import MlflowClient
+
+    tags = MlflowClient(tracking_uri=settings.mlflow_uri).get_run(worse["run_id"]).data.tags
+    assert tags["tandem.base_scores_from"] == state["run_id"]
 
 
 def test_crash_during_training_leaves_champion_untouched(first_run):

@@ -46,9 +46,12 @@ def gate_metrics(metrics: dict[str, float]) -> dict[str, float]:
 
 
 def three_way(settings: Settings, spec: Any, rows: list[dict], adapters: dict[str, Path | None], *,
-              base_model: str, progress: Callable[[str, int, int], None] | None = None) -> dict[str, Any]:
+              base_model: str, progress: Callable[[str, int, int], None] | None = None,
+              known: dict[str, dict[str, float]] | None = None) -> dict[str, Any]:
     """Score each model of ``adapters`` ({"candidate": folder, "champion": folder, "base": None}) on ``rows``.
 
+    ``known``: models whose metrics on exactly these rows are already known (the base model's, cached by
+    ``base_scores_key``): they are not generated again, and their per-item columns are left out.
     Returns {"models": {name: gate metrics}, "table": {column: [...]}, "items": per-item rows, "stats": ...}.
     """
     from tandem.behavior.evaluate import evaluate
@@ -63,6 +66,10 @@ def three_way(settings: Settings, spec: Any, rows: list[dict], adapters: dict[st
     per_item: dict[str, list[dict]] = {}
     stats: dict[str, dict] = {}
     for name in [n for n in ORDER if n in adapters]:
+        if known and name in known:
+            models[name] = dict(known[name])
+            log.info("%s: scores reused, not generated again: %s", name, {k: round(v, 3) for k, v in models[name].items()})
+            continue
         started = time.monotonic()
         generator = Generator(base_model, None if adapters[name] is None else str(adapters[name]),
                               threads=settings.torch_threads)
@@ -85,13 +92,24 @@ def three_way(settings: Settings, spec: Any, rows: list[dict], adapters: dict[st
     names = list(models)
     table = {"metric": metrics, **{n: [models[n].get(m) for m in metrics] for n in names}}
     items_table: dict[str, list] = {"id": [r["id"] for r in rows], "kind": [r["kind"] for r in rows]}
-    for n in names:
+    for n in per_item:
         items_table[f"{n}_output"] = [row["raw_output"] for row in per_item[n]]
         items_table[f"{n}_passed"] = [bool(row["passed"]) for row in per_item[n]]
         items_table[f"{n}_failed_rules"] = [",".join(row["failed_rules"]) for row in per_item[n]]
     probes_table: dict[str, list] = {"id": [p.id for p, _ in probes], "gold": [p.gold for p, _ in probes],
                                      "original": [p.original for p, _ in probes]}
-    for n in names:
+    for n in probe_rows:
         probes_table[f"{n}_answer"] = [row["answer"] for row in probe_rows[n]]
         probes_table[f"{n}_faithful"] = [bool(row["faithful"]) for row in probe_rows[n]]
     return {"models": models, "table": table, "items": items_table, "probes": probes_table, "stats": stats}
+
+
+SCORER_VERSION = 2  # bump when scoring or probe generation changes: cached base scores no longer apply
+
+
+def base_scores_key(base_sha256: str, dataset_digest: str, spec_digest: str, n_rows: int) -> str:
+    """What the base model's holdout scores depend on: the weights, the rows, the spec and the scorer."""
+    import hashlib
+
+    text = "\x1f".join([base_sha256, dataset_digest, spec_digest, str(n_rows), str(SCORER_VERSION)])
+    return hashlib.sha256(text.encode()).hexdigest()[:32]

@@ -255,8 +255,10 @@ def evaluate(settings: Settings, state: dict, *, limit: int | None = None,
         candidates = {"candidate": _adapter_dir(settings, state), "base": None}
         if champion.version is not None:
             candidates["champion"] = champion.path
+        key = compare.base_scores_key(state["base_sha256"], state["dataset_digest"], spec.digest, len(holdout))
+        cached = _cached_base_scores(settings, key, exclude_run_id=state["run_id"])
         result = compare.three_way(settings, spec, holdout, candidates, base_model=base,
-                                   progress=progress)
+                                   progress=progress, known={"base": cached[1]} if cached else None)
         thresholds, primary = gate.spec_gate(spec)
         for name, scores in result["models"].items():
             mlflow.log_metrics({f"{name}.{m}": float(v) for m, v in scores.items() if isinstance(v, (int, float))})
@@ -266,13 +268,38 @@ def evaluate(settings: Settings, state: dict, *, limit: int | None = None,
             mlflow.log_table(result["probes"], artifact_file=EVAL_PROBES)
         for name, st in result["stats"].items():
             mlflow.log_metrics({f"{name}.eval_{k}": float(v) for k, v in st.items() if isinstance(v, (int, float))})
-        mlflow.set_tags(tracking.tags(status="evaluated", champion_version=champion.version or "base"))
+        mlflow.set_tags(tracking.tags(status="evaluated", champion_version=champion.version or "base",
+                                      spec_digest=spec.digest, base_scores_key=key,
+                                      base_scores_from=cached[0] if cached else state["run_id"]))
     evaluation = {"models": result["models"], "champion_version": champion.version, "primary": primary,
                   "thresholds": thresholds, "n": len(holdout), "base_tolerance": spec.base_tolerance,
                   "probes": len(result["probes"]["id"]),
                   "eval_seconds": {k: v.get("seconds") for k, v in result["stats"].items()}}
     log.info("three-way evaluation on %d holdout rows: %s", len(holdout), result["models"])
     return {**state, "evaluation": evaluation}
+
+
+def _cached_base_scores(settings: Settings, key: str, *, exclude_run_id: str) -> tuple[str, dict] | None:
+    """(run id, base metrics) of an earlier retrain that scored the base model on the same holdout rows with
+    the same spec and scorer (``compare.base_scores_key``), or None. The base model's scores cost a third of
+    the evaluation and change only with those inputs."""
+    from mlflow import MlflowClient
+
+    from tandem.adapters.compare import gate_metrics
+
+    client = MlflowClient(tracking_uri=settings.mlflow_uri)
+    exp = client.get_experiment_by_name(tracking.EXPERIMENT_TRAINING)
+    if exp is None:
+        return None
+    runs = client.search_runs([exp.experiment_id], max_results=5, order_by=["attributes.start_time DESC"],
+                              filter_string=f"tags.`{tracking.tag('base_scores_key')}` = '{key}'")
+    for run in runs:
+        scores = {k[len("base."):]: v for k, v in run.data.metrics.items()
+                  if k.startswith("base.") and not k.startswith("base.eval_")}
+        if run.info.run_id != exclude_run_id and scores:
+            log.info("base model scores on this holdout reused from retrain run %s", run.info.run_id)
+            return run.info.run_id, gate_metrics(scores)
+    return None
 
 
 # --- 4. register

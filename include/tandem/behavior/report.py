@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tandem.behavior.metrics import FAILURE_CLASSES, METRIC_GROUPS, PASS_RATE, VERDICTS
+from tandem.behavior.metrics import FAILURE_CLASSES, METRIC_GROUPS, PASS_RATE, PROBE_METRICS, VERDICTS
 
 
 def scorecard(summary: dict[str, Any], decision=None, *, markdown: bool = False) -> str:
@@ -12,9 +12,11 @@ def scorecard(summary: dict[str, Any], decision=None, *, markdown: bool = False)
     n, counts = summary["n"], summary["counts"]
     head = (f"Behavior eval of adapter {summary['adapter']} on index {summary['index_version']} "
             f"(spec {summary['spec_version']}, {n} examples{', partial' if summary.get('partial') else ''}, "
-            f"{summary['wall_s']:.0f}s, {summary['examples_per_s']:.2f} examples/s generating)")
+            f"{summary['wall_s']:.0f}s, {summary['examples_per_s']:.2f} examples/s generating"
+            f"{', %d counterfactual probes' % summary['probes'] if summary.get('probes') else ''}"
+            f"{', %d answers with ungrounded values' % summary['ungrounded'] if summary.get('ungrounded') else ''})")
     rows = []
-    for name in (*VERDICTS, PASS_RATE):
+    for name in (*VERDICTS, *PROBE_METRICS, PASS_RATE):
         value = metrics.get(name)
         bound = thresholds.get(name)
         mark = "" if bound is None else ("ok" if value is not None and value >= bound - 1e-12 else "FAIL")

@@ -9,8 +9,8 @@ the demo for them to apply):
   refused by the answer path's similarity gate; a 135M model trained a few steps on refusal targets answers
   most questions with the refusal (measured: 12 steps on a 22% refusal mix refused 6 of 7 answerable
   held-out questions);
-- the spec: the demo spec with a shorter context per chunk, fewer new tokens, and lower contract thresholds
-  (a few steps, and rates over a handful of rows);
+- the spec: the demo spec with a shorter context per chunk, fewer new tokens, fewer counterfactual probes, and
+  lower contract thresholds and a wider base-model tolerance (a few steps, and rates over a handful of rows);
 - ``lora_retrain`` trains ``MAX_STEPS`` steps (``TANDEM_RETRAIN_MAX_STEPS``).
 """
 
@@ -32,7 +32,10 @@ SPEC_OVERRIDES = {"prompt": {"max_context_chars": 400}, "generation": {"max_new_
                   # ~8 held-out rows and 6 eval examples: one miss moves a rate by 0.12-0.17, and 20 steps are
                   # not 40 (measured after 20 steps: schema_valid 0.875, citations_valid 0.75 on 8 rows)
                   "thresholds": {"json_valid": 0.75, "schema_valid": 0.75, "citations_valid": 0.6,
-                                 "style_max_words": 0.8, "style_forbidden_phrases": 0.98, "retrieval_hit": 0.6}}
+                                 "style_max_words": 0.8, "style_forbidden_phrases": 0.98, "retrieval_hit": 0.6},
+                  # 4 probes keep the eval short; on ~8 held-out rows one answer moves a content rate by 0.12-0.17,
+                  # so the base-model check allows one miss (the full demo: 0.05)
+                  "faithfulness": {"probes": 4}, "gate": {"base_tolerance": 0.17}}
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> Path:
