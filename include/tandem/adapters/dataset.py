@@ -171,8 +171,13 @@ def counterfactual_row(row: dict[str, Any], answer: str, seed: int) -> dict[str,
 
 def build_rows(examples: list[Example], source: ChunkSource, spec: Any, *, distractors: int,
                no_oracle_fraction: float, holdout_fraction: float, seed: int, counterfactual_fraction: float = 0.0,
-               progress: Any = None) -> list[dict[str, Any]]:
-    """The RAFT rows, sorted by id. ``spec`` gives the refusal (``refusal_target(spec)``)."""
+               distractor_chars: int = 0, progress: Any = None) -> list[dict[str, Any]]:
+    """The RAFT rows, sorted by id. ``spec`` gives the refusal (``refusal_target(spec)``).
+
+    ``distractor_chars`` > 0: a training row's distractor chunks keep only their window best matching the
+    question, that many characters (shorter sequences, cheaper steps); held-out rows keep them whole, so the
+    three-way evaluation sees the prompts ``behavior_eval`` builds."""
+    from tandem.behavior.prompt import window
     sides = split(examples, holdout_fraction)
     refusal = refusal_target(spec)
     rows = []
@@ -195,7 +200,9 @@ def build_rows(examples: list[Example], source: ChunkSource, spec: Any, *, distr
             if c.doc_id not in oracle_ids and c.chunk_id not in seen:
                 seen.add(c.chunk_id)
                 picked.append(c)
-        contexts = picked[:n_distract] + (oracle if with_oracle else [])
+        short = distractor_chars if sides[ex.id] == "train" else 0
+        contexts = [dataclasses.replace(c, text=window(c.text, short, ex.question)) if short else c
+                    for c in picked[:n_distract]] + (oracle if with_oracle else [])
         rng.shuffle(contexts)
         if with_oracle:
             cited = [d for d in dict.fromkeys(c.doc_id for c in contexts) if d in oracle_ids]

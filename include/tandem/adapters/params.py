@@ -40,6 +40,9 @@ SCHEMA: dict[str, tuple[Any, dict, str]] = {
     "gradient_checkpointing": (False, {"type": "boolean"}, "Trade compute for memory on long sequences."),
     "distractors": (2, {"type": "integer", "minimum": 0, "maximum": 10},
                     "RAFT: distractor chunks added to each example's context."),
+    "distractor_chars": (300, {"type": "integer", "minimum": 0, "maximum": 10000},
+                         "RAFT: characters of each distractor chunk a training row shows (its window best matching the "
+                         "question); 0 shows as much as the eval does. Shorter rows make cheaper steps."),
     "no_oracle_fraction": (0.0, {"type": "number", "minimum": 0, "maximum": 0.9},
                            "RAFT: fraction of answerable examples whose oracle chunks are withheld; their target "
                            "is the spec's refusal. Measured on the demo (40 steps): 0.2 refuses 78% of answerable "
@@ -85,6 +88,7 @@ class RetrainParams:
     seed: int
     gradient_checkpointing: bool
     distractors: int
+    distractor_chars: int
     no_oracle_fraction: float
     counterfactual_fraction: float
     holdout_fraction: float

@@ -90,6 +90,11 @@ def _cut(text: str, max_chars: int, question: str = "") -> str:
     return ("... " if start > 0 else "") + body + (" ..." if tail else "")
 
 
+def window(text: str, max_chars: int, question: str = "") -> str:
+    """The part of ``text`` a prompt shows for ``question`` within ``max_chars`` (see ``_cut``)."""
+    return _cut(text, max_chars, question)
+
+
 def context_text(contexts: Sequence[Any], max_chars: int = 700, question: str = "") -> str:
     """The chunk texts exactly as the model sees them (windowed to ``max_chars``), for checking what it was shown."""
     return "\n".join(_cut(_field(ctx, "text"), max_chars, question) for ctx in contexts)

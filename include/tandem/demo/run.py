@@ -201,6 +201,12 @@ class Demo:
         self.say(f"    registered tandem-adapter version {newest['version']} (aliases: {', '.join(aliases) or 'none'})")
         metrics = {k: newest.get("metrics", {}).get(k) for k in ("schema_valid", "citations_valid", "pass_rate")}
         self.say(f"    holdout metrics: {json.dumps(metrics)}")
+        training = self._training_figures(newest)
+        if training:
+            self.say("    training: " + ", ".join(f"{k} {v}" for k, v in training["training"].items()))
+            for model, values in training["content"].items():
+                self.say(f"    holdout content, {model}: " + ", ".join(f"{k} {v}" for k, v in values.items()))
+        metrics["training"] = training
         if "champion" not in aliases:
             raise JobFailed(f"adapter version {newest['version']} did not pass the promotion gate: "
                             f"{newest.get('gate_reason') or 'see the version tags in MLflow'}",
@@ -208,6 +214,25 @@ class Demo:
                                 "(tandem-lora-training) and the spec's thresholds")
         self.say(f"    promoted: version {newest['version']} is the champion")
         return {"version": str(newest["version"]), "aliases": aliases, "metrics": metrics}
+
+    def _training_figures(self, version: dict) -> dict:
+        """Steps, s/step and the holdout content metrics of the version's training run (from MLflow)."""
+        from mlflow import MlflowClient
+
+        run_id = (version.get("tags") or {}).get("tandem.training_run_id") or version.get("run_id")
+        if not run_id:
+            return {}
+        data = MlflowClient(tracking_uri=self.settings.mlflow_uri).get_run(run_id).data
+        m = data.metrics
+        training = {k: round(m[k], 3) for k in ("steps", "s_per_step", "tokens_per_row", "train_seconds",
+                                                  "dataset_counterfactual_share") if k in m}
+        content = {model: {k: round(m[f"{model}.{k}"], 3) for k in ("answer_correct", "no_false_refusal", "faithful",
+                                                                     "schema_valid", "citations_valid")
+                           if f"{model}.{k}" in m} for model in ("candidate", "champion", "base")}
+        seconds = {model: round(m[f"{model}.eval_generation_s"], 1) for model in ("candidate", "champion", "base")
+                   if f"{model}.eval_generation_s" in m}
+        return {"training": training, "content": {k: v for k, v in content.items() if v},
+                "eval_generation_s": seconds, "base_scores_from": data.tags.get("tandem.base_scores_from")}
 
     def eval_champion(self) -> dict:
         client = self._client()
