@@ -12,6 +12,12 @@ indexes release 1 of the demo KB and trains with the retrain defaults (``tandem.
 ``--use-stack`` uses the configured one (``make up``) instead. Runs on CUDA when present.
 
     python benchmarks/bench_retrain.py [--steps N] [--repeats 3] [--set NAME=VALUE ...] [--holdout-limit N]
+                                       [--variant NAME=VALUE[,NAME=VALUE] ...]
+
+``--variant`` trains the same dataset build once more per variant (``threads=N`` sets the torch threads, any
+other name a retrain parameter) and prints its s/step and tokens/row beside the main run's: for example
+``--variant distractor_chars=0 --variant threads=1`` measures what the short distractors and the second
+thread buy, on one stack and one index.
 """
 
 from __future__ import annotations
@@ -77,6 +83,8 @@ def main(argv=None) -> int:
     ap.add_argument("--holdout-limit", type=int, default=0, help="score only the first N holdout rows (0: all)")
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     ap.add_argument("--use-stack", action="store_true", help="use the configured stack (make up)")
+    ap.add_argument("--variant", action="append", default=[], metavar="NAME=VALUE[,NAME=VALUE]",
+                    help="also time training with these changes (threads=N or retrain parameters)")
     ap.add_argument("--out", type=Path, default=RESULTS / "retrain.json")
     args = ap.parse_args(argv)
 
@@ -113,6 +121,23 @@ def main(argv=None) -> int:
         prepare_s = time.monotonic() - started
         print(f"RAFT dataset: {state['counts']} in {prepare_s:.1f}s (digest {state['dataset_digest'][:12]})", flush=True)
 
+        variants = []
+        for text in args.variant:
+            changes = dict(params.parse_assignment(a) for a in text.split(",") if a.strip())
+            threads = int(changes.pop("threads", args.threads))
+            torch.set_num_threads(threads)
+            v_state = retrain.prepare(settings.replace(torch_threads=threads), {**p.as_dict(), **changes})
+            timed = []
+            for _ in range(max(1, args.repeats)):
+                done = retrain.train(settings.replace(torch_threads=threads), v_state)["training"]
+                timed.append(done)
+            variants.append({"variant": text, "threads": threads, "counts": v_state["counts"],
+                             "s_per_step_median": statistics.median(t["s_per_step"] for t in timed),
+                             "tokens_per_row": timed[-1]["tokens_per_row"], "runs": timed})
+            print(f"variant {text}: {variants[-1]['s_per_step_median']:.2f} s/step (median of {len(timed)}), "
+                  f"{variants[-1]['tokens_per_row']} tokens/row", flush=True)
+        torch.set_num_threads(args.threads)
+
         runs = []
         for i in range(max(1, args.repeats)):
             t0 = time.monotonic()
@@ -145,7 +170,7 @@ def main(argv=None) -> int:
             "targets_met": {m: cand.get(m, 0.0) >= t for m, t in TARGETS.items()},
             "gate": {"action": state["action"], "reason": state["reason"]}, "version": state["version"],
             "identical_adapters_across_repeats": len({r["probe_logits_sha256"] for r in runs}) == 1,
-            "items": items,
+            "items": items, "variants": variants,
         }
     finally:
         if stack is not None:
@@ -161,6 +186,10 @@ def main(argv=None) -> int:
     print(f"three-way evaluation of {result['holdout_rows']} holdout rows: {result['eval_s']:.1f}s "
           f"({result['eval_seconds']})")
     print(f"adapters identical across repeats (same seed): {result['identical_adapters_across_repeats']}")
+    for v in variants:
+        ratio = v["s_per_step_median"] / result["s_per_step_median"] if result["s_per_step_median"] else float("nan")
+        print(f"variant {v['variant']} ({v['threads']} threads): {v['s_per_step_median']:.2f} s/step, "
+              f"{v['tokens_per_row']} tokens/row: {ratio:.2f}x the main run's s/step")
     print()
     print(f"| metric | base | adapter | target |")
     print(f"|---|---|---|---|")
