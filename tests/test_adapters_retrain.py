@@ -67,6 +67,20 @@ def test_dataset_is_raft_and_deterministic(adapters_settings):
     assert by_id["q-tires"]["kind"] == "unanswerable"
     withheld = dataset.build_rows(examples, source, spec, **dict(kw, no_oracle_fraction=0.9))
     assert sum(r["kind"] == "withheld" for r in withheld) > sum(r["kind"] == "withheld" for r in rows)
+    # unanswerable examples leave training, never the holdout
+    trimmed = dataset.build_rows(examples, source, spec, **dict(kw, unanswerable_fraction=0.0))
+    assert not [r for r in trimmed if r["split"] == "train" and r["kind"] == "unanswerable"]
+    assert [r["id"] for r in trimmed if r["split"] == "holdout"] == [r["id"] for r in rows if r["split"] == "holdout"]
+    assert {r["id"] for r in rows} - {r["id"] for r in trimmed} == {
+        r["id"] for r in rows if r["split"] == "train" and r["kind"] == "unanswerable"}
+    # short distractors in training rows only
+    short = dataset.build_rows(examples, source, spec, **dict(kw, distractor_chars=60))
+    for r in short:
+        oracle = set(r["oracle_doc_ids"])
+        for c in r["contexts"]:
+            if c["doc_id"] not in oracle and r["split"] == "train":
+                assert len(c["text"]) <= 60 + 8, c["text"]
+    assert [r for r in short if r["split"] == "holdout"] == [r for r in rows if r["split"] == "holdout"]
 
 
 def test_retrain_end_to_end_registers_an_adapter_that_reloads_exactly(first_run):

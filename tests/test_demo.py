@@ -68,6 +68,28 @@ def test_an_unknown_question_is_refused_before_any_step(tmp_path):
     assert "r001" in err.value.fix
 
 
+def test_release2_verdicts_on_hand_written_answers():
+    """Step 6 counts a release-2 answer as right only with the new value and without the old one."""
+    from tandem.demo.run import release2_verdict
+
+    refusal = "I don't know based on the provided documents."
+    q = {"id": "r004", "gold_doc_ids": ["acme/limits/api-rate-limits.md"], "gold_facts": ["1,000 requests per minute"],
+         "old_facts": ["600 requests per minute"]}
+
+    def verdict(answer, citations=("acme/limits/api-rate-limits.md",), **extra):
+        return release2_verdict(q, {"answer": answer, "citations": list(citations), "valid": True, **extra}, refusal)
+
+    new = verdict("Team keys get 1000 requests per minute.")
+    assert new["new_without_old"] and new["cites_changed_doc"] and not new["old_value"]
+    both = verdict("It was 600 requests per minute, now 1,000 requests per minute.")
+    assert both["new_value"] and both["old_value"] and not both["new_without_old"]
+    wrong_row = verdict("120 requests per minute.", valid=False,
+                        violations=["ungrounded: 120 requests not in the documents it cites"])
+    assert not wrong_row["new_value"] and wrong_row["ungrounded"]
+    refused = verdict(refusal, citations=(), refused=False)
+    assert refused["refused"] and not refused["cites_changed_doc"] and not refused["new_without_old"]
+
+
 @pytest.mark.slow
 def test_fast_demo_end_to_end_on_celery_workers(base_model_path):
     from conftest import short_tmp
@@ -114,6 +136,11 @@ def test_fast_demo_end_to_end_on_celery_workers(base_model_path):
         assert ask["adapter"] == "v1" and ask["valid"], ask
         assert ask["new_fact_present"] and not ask["old_fact_present"], ask
         assert ask["cites_changed_doc"], ask
+        check = ask["release2"]  # every release-2 question through the answer path, counted
+        assert check["n"] == 15 and len(check["rows"]) == 15
+        assert check["new_without_old"] >= 1 and check["new_without_old"] == sum(r["new_without_old"]
+                                                                                  for r in check["rows"])
+        assert "release-2 questions answered with the new value and without the old one" in proc.stdout
 
         for needle in ("== 7. Where to look", "/dags/lora_retrain", "#/models/tandem-adapter", "/tandem/"):
             assert needle in proc.stdout

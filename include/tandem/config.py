@@ -211,7 +211,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("trigger_reindex_on_knowledge_failure", False, _bool,
             "behavior_eval triggers knowledge_reindex when knowledge failures dominate."),
     Setting("eval_cron", "0 6 * * *", str, "behavior_eval schedule (cron)."),
-    Setting("retrain_max_steps", 40, _nonneg_int,
+    Setting("retrain_max_steps", 80, _nonneg_int,
             "Default `max_steps` of lora_retrain (its trigger form and `tandem adapters retrain`); "
             "a run's own max_steps param overrides it."),
     # --- serving (`tandem ask`, the Airflow plugin)

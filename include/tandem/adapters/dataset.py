@@ -171,18 +171,27 @@ def counterfactual_row(row: dict[str, Any], answer: str, seed: int) -> dict[str,
 
 def build_rows(examples: list[Example], source: ChunkSource, spec: Any, *, distractors: int,
                no_oracle_fraction: float, holdout_fraction: float, seed: int, counterfactual_fraction: float = 0.0,
-               distractor_chars: int = 0, progress: Any = None) -> list[dict[str, Any]]:
+               distractor_chars: int = 0, unanswerable_fraction: float = 1.0,
+               progress: Any = None) -> list[dict[str, Any]]:
     """The RAFT rows, sorted by id. ``spec`` gives the refusal (``refusal_target(spec)``).
 
     ``distractor_chars`` > 0: a training row's distractor chunks keep only their window best matching the
     question, that many characters (shorter sequences, cheaper steps); held-out rows keep them whole, so the
-    three-way evaluation sees the prompts ``behavior_eval`` builds."""
+    three-way evaluation sees the prompts ``behavior_eval`` builds.
+    ``unanswerable_fraction``: the share of the training split's unanswerable examples (chosen by a seeded hash
+    of the id) trained with the refusal target; the others are left out of training. Held-out unanswerable
+    rows always stay: they measure ``refusal_correct``."""
     from tandem.behavior.prompt import window
     sides = split(examples, holdout_fraction)
     refusal = refusal_target(spec)
     rows = []
     missing_oracle = []
     for ex in examples:
+        if (not ex.answerable and sides[ex.id] == "train"
+                and _unit("unanswerable", seed, ex.id) >= unanswerable_fraction):
+            if progress is not None:
+                progress(1)
+            continue
         rng = random.Random(f"{seed}:{ex.id}")
         withhold = ex.answerable and _unit("no-oracle", seed, ex.id) < no_oracle_fraction
         oracle: list[Chunk] = []

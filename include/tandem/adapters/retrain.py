@@ -102,7 +102,8 @@ def prepare(settings: Settings, values: dict | None, *, progress: Callable[[int]
     rows = dataset.build_rows(examples, source, spec, distractors=p.distractors,
                               no_oracle_fraction=p.no_oracle_fraction, holdout_fraction=p.holdout_fraction,
                               seed=p.seed, counterfactual_fraction=p.counterfactual_fraction,
-                              distractor_chars=p.distractor_chars, progress=progress)
+                              distractor_chars=p.distractor_chars, unanswerable_fraction=p.unanswerable_fraction,
+                              progress=progress)
     digest = dataset.digest(rows)
     counts = dataset.counts(rows)
     if not counts.get("train") or not counts.get("holdout"):
