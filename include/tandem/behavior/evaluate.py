@@ -14,7 +14,7 @@ from typing import Any, Callable, Sequence
 from tandem.behavior.diagnosis import class_counts, class_rates, diagnose
 from tandem.behavior.evalset import Example
 from tandem.behavior.metrics import FAILURE_CLASSES, FAITHFUL, VERDICTS
-from tandem.behavior.prompt import build_messages, context_text, refusal_target, shown_doc_ids
+from tandem.behavior.prompt import build_messages, context_text, field as _field, refusal_target, shown_doc_ids
 from tandem.behavior.scoring import aggregate, applicable_counts, score_output
 
 log = logging.getLogger(__name__)
@@ -82,11 +82,6 @@ def score_items(spec, items: Sequence[Item], outputs: Sequence[str]) -> EvalResu
     metrics = {**aggregate(verdict_rows), **class_rates(diagnoses)}
     return EvalResult(rows=rows, metrics=metrics, counts=class_counts(diagnoses),
                       applicable=applicable_counts(verdict_rows))
-
-
-def _field(ctx: Any, name: str) -> str:
-    value = ctx.get(name, "") if isinstance(ctx, dict) else getattr(ctx, name, "")
-    return "" if value is None else str(value)
 
 
 def score_probes(probes: Sequence[tuple[Any, Sequence[Any]]], outputs: Sequence[str]) -> tuple[list[dict], float]:

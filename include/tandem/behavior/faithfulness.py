@@ -106,11 +106,6 @@ def substitute(text: str, original: str, new: str) -> str:
     return _pattern(original).sub(new, text)
 
 
-def _get(ctx, name: str) -> str:
-    value = ctx.get(name, "") if isinstance(ctx, dict) else getattr(ctx, name, "")
-    return "" if value is None else str(value)
-
-
 def _order(seed: int, item_id: str) -> str:
     import hashlib
 
@@ -125,7 +120,7 @@ def build_probes(items: Sequence[tuple], *, seed: int, limit: int, max_chars: in
     kept only when the window the model is shown (``max_chars``) holds the new value and not the old one.
     Deterministic: the same items, seed and limit give the same probes, in the items' order.
     """
-    from tandem.behavior.prompt import context_text
+    from tandem.behavior.prompt import context_text, field as _get
 
     found = []
     for example, contexts in items:

@@ -12,9 +12,13 @@ import re
 from typing import Any, Iterable, Sequence
 
 
-def _field(ctx: Any, name: str) -> str:
+def field(ctx: Any, name: str) -> str:
+    """A context's ``name`` (doc_id, chunk_id, title, text) whether it is a dict or a search hit."""
     value = ctx.get(name, "") if isinstance(ctx, dict) else getattr(ctx, name, "")
     return "" if value is None else str(value)
+
+
+_field = field
 
 
 def shown_doc_ids(contexts: Iterable[Any]) -> list[str]:
