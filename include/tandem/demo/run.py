@@ -33,9 +33,10 @@ from tandem.demo import data, fast
 from tandem.errors import JobFailed, TandemError, UserError
 
 # The release-2 question step 6 asks: the per-file limit of incident attachments, 25 MB in release 1, 50 MB in
-# release 2. Chosen by measurement: after the demo's 40 steps the 135M model's adapter gives the new value for
-# 5 of the 15 release-2 questions (r001, r002, r009, r014, r015) and cites the changed document for 3 of them
-# (r009, r014, r015). The fast variant's adapter (20 steps) answers others: see tandem.demo.fast.ASK_QUESTION.
+# release 2. Chosen by measurement: after the demo's 80 steps the 135M model's adapter gives the new value for
+# 7 of the 15 release-2 questions (r001, r003, r009, r011, r012, r013, r015; step 6 asks them all and prints
+# each answer), and cites the changed document for 14. The fast variant's adapter (20 steps) answers others:
+# see tandem.demo.fast.ASK_QUESTION.
 ASK_QUESTION = "r009"
 
 STEPS = ("reindex_release1", "eval_base", "retrain", "eval_champion", "reindex_release2", "ask")
