@@ -103,7 +103,10 @@ def test_retrain_end_to_end_registers_an_adapter_that_reloads_exactly(first_run)
     assert artifacts == {"dataset/raft.jsonl", "dataset/counterfactual.json"}
     altered = json.loads(Path(cl.download_artifacts(run.info.run_id, "dataset/counterfactual.json",
                                                     tempfile.mkdtemp())).read_text())
-    assert altered["counterfactual_fraction"] == 0.5 and altered["realised_share"] == \
+    from tandem.adapters import params
+
+    assert altered["counterfactual_fraction"] == params.defaults()["counterfactual_fraction"]
+    assert altered["realised_share"] == \
         run.data.metrics["dataset_counterfactual_share"]
     assert len(altered["rows"]) == state["counts"].get("train_counterfactual", 0)
     assert any(a.path == "eval/three_way.json" for a in cl.list_artifacts(run.info.run_id, "eval"))
@@ -187,7 +190,7 @@ def test_worse_candidate_never_becomes_champion(first_run):
     # the same holdout rows, spec and base weights: the base model's scores come from the first run
     assert worse["dataset_digest"] == state["dataset_digest"]
     assert ev["models"]["base"] == state["evaluation"]["models"]["base"]
-    assert "base" not in ev["eval_seconds"] and "base" in state["evaluation"]["eval_seconds"]
+    assert "base" not in ev["eval_seconds"]  # not generated again (the first run may itself have reused them)
     from mlflow import MlflowClient
 
     tags = MlflowClient(tracking_uri=settings.mlflow_uri).get_run(worse["run_id"]).data.tags
