@@ -31,7 +31,7 @@ from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOpe
 from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, dag, task
 
 from tandem.airflow.assets import BEHAVIOR_ADAPTER
-from tandem.airflow.defaults import DEFAULT_ARGS, TAG
+from tandem.airflow.defaults import DEFAULT_ARGS, TAG, WAIT_FOR_NEXT_SLOT
 from tandem.config import Settings
 
 _settings = Settings.load()  # environment only: no database or network at parse time
@@ -41,9 +41,9 @@ ROUTES = {"retrain": "trigger_lora_retrain", "reindex": "trigger_knowledge_reind
 
 @dag(
     dag_id="behavior_eval",
-    # no start_date, run_immediately=False: a fresh stack waits for the next slot (see knowledge_reindex)
+    # no start_date, a zero run_immediately buffer: a fresh stack waits for the next slot (see knowledge_reindex)
     schedule=AssetOrTimeSchedule(timetable=CronTriggerTimetable(_settings.eval_cron, timezone=_settings.timezone,
-                                                                run_immediately=False),
+                                                                run_immediately=WAIT_FOR_NEXT_SLOT),
                                  assets=[BEHAVIOR_ADAPTER]),
     catchup=False,
     max_active_runs=1,

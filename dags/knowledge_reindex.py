@@ -27,7 +27,7 @@ from __future__ import annotations
 from airflow.sdk import CronTriggerTimetable, Param, dag, task, teardown
 
 from tandem.airflow.assets import KNOWLEDGE_INDEX
-from tandem.airflow.defaults import DEFAULT_ARGS, KNOWLEDGE_POOL, TAG
+from tandem.airflow.defaults import DEFAULT_ARGS, KNOWLEDGE_POOL, TAG, WAIT_FOR_NEXT_SLOT
 from tandem.config import Settings
 
 _settings = Settings.load()  # environment only: no database or network at parse time
@@ -40,9 +40,10 @@ def _owner(context) -> str:
 
 @dag(
     dag_id="knowledge_reindex",
-    # no start_date and run_immediately=False: a fresh `make up` waits for the next 02:00 instead of running
+    # no start_date and a zero run_immediately buffer: a fresh `make up` waits for the next 02:00 instead of running
     # last night's slot at once (with a start_date, Airflow 3 runs the most recent past slot on first unpause)
-    schedule=CronTriggerTimetable(_settings.reindex_cron, timezone=_settings.timezone, run_immediately=False),
+    schedule=CronTriggerTimetable(_settings.reindex_cron, timezone=_settings.timezone,
+                                  run_immediately=WAIT_FOR_NEXT_SLOT),
     catchup=False,
     max_active_runs=1,
     default_args=DEFAULT_ARGS,

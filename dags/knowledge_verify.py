@@ -20,7 +20,7 @@ from __future__ import annotations
 from airflow.sdk import CronTriggerTimetable, Param, dag, task
 
 from tandem.airflow.assets import KNOWLEDGE_INDEX
-from tandem.airflow.defaults import DEFAULT_ARGS, TAG
+from tandem.airflow.defaults import DEFAULT_ARGS, TAG, WAIT_FOR_NEXT_SLOT
 from tandem.config import Settings
 
 _settings = Settings.load()  # environment only: no database or network at parse time
@@ -28,7 +28,8 @@ _settings = Settings.load()  # environment only: no database or network at parse
 
 @dag(
     dag_id="knowledge_verify",
-    schedule=CronTriggerTimetable(_settings.verify_cron, timezone=_settings.timezone, run_immediately=False),
+    schedule=CronTriggerTimetable(_settings.verify_cron, timezone=_settings.timezone,
+                                  run_immediately=WAIT_FOR_NEXT_SLOT),
     catchup=False,
     max_active_runs=1,
     default_args=DEFAULT_ARGS,

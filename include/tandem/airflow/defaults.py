@@ -19,3 +19,9 @@ TAG = "tandem"
 TRAINING_POOL = "training"
 TRAINING_QUEUE = "training"
 KNOWLEDGE_POOL = "knowledge"
+
+
+# ``run_immediately`` of the cron timetables. ``False`` is not "never": Airflow 3.3 then still runs the most
+# recent past slot on first unpause when it is less than a tenth of the interval old (2.4 h for a daily cron),
+# so a `make up` at 03:00 would reindex at once. A zero buffer means a fresh stack waits for the next slot.
+WAIT_FOR_NEXT_SLOT = timedelta(0)
