@@ -18,14 +18,12 @@ def field(ctx: Any, name: str) -> str:
     return "" if value is None else str(value)
 
 
-_field = field
-
 
 def shown_doc_ids(contexts: Iterable[Any]) -> list[str]:
     """The distinct doc ids shown to the model, in context order."""
     out: list[str] = []
     for ctx in contexts:
-        doc_id = _field(ctx, "doc_id")
+        doc_id = field(ctx, "doc_id")
         if doc_id and doc_id not in out:
             out.append(doc_id)
     return out
@@ -101,7 +99,7 @@ def window(text: str, max_chars: int, question: str = "") -> str:
 
 def context_text(contexts: Sequence[Any], max_chars: int = 700, question: str = "") -> str:
     """The chunk texts exactly as the model sees them (windowed to ``max_chars``), for checking what it was shown."""
-    return "\n".join(_cut(_field(ctx, "text"), max_chars, question) for ctx in contexts)
+    return "\n".join(_cut(field(ctx, "text"), max_chars, question) for ctx in contexts)
 
 
 def format_context(contexts: Sequence[Any], max_chars: int = 700, question: str = "") -> str:
@@ -110,9 +108,9 @@ def format_context(contexts: Sequence[Any], max_chars: int = 700, question: str 
         return "(no documents)"
     blocks = []
     for i, ctx in enumerate(contexts, start=1):
-        text = _cut(_field(ctx, "text"), max_chars, question)
-        title = _field(ctx, "title")
-        header = f"[{i}] doc_id: {_field(ctx, 'doc_id')}" + (f" | title: {title}" if title else "")
+        text = _cut(field(ctx, "text"), max_chars, question)
+        title = field(ctx, "title")
+        header = f"[{i}] doc_id: {field(ctx, 'doc_id')}" + (f" | title: {title}" if title else "")
         blocks.append(f"{header}\n{text}")
     return "\n\n".join(blocks)
 

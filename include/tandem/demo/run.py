@@ -277,10 +277,11 @@ class Demo:
 
         questions = [q for q in data.read_jsonl(data.RELEASE2_QUESTIONS_PATH) if q["answerable"]]
         cache = AdapterCache(self.settings)
+        refusal = load_spec(self.settings).style.refusal_text
         rows, started = [], time.monotonic()
         for i, q in enumerate(questions, 1):
             a = answer(self.settings, q["question"], cache=cache)
-            rows.append(release2_verdict(q, a.to_dict(), load_spec(self.settings).style.refusal_text))
+            rows.append(release2_verdict(q, a.to_dict(), refusal))
             if i % 5 == 0 or i == len(questions):
                 self.say(f"    release-2 questions: {i}/{len(questions)} answered "
                          f"({i / (time.monotonic() - started):.2f}/s)")
