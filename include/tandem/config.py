@@ -15,7 +15,7 @@ import dataclasses
 import os
 import re
 from pathlib import Path
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit, urlunsplit
 from typing import Any, Callable, Mapping
 
 from tandem.errors import ConfigError
@@ -227,8 +227,8 @@ SETTINGS: tuple[Setting, ...] = (
             "Where the Airflow plugin forwards /tandem/api/ask: the `tandem serve` process (`make up` sets it; "
             "empty: the plugin answers in the api-server's own process)."),
     Setting("serve_token", "", str,
-            "Bearer token of `tandem serve`. Empty: generated once under TANDEM_HOME/airflow/secrets and printed "
-            "by `make up`."),
+            "Bearer token of `tandem serve`. Empty: generated once (mode 0600) as "
+            "TANDEM_HOME/airflow/secrets/serve_token; never printed."),
     Setting("serve_base_without_champion", False, _bool,
             "With no champion adapter yet, serve the base model (true) or answer 503 with what to run (false)."),
 )
@@ -336,10 +336,26 @@ def shown_values(settings: Settings) -> dict[str, str]:
     from tandem.db import redact
 
     env = settings.as_env()
-    if settings.pg_password:
-        env["TANDEM_PG_PASSWORD"] = "***"
+    for name in SECRET_SETTINGS:
+        if settings.values[name]:
+            env[_BY_NAME[name].env] = "***"
     env["TANDEM_DB_URL"] = redact(settings.db_url)
+    for name in ("mlflow_uri", "airflow_url", "mlflow_ui_url", "serve_url", "base_model_uri"):
+        env[_BY_NAME[name].env] = hide_userinfo(env[_BY_NAME[name].env])
     return env
+
+
+# Settings whose value is a secret: never printed, logged or shown on a page.
+SECRET_SETTINGS = ("pg_password", "serve_token")
+
+
+def hide_userinfo(url: str) -> str:
+    """``scheme://user:secret@host/...`` with the password shown as ``***`` (any other text as it is)."""
+    parts = urlsplit(url)
+    if not parts.password:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{netloc}"))
 
 
 def markdown_table() -> str:

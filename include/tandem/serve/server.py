@@ -25,6 +25,7 @@ from typing import Any
 from fastapi import Depends, FastAPI, HTTPException, Request, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from tandem import secret_files
 from tandem.config import Settings
 from tandem.serve.api import ERRORS, AskRequest, AskResponse, install_error_handlers
 
@@ -41,14 +42,7 @@ def serve_token(settings: Settings) -> str:
     """The serve process's bearer token: TANDEM_SERVE_TOKEN, else one generated once under TANDEM_HOME."""
     if settings.serve_token:
         return settings.serve_token
-    path = token_path(settings)
-    if path.exists():
-        return path.read_text().strip()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    value = secrets.token_urlsafe(32)
-    path.write_text(value + "\n")
-    path.chmod(0o600)
-    return value
+    return secret_files.read_or_create(token_path(settings), lambda: secrets.token_urlsafe(32))
 
 
 def create_serve_app(settings: Settings, *, cache=None, warm: bool = True) -> FastAPI:

@@ -180,14 +180,18 @@ def airflow_health(settings: Settings, timeout: float = 3) -> dict:
 
 
 def _print_urls(settings: Settings) -> None:
-    password = services.airflow_password(settings)
+    """Where everything is. Secrets are never printed: the lines name the files that hold them."""
+    pwfile = services.airflow_password_file(settings)
+    services.airflow_password(settings)
+    token = ("TANDEM_SERVE_TOKEN" if settings.serve_token else
+             f"`cat {services.serve_token_file(settings)}`")
     _say(f"""
-  Airflow UI   http://{settings.bind_host}:{settings.airflow_port}   (user admin, password {password})
+  Airflow UI   http://{settings.bind_host}:{settings.airflow_port}   (user admin, password: the "admin" value in {pwfile})
   MLflow UI    http://{settings.bind_host}:{settings.mlflow_port}
   Postgres     {redact(settings.db_url)}
   Tandem page  http://{settings.bind_host}:{settings.airflow_port}/tandem/  (once logged in to Airflow)
   Answer API   http://{settings.bind_host}:{settings.serve_port}/api/ask   (tandem serve; header
-               Authorization: Bearer {services.serve_env(settings)["TANDEM_SERVE_TOKEN"]})
+               Authorization: Bearer <token>, the token: {token})
   State        {settings.home}   (logs: `make logs`)""")
 
 

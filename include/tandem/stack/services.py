@@ -20,6 +20,7 @@ import shutil
 import sys
 from pathlib import Path
 
+from tandem import secret_files
 from tandem.airflow.settings import connection_env
 from tandem.config import Settings, _CHECKOUT, local_pg_url
 from tandem.db import sqlalchemy_url
@@ -50,19 +51,23 @@ def checkout() -> Path:
 
 
 def _secret(path: Path, make) -> str:
-    """A secret generated once and kept under TANDEM_HOME (never in the repo)."""
-    if path.exists():
-        return path.read_text().strip()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    value = make()
-    path.write_text(value + "\n")
-    path.chmod(0o600)
-    return value
+    """A secret generated once and kept under TANDEM_HOME (never in the repo): 0600 from creation, one winner."""
+    return secret_files.read_or_create(path, make)
+
+
+def airflow_password_file(settings: Settings) -> Path:
+    return settings.airflow_home / "passwords.json"
+
+
+def serve_token_file(settings: Settings) -> Path:
+    from tandem.serve.server import token_path
+
+    return token_path(settings)
 
 
 def airflow_password(settings: Settings) -> str:
     """The local admin password, stored in the SimpleAuthManager passwords file."""
-    pwfile = settings.airflow_home / "passwords.json"
+    pwfile = airflow_password_file(settings)
     if pwfile.exists():
         return json.loads(pwfile.read_text())["admin"]
     password = secrets.token_urlsafe(12)
@@ -72,11 +77,7 @@ def airflow_password(settings: Settings) -> str:
 
 def write_airflow_password(settings: Settings, password: str) -> Path:
     """The SimpleAuthManager passwords file: $TANDEM_HOME/airflow/passwords.json, locally and in compose."""
-    pwfile = settings.airflow_home / "passwords.json"
-    settings.airflow_home.mkdir(parents=True, exist_ok=True)
-    pwfile.write_text(json.dumps({"admin": password}))
-    pwfile.chmod(0o600)
-    return pwfile
+    return secret_files.write(settings.airflow_home / "passwords.json", json.dumps({"admin": password}))
 
 
 def airflow_env(settings: Settings) -> dict[str, str]:
