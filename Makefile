@@ -24,7 +24,7 @@ $(BIN)/python:
 	$(BIN)/pip install -q --upgrade pip
 
 # The stamp re-runs the install when a requirements file changes.
-$(VENV)/.installed: requirements.txt requirements-nodeps.txt pyproject.toml | $(BIN)/python
+$(VENV)/.installed: requirements.txt requirements-runtime.txt requirements-nodeps.txt pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -r requirements.txt
 	$(BIN)/pip install -q --no-deps -r requirements-nodeps.txt
 	$(BIN)/pip install -q --no-deps -e .

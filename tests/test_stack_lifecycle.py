@@ -47,6 +47,12 @@ def test_up_status_down_leaves_no_process(base_model_path):
         assert up.returncode == 0, up.stdout + up.stderr
         assert "Tandem is up" in up.stdout and "password" in up.stdout
         assert NASTY_PASSWORD not in up.stdout  # the database URL is printed redacted
+        from tandem.stack import services
+
+        up_settings = Settings.load(env={"TANDEM_HOME": str(home), **ports})
+        for secret in (services.airflow_password(up_settings), services.serve_token_file(up_settings).read_text().strip()):
+            assert secret not in up.stdout + up.stderr  # only the files holding them are named
+        assert str(services.serve_token_file(up_settings)) in up.stdout
 
         from tandem.airflow import rest
 

@@ -226,6 +226,13 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("serve_url", "", str,
             "Where the Airflow plugin forwards /tandem/api/ask: the `tandem serve` process (`make up` sets it; "
             "empty: the plugin answers in the api-server's own process)."),
+    Setting("forward_max_concurrent", 8, _pos_int,
+            "Most asks the Airflow plugin forwards to `tandem serve` at once; past it the plugin answers 429 at "
+            "once, so the api-server's threads stay free for the UI."),
+    Setting("forward_timeout_seconds", 120, _pos_int,
+            "Longest the plugin waits for `tandem serve`'s answer (connecting: at most 3 s)."),
+    Setting("forward_max_reply_bytes", 1_000_000, _pos_int, "Largest reply of `tandem serve` the plugin passes on."),
+    Setting("ask_max_body_bytes", 16_384, _pos_int, "Largest request body /api/ask accepts (413 past it)."),
     Setting("serve_token", "", str,
             "Bearer token of `tandem serve`. Empty: generated once (mode 0600) as "
             "TANDEM_HOME/airflow/secrets/serve_token; never printed."),

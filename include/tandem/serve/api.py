@@ -22,7 +22,7 @@ from typing import Any, Callable, Literal
 
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
@@ -99,7 +99,10 @@ class ErrorBody(BaseModel):
 
 ERRORS = {400: {"model": ErrorBody, "description": "bad input (names the input and the fix)"},
           401: {"model": ErrorBody, "description": "not authenticated (log in to Airflow, or send a bearer token)"},
+          413: {"model": ErrorBody, "description": "the request body is over TANDEM_ASK_MAX_BODY_BYTES"},
           422: {"model": ErrorBody, "description": "the request body does not match the schema"},
+          429: {"model": ErrorBody, "description": "the plugin already forwards TANDEM_FORWARD_MAX_CONCURRENT asks"},
+          502: {"model": ErrorBody, "description": "`tandem serve` sent a reply that is not JSON or is too large"},
           503: {"model": ErrorBody, "description": "no index, no champion, or Postgres/MLflow down: says what to run"}}
 
 
@@ -193,6 +196,16 @@ def create_app(settings=None, *, cache=None, settings_factory: Callable[[], Any]
 
     install_error_handlers(app)
 
+    @app.middleware("http")
+    async def _cap_body(request: Request, call_next):
+        length = request.headers.get("content-length")
+        if request.method == "POST" and length is not None:
+            limit = request.app.state.tandem.settings.ask_max_body_bytes
+            if not length.isdigit() or int(length) > limit:
+                return _error(413, f"the request body is {length} bytes; at most {limit} are accepted",
+                              'send JSON like {"question": "What does the Pro plan cost?", "k": 5}')
+        return await call_next(request)
+
     def state(request: Request) -> _State:
         return request.app.state.tandem
 
@@ -227,25 +240,77 @@ def create_app(settings=None, *, cache=None, settings_factory: Callable[[], Any]
     return app
 
 
-def forward_ask(settings, body: "AskRequest") -> JSONResponse:
-    """POST the question to `tandem serve` with its token; its answer (or its error) goes back as it is."""
+_forward_slots: dict[int, threading.BoundedSemaphore] = {}
+_forward_slots_lock = threading.Lock()
+
+
+def _forward_slot(limit: int) -> threading.BoundedSemaphore:
+    with _forward_slots_lock:
+        return _forward_slots.setdefault(limit, threading.BoundedSemaphore(limit))
+
+
+def forward_ask(settings, body: "AskRequest") -> Response:
+    """POST the question to `tandem serve` with its token; its answer (or its error) goes back as it is.
+
+    Bounded, so that the api-server stays responsive: at most ``forward_max_concurrent`` forwards at once
+    (429 past it, at once), a 3 s connect timeout, ``forward_timeout_seconds`` for the answer, and a reply of
+    at most ``forward_max_reply_bytes``. A reply that is not JSON becomes a 502 that says so, never a 500.
+    """
+    slot = _forward_slot(settings.forward_max_concurrent)
+    if not slot.acquire(blocking=False):
+        return _error(429, f"{settings.forward_max_concurrent} questions are already being answered",
+                      "retry in a few seconds (TANDEM_FORWARD_MAX_CONCURRENT sets the limit)",
+                      headers={"Retry-After": "5"})
+    try:
+        return _forward(settings, body)
+    finally:
+        slot.release()
+
+
+def _forward(settings, body: "AskRequest") -> Response:
+    import json
+
     import httpx
 
     from tandem.serve.server import serve_token
 
     url = settings.serve_url.rstrip("/") + "/api/ask"
+    # ensure_ascii: a lone surrogate in the question travels as a \ud800 escape (valid JSON), not as bytes
+    payload = json.dumps(body.model_dump(exclude_none=True), ensure_ascii=True).encode("ascii")
+    timeout = httpx.Timeout(settings.forward_timeout_seconds, connect=3.0)
+    headers = {"Authorization": f"Bearer {serve_token(settings)}", "Content-Type": "application/json"}
     try:
-        resp = httpx.post(url, json=body.model_dump(exclude_none=True), timeout=300.0,
-                          headers={"Authorization": f"Bearer {serve_token(settings)}"})
+        with httpx.Client(timeout=timeout) as client, client.stream("POST", url, content=payload,
+                                                                    headers=headers) as resp:
+            content = _read_capped(resp, settings.forward_max_reply_bytes)
     except httpx.HTTPError as exc:
         raise ServiceUnavailable(f"the answer process at {settings.serve_url} is not answering ({type(exc).__name__})",
                                  fix="start it with `make up` (or `tandem serve`), or unset TANDEM_SERVE_URL to answer "
                                      "in the api-server") from None
+    if content is None:
+        return _error(502, f"the answer process sent a reply over {settings.forward_max_reply_bytes} bytes",
+                      "check `tandem serve`'s log; TANDEM_FORWARD_MAX_REPLY_BYTES sets the limit")
     if resp.status_code == 401:
         raise ServiceUnavailable("the answer process refused the plugin's token",
                                  fix="give the api-server and `tandem serve` the same TANDEM_SERVE_TOKEN")
-    headers = {k: v for k, v in resp.headers.items() if k.lower() in ("x-tandem-adapter", "retry-after")}
-    return JSONResponse(resp.json(), status_code=resp.status_code, headers=headers)
+    try:
+        json.loads(content)
+    except ValueError:
+        return _error(502, f"the answer process at {settings.serve_url} answered {resp.status_code} with a body "
+                           "that is not JSON", "check that TANDEM_SERVE_URL points at `tandem serve`, and its log")
+    passed = {k: v for k, v in resp.headers.items() if k.lower() in ("x-tandem-adapter", "retry-after")}
+    return Response(content, status_code=resp.status_code, headers=passed, media_type="application/json")
+
+
+def _read_capped(resp, limit: int) -> bytes | None:
+    """The reply's body, or None once it passes ``limit`` bytes (the rest is not read)."""
+    chunks, size = [], 0
+    for chunk in resp.iter_bytes():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 async def _page_user(request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(_bearer)) -> Any:
