@@ -157,6 +157,17 @@ def assert_consistent(state: dict) -> None:
             assert doc_id in state["chunks"], f"{doc_id} is indexed in the manifest but has no chunks"
 
 
+FAULTINJECT = Path(__file__).resolve().parent / "faultinject"
+
+
+def fault_env(settings, spec: dict) -> dict:
+    """``cli_env`` for a subprocess whose fault points act as ``spec`` says (tests/faultinject/sitecustomize.py)."""
+    env = cli_env(settings)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(FAULTINJECT), env.get("PYTHONPATH", "")) if p)
+    env["FAULTINJECT"] = json.dumps(spec)
+    return env
+
+
 def cli_env(settings, extra: dict | None = None) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TANDEM_")}
     env.update(settings.as_env())

@@ -9,11 +9,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from knowledge_fixtures import (CORPUS, assert_consistent, cli_env, corpus, expected_hashes,  # noqa: F401
+from knowledge_fixtures import (fault_env, CORPUS, assert_consistent, cli_env, corpus, expected_hashes,  # noqa: F401
                                 index_state, kn, write_corpus)
 from psycopg import sql
 
-from tandem import db
+from tandem import db, faults
 from tandem.errors import JobFailed, UserError
 from tandem.knowledge import search, lock, reindex, store
 
@@ -144,7 +144,11 @@ def test_failing_document_keeps_its_version_then_is_quarantined(kn, corpus, monk
     reindex.run(kn, progress=False)
     before = index_state(kn)
     (corpus / "pricing/plans.md").write_text(CORPUS["pricing/plans.md"] + "\nNew paragraph.\n")
-    monkeypatch.setenv("TANDEM_TEST_FAIL_WRITE", "acme/pricing/plans.md")
+    def fail_plans(name, **context):
+        if name == "doc_write" and context["doc_id"] == "acme/pricing/plans.md":
+            raise faults.InjectedFault("injected write failure for acme/pricing/plans.md")
+
+    monkeypatch.setattr(faults, "hook", fail_plans)
     for attempt in (1, 2):
         summary = reindex.run(kn, progress=False)
         assert summary["failed"] == 1 and summary["quarantined"] == 0
@@ -158,7 +162,7 @@ def test_failing_document_keeps_its_version_then_is_quarantined(kn, corpus, monk
     summary = reindex.run(kn, progress=False)  # skipped while the content is the same
     assert summary["chunks_embedded"] == 0 and summary["quarantined"] == 1
     assert index_state(kn)["chunks"]["acme/pricing/plans.md"] == before["chunks"]["acme/pricing/plans.md"]
-    monkeypatch.delenv("TANDEM_TEST_FAIL_WRITE")
+    monkeypatch.setattr(faults, "hook", faults._no_fault)
     (corpus / "pricing/plans.md").write_text(CORPUS["pricing/plans.md"] + "\nFixed paragraph.\n")
     summary = reindex.run(kn, progress=False)  # a new version is tried again
     assert summary["changed"] == 1 and summary["quarantined"] == 0
@@ -176,7 +180,7 @@ def test_crash_after_k_documents_then_rerun_converges(kn, corpus):
     write_corpus(corpus, {f"new/doc{i}.md": f"# Doc {i}\n\nBody of new document {i}.\n" for i in range(3)})
     settings = kn.replace(reindex_batch_docs=100)
     proc = subprocess.run([TANDEM, "reindex"], capture_output=True, text=True, timeout=600,
-                          env=cli_env(settings, {"TANDEM_TEST_CRASH_AFTER_DOCS": "2"}))
+                          env=fault_env(settings, {"crash_after_docs": 2}))
     assert proc.returncode == 70, proc.stderr[-2000:]
     crashed = index_state(kn)
     assert crashed == before  # two documents were written into the candidate release: none of it is served

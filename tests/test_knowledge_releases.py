@@ -11,11 +11,11 @@ import threading
 from pathlib import Path
 
 import pytest
-from knowledge_fixtures import (GOLDEN, CORPUS, assert_consistent, cli_env, corpus, expected_hashes, index_state,  # noqa: F401
+from knowledge_fixtures import (fault_env, GOLDEN, CORPUS, assert_consistent, cli_env, corpus, expected_hashes, index_state,  # noqa: F401
                                 kn, write_corpus, write_golden)
 from psycopg import sql
 
-from tandem import db
+from tandem import db, faults
 from tandem.errors import JobFailed, UserError
 from tandem.knowledge import diff, releases, reindex, search, store, verify
 
@@ -57,8 +57,8 @@ def _change(corpus_root: Path) -> None:
     (corpus_root / "guides/install.rst").unlink()
 
 
-@pytest.mark.parametrize("fault", [{"TANDEM_TEST_CRASH_AT": "after_plan"}, {"TANDEM_TEST_CRASH_AFTER_DOCS": "1"},
-                                   {"TANDEM_TEST_CRASH_AT": "before_canary"}, {"TANDEM_TEST_CRASH_AT": "during_publish"}],
+@pytest.mark.parametrize("fault", [{"crash_at": "after_plan"}, {"crash_after_docs": 1},
+                                   {"crash_at": "before_canary"}, {"crash_at": "during_publish"}],
                          ids=["after-plan", "mid-batch", "before-canary", "during-publish"])
 def test_a_fault_at_any_phase_leaves_the_published_release_exact(kn, corpus, tmp_path, fault):
     settings = kn.replace(canary_path=str(write_golden(tmp_path / "golden.jsonl", GOLDEN)), canary_k=3,
@@ -70,7 +70,7 @@ def test_a_fault_at_any_phase_leaves_the_published_release_exact(kn, corpus, tmp
     reader = Reader(settings)
     reader.start()
     proc = subprocess.run([TANDEM, "reindex"], capture_output=True, text=True, timeout=600,
-                          env=cli_env(settings, fault))
+                          env=fault_env(settings, fault))
     seen = reader.finish()
     assert proc.returncode == 70, proc.stderr[-2000:]
     assert seen and all(rel == 1 and res == old_results for rel, res in seen)  # only ever the old release

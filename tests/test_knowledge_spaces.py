@@ -7,11 +7,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from knowledge_fixtures import (GOLDEN, assert_consistent, cli_env, corpus, expected_hashes, index_state, kn,  # noqa: F401
+from knowledge_fixtures import (fault_env, GOLDEN, assert_consistent, cli_env, corpus, expected_hashes, index_state, kn,  # noqa: F401
                                 write_corpus, write_golden)
 from psycopg import sql
 
-from tandem import db
+from tandem import db, faults
 from tandem.errors import JobFailed, UserError
 from tandem.knowledge import reindex, search, spaces, store
 from tandem.knowledge.status import index_status
@@ -37,7 +37,7 @@ def test_fingerprint_change_builds_a_shadow_switches_and_rolls_back(kn, corpus):
     changed = kn.replace(chunk_size=64)  # a chunker change is a new embedding space
     # a shadow build that crashes half way: the live index keeps answering from the old space only
     proc = subprocess.run([TANDEM, "reindex"], capture_output=True, text=True, timeout=600,
-                          env=cli_env(changed, {"TANDEM_TEST_CRASH_AFTER_DOCS": "2"}))
+                          env=fault_env(changed, {"crash_after_docs": 2}))
     assert proc.returncode == 70, proc.stderr[-2000:]
     assert search.live_index_version(kn) == "1"
     hits = search.search(kn, "Pro plan price", k=5)

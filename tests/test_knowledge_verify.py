@@ -9,10 +9,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from knowledge_fixtures import assert_consistent, cli_env, corpus, expected_hashes, index_state, kn  # noqa: F401
+from knowledge_fixtures import fault_env, assert_consistent, cli_env, corpus, expected_hashes, index_state, kn  # noqa: F401
 from psycopg import sql
 
-from tandem import db
+from tandem import db, faults
 from tandem.errors import UserError
 from tandem.knowledge import reindex, search, store, verify
 from tandem.knowledge.status import index_status
@@ -107,7 +107,7 @@ def test_verify_sees_rows_of_an_unpublished_release_through_the_live_view(kn, co
     reindex.run(kn, progress=False)
     (corpus / "pricing/plans.md").write_text("# Plans\n\nEverything is free now.\n")
     proc = subprocess.run([TANDEM, "reindex"], capture_output=True, text=True, timeout=600,
-                          env=cli_env(kn, {"TANDEM_TEST_CRASH_AT": "before_canary"}))
+                          env=fault_env(kn, {"crash_at": "before_canary"}))
     assert proc.returncode == 70  # release 2 was written, never published
     n = store.names(kn.index_name)
     with db.connection(kn.db_url) as conn:  # a broken view that reads the whole table

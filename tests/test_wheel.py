@@ -62,7 +62,8 @@ def test_the_status_page_renders_from_the_installed_wheel(wheel, tmp_path):
         f"sys.path.insert(0, {str(target)!r})\n"
         "import tandem.serve.page as page\n"
         f"assert page.__file__.startswith({str(target)!r}), page.__file__\n"
-        "html = page.render({})\n"
+        "html = page.render({'generated_at': '2026-12-03T00:00:00Z', 'airflow': {}, 'serving': {},\n"
+        "    'links': {'airflow': 'http://127.0.0.1:8080', 'mlflow': 'http://127.0.0.1:5000', 'mlflow_model': ''}})\n"
         "assert '<html' in html.lower(), html[:200]\n"
         "print('rendered', len(html))\n"
     )

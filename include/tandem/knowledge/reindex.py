@@ -14,8 +14,8 @@ Postgres (the run's row and its documents), so any task can run on any worker an
    ``publish`` (one short transaction; a shadow space is switched in), ``record`` (summary, MLflow, the run
    and release rows). Raises JobFailed when the run failed: then nothing was published.
 
-Fault injection for tests: ``TANDEM_TEST_CRASH_AT`` = ``after_plan``, ``before_canary`` or ``during_publish``
-makes the process exit abruptly at that point (no cleanup, no lease release).
+Fault points (``tandem.faults``, no-ops unless a test installs a hook): ``after_plan``, ``before_canary``,
+``during_publish`` (inside the publish transaction) and ``after_publish`` (committed, not yet recorded).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import uuid
 
 from psycopg import sql
 
-from tandem import db
+from tandem import db, faults
 from tandem.config import Settings
 from tandem.db import ident
 from tandem.errors import JobFailed, UserError
@@ -125,7 +125,7 @@ def plan(settings: Settings, *, run_id: str, owner: str | None, sources=None, fu
     log.info("plan %s: %s new, %s changed, %s unchanged, %s deleted, %s failed, %s quarantined; %d batches (%s, "
              "candidate release %s)", run_id, result["new"], result["changed"], result["unchanged"], result["deleted"],
              result["failed"], result["quarantined"], len(result["batches"]), mode, result["release"])
-    _crash_point("after_plan")
+    faults.point("after_plan")
     return result
 
 
@@ -139,12 +139,6 @@ def _fingerprint_and_dim(settings: Settings) -> tuple[str, dict, int]:
         spec = {**spec, "dim": dim}
         fp = fingerprint.fingerprint_of(spec)
     return fp, spec, dim
-
-
-def _crash_point(name: str) -> None:
-    if os.environ.get("TANDEM_TEST_CRASH_AT") == name:
-        log.warning("TANDEM_TEST_CRASH_AT=%s: exiting abruptly", name)
-        os._exit(70)
 
 
 def _record(conn, n, space, run_id, mode, owner, full, settings, result) -> None:
@@ -372,32 +366,74 @@ def _space_dim(conn, n, space_no: int) -> int:
 def finalize(settings: Settings, the_plan: dict, batch_stats: list[dict], *, owner: str,
              log_mlflow: bool = True) -> dict:
     """Deletes, canary, publish, summary. Returns the summary; raises JobFailed when the run failed (then the
-    published release is exactly as it was)."""
+    published release is exactly as it was).
+
+    Safe to retry: when an earlier try of this run already published its release (it died after the commit,
+    before reporting success), nothing is deleted, measured or published again; the summary is the one that
+    try recorded, or is built now from what it committed."""
     n = store.names(settings.index_name)
     phases = _batch_phases(the_plan, batch_stats)
     with db.connection(settings.db_url) as conn:
         space = spaces.by_fingerprint(conn, n, the_plan["fingerprint"])
+        done = releases.published_by(conn, n, the_plan["release"], the_plan["run_id"])
         conn.commit()
-        deleted = apply_deletes(conn, n, the_plan, owner, phases)
-        docs = _document_outcomes(conn, n, the_plan)
-        wrote = sum(b.get("written", 0) for b in batch_stats) > 0 or deleted > 0
-        switch = the_plan["mode"] == "build"
-        _crash_point("before_canary")
-        canary_result = run_canary(settings, conn, n, the_plan, space, wrote=wrote, phases=phases)
-        status, message = _verdict(the_plan, docs, canary_result)
-        published = None
-        if status == "succeeded" and (wrote or switch):
-            published = publish(settings, conn, n, the_plan, space, owner, switch=switch, phases=phases,
-                                counts=_counts(the_plan, deleted, docs, batch_stats), canary_result=canary_result)
-        summary = build_summary(conn, n, the_plan, space, batch_stats, phases, deleted=deleted, docs=docs,
-                                canary_result=canary_result, status=status, message=message, published=published)
-        record(settings, conn, n, the_plan, summary, canary_result, log_mlflow=log_mlflow)
+        if done is not None:
+            summary = _finish_published(settings, conn, n, the_plan, space, batch_stats, phases, done,
+                                        log_mlflow=log_mlflow)
+        else:
+            summary = _finalize_candidate(settings, conn, n, the_plan, space, batch_stats, phases, owner=owner,
+                                          log_mlflow=log_mlflow)
     summary = summaries.jsonable(summary)
     log.info("reindex %s %s: release %s, %s new, %s changed, %s deleted, %s failed, %s chunks in %.1fs",
-             the_plan["run_id"], status, summary["index_version"], summary["new"], summary["changed"],
+             the_plan["run_id"], summary["status"], summary["index_version"], summary["new"], summary["changed"],
              summary["deleted"], summary["failed"], summary["chunks_embedded"], summary["seconds"])
-    if status == "failed":
-        raise JobFailed(message or "the reindex failed", summary=summary)
+    if summary["status"] == "failed":
+        raise JobFailed(summary.get("message") or "the reindex failed", summary=summary)
+    return summary
+
+
+def _finalize_candidate(settings: Settings, conn, n, the_plan: dict, space, batch_stats: list[dict], phases: dict,
+                        *, owner: str, log_mlflow: bool) -> dict:
+    """The first complete try: deletes, canary, publish when it passed, summary and record."""
+    deleted = apply_deletes(conn, n, the_plan, owner, phases)
+    docs = _document_outcomes(conn, n, the_plan)
+    wrote = sum(b.get("written", 0) for b in batch_stats) > 0 or deleted > 0
+    switch = the_plan["mode"] == "build"
+    faults.point("before_canary")
+    canary_result = run_canary(settings, conn, n, the_plan, space, wrote=wrote, phases=phases)
+    status, message = _verdict(the_plan, docs, canary_result)
+    published = None
+    if status == "succeeded" and (wrote or switch):
+        published = publish(settings, conn, n, the_plan, space, owner, switch=switch, phases=phases,
+                            counts=_counts(the_plan, deleted, docs, batch_stats), canary_result=canary_result)
+        faults.point("after_publish")
+    summary = build_summary(conn, n, the_plan, space, batch_stats, phases, deleted=deleted, docs=docs,
+                            canary_result=canary_result, status=status, message=message, published=published)
+    record(settings, conn, n, the_plan, summary, canary_result, log_mlflow=log_mlflow)
+    return summary
+
+
+def _finish_published(settings: Settings, conn, n, the_plan: dict, space, batch_stats: list[dict], phases: dict,
+                      done: dict, *, log_mlflow: bool) -> dict:
+    """A retry after the publish committed: the recorded summary, or one built (and recorded) from the commit."""
+    row = conn.execute(sql.SQL("SELECT status, summary FROM {r} WHERE run_id = %s").format(r=ident(n.runs)),
+                       (the_plan["run_id"],)).fetchone()
+    conn.commit()
+    if row and row[0] == "succeeded" and row[1]:
+        log.info("release %s was already published and recorded by an earlier try of %s", done["release"],
+                 the_plan["run_id"])
+        return row[1]
+    log.info("release %s was already published by an earlier try of %s: recording it, publishing nothing again",
+             done["release"], the_plan["run_id"])
+    deleted = conn.execute(sql.SQL("SELECT count(*) FROM {rd} WHERE run_id = %s AND outcome = 'deleted'")
+                           .format(rd=ident(n.run_docs)), (the_plan["run_id"],)).fetchone()[0]
+    conn.commit()
+    docs = _document_outcomes(conn, n, the_plan)
+    canary_result = done["canary"] or {}
+    published = {"release": done["release"], "switched": the_plan["mode"] == "build", "collected": {"rows": 0}}
+    summary = build_summary(conn, n, the_plan, space, batch_stats, phases, deleted=deleted, docs=docs,
+                            canary_result=canary_result, status="succeeded", message=None, published=published)
+    record(settings, conn, n, the_plan, summary, canary_result, log_mlflow=log_mlflow)
     return summary
 
 
@@ -519,7 +555,7 @@ def publish(settings: Settings, conn, n, the_plan: dict, space, owner: str, *, s
         lock.check(conn, n, owner)
         drop = releases.publish(conn, n, space, the_plan["release"], the_plan["run_id"], switch=switch,
                                 counts=counts, canary=canary_result)
-        _crash_point("during_publish")
+        faults.point("during_publish")
     phases["publish"] = _r(time.monotonic() - t0)
     if drop:
         spaces.drop_tables(conn, drop)

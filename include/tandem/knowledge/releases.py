@@ -74,6 +74,15 @@ def allocate(conn: psycopg.Connection, n: Names, space_no: int, run_id: str) -> 
     return release
 
 
+def published_by(conn: psycopg.Connection, n: Names, release: int, run_id: str) -> dict | None:
+    """The release row when ``run_id`` already published ``release`` (a retried finalize must not publish
+    again); None otherwise."""
+    row = conn.execute(sql.SQL("""SELECT release_no, canary FROM {r}
+                                  WHERE release_no = %s AND run_id = %s AND status = 'published'""")
+                       .format(r=ident(n.releases)), (release, run_id)).fetchone()
+    return None if row is None else {"release": row[0], "canary": row[1]}
+
+
 def fail(conn: psycopg.Connection, n: Names, release: int, message: str, counts: dict | None = None,
          canary: dict | None = None) -> None:
     conn.execute(sql.SQL("""UPDATE {r} SET status = 'failed', ended_at = now(), message = %s,

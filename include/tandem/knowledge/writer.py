@@ -7,36 +7,30 @@ that was never published, so a crashed shadow build resumes). A failure anywhere
 previous version stays fully in place, and the manifest records the attempt (``failed``; ``quarantined``
 after ``max_attempts`` failures of the same content). Readers of the published release see none of it.
 
-Fault injection for tests (environment, read per call): ``TANDEM_TEST_FAIL_WRITE`` (comma-separated doc ids
-whose write fails inside the transaction, after the new chunks were inserted) and
-``TANDEM_TEST_CRASH_AFTER_DOCS`` (the process exits abruptly after that many committed documents).
+Fault points (``tandem.faults``, no-ops unless a test installs a hook): ``doc_write`` inside a document's
+transaction, after its new chunks were inserted, and ``doc_committed`` after each committed document.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import os
 
 import psycopg
 from psycopg import sql
 
+from tandem import faults
 from tandem.db import ident
 from tandem.knowledge import lock, releases
 from tandem.knowledge.chunking import Chunk
 from tandem.knowledge.store import Names
 
-_committed = 0
 
 
 def _require_idle(conn: psycopg.Connection) -> None:
     """The per-document transaction must be a real transaction, not a savepoint in someone else's."""
     if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
         raise RuntimeError("writer called inside an open transaction: commit or roll back first")
-
-
-class InjectedFault(RuntimeError):
-    pass
 
 
 @dataclasses.dataclass
@@ -53,7 +47,6 @@ class DocWrite:
 
 def write_document(conn: psycopg.Connection, n: Names, *, table: str, space_no: int, owner: str, run_id: str,
                    doc: DocWrite, fingerprint: str, release: int, manifest_now: bool) -> None:
-    global _committed
     t = ident(table)
     _require_idle(conn)
     with conn.transaction():
@@ -70,9 +63,7 @@ def write_document(conn: psycopg.Connection, n: Names, *, table: str, space_no: 
                 [(c.chunk_id, release, doc.doc_id, c.ordinal, doc.content_hash, doc.source, doc.uri, c.title,
                   c.heading_path, c.text, metadata, fingerprint, vec)
                  for c, vec in zip(doc.chunks, doc.vectors)])
-        fail = {x.strip() for x in os.environ.get("TANDEM_TEST_FAIL_WRITE", "").split(",") if x.strip()}
-        if doc.doc_id in fail:
-            raise InjectedFault(f"injected write failure for {doc.doc_id} (TANDEM_TEST_FAIL_WRITE)")
+        faults.point("doc_write", doc_id=doc.doc_id)
         conn.execute(sql.SQL("UPDATE {t} SET rel_to = %s WHERE doc_id = %s AND rel_to IS NULL AND rel_from < %s")
                      .format(t=t), (release, doc.doc_id, release))
         conn.execute(sql.SQL("""
@@ -81,10 +72,7 @@ def write_document(conn: psycopg.Connection, n: Names, *, table: str, space_no: 
             (doc.content_hash, doc.title, len(doc.chunks), run_id, doc.doc_id))
         if manifest_now:
             releases.apply_manifest(conn, n, space_no, run_id, release, doc_id=doc.doc_id)
-    _committed += 1
-    crash_after = os.environ.get("TANDEM_TEST_CRASH_AFTER_DOCS")
-    if crash_after and _committed >= int(crash_after):
-        os._exit(70)  # an abrupt crash: no cleanup, no lease release, no finally blocks
+    faults.point("doc_committed", doc_id=doc.doc_id)
 
 
 def record_changed_during_run(conn: psycopg.Connection, n: Names, *, owner: str, run_id: str, doc_id: str) -> None:
