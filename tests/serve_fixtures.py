@@ -111,8 +111,8 @@ class AirflowApp:
         assert resp.status_code == 201, resp.text
         return resp.json()["access_token"]
 
-    def headers(self) -> dict:
-        return {"Authorization": f"Bearer {self.token()}"}
+    def headers(self, username: str = "admin") -> dict:
+        return {"Authorization": f"Bearer {self.token(username)}"}
 
 
 def tandem_subapp(app):
@@ -137,7 +137,7 @@ def airflow_app(airflow, serve_settings, serve_cache):
     saved = {k: os.environ.get(k) for k in _AIRFLOW_ENV}
     password = secrets.token_urlsafe(12)
     pwfile = airflow.home / "serve-passwords.json"
-    pwfile.write_text(json.dumps({"admin": password}))
+    pwfile.write_text(json.dumps({user: password for user in ("admin", "user", "viewer")}))
     os.environ.update({
         "AIRFLOW_HOME": str(airflow.home),
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{airflow.db}",
@@ -145,7 +145,7 @@ def airflow_app(airflow, serve_settings, serve_cache):
         "AIRFLOW__CORE__DAGS_FOLDER": str(airflow.home / "no-dags"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__CORE__AUTH_MANAGER": "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager",
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin,user:user,viewer:viewer",
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(pwfile),
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "False",
         "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_urlsafe(64),

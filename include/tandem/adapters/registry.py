@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import re
 import shutil
 import tempfile
 import time
@@ -362,6 +363,18 @@ def champion_version(settings: Settings) -> str | None:
 # --- writing
 
 
+_RUN_ID = re.compile(r"^[0-9a-f]{32}$")
+
+
+def version_of_run(settings: Settings, run_id: str) -> str | None:
+    """The version that run ``run_id`` already registered (a retried register reuses it), else None."""
+    if not _RUN_ID.match(run_id or ""):
+        raise UserError(f"{run_id!r} is not an MLflow run id", fix="pass the 32-hex-digit id of the training run")
+    found = client(settings).search_model_versions(f"name = '{MODEL}' and run_id = '{run_id}'")
+    found = [mv for mv in found if mv.tags.get(STATUS_TAG) != STATUS_FAILED]
+    return str(min(int(mv.version) for mv in found)) if found else None
+
+
 def register_version(settings: Settings, run_id: str, *, tags: dict[str, str], description: str,
                      artifact_path: str = ARTIFACT_PATH, adapter_dir: Path | None = None,
                      model_info: Any = None) -> str:
@@ -378,7 +391,11 @@ def register_version(settings: Settings, run_id: str, *, tags: dict[str, str], d
 
     cl = client(settings)
     ensure_registered_model(cl)
-    if model_info is not None:
+    existing = version_of_run(settings, run_id)
+    if existing is not None:  # a retry: finish tagging the version this run registered, register nothing new
+        log.info("run %s already registered %s version %s: reusing it", run_id, MODEL, existing)
+        mv = cl.get_model_version(MODEL, existing)
+    elif model_info is not None:
         mv = cl.create_model_version(MODEL, source=model_info.model_uri, run_id=run_id, description=description,
                                      tags={STATUS_TAG: "registering"}, model_id=model_info.model_id)
     else:

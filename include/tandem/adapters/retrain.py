@@ -29,7 +29,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable
 
-from tandem import tracking
+from tandem import faults, tracking
 from tandem.adapters import params as params_mod
 from tandem.adapters import registry
 from tandem.config import Settings
@@ -334,13 +334,16 @@ def register(settings: Settings, state: dict) -> dict:
                                        "airflow run": (state.get("airflow") or {}).get(tracking.tag("airflow_run_url"))})
     from tandem.adapters import pyfunc
 
-    with _resume(settings, state["run_id"]):  # the version is an MLflow model, linked to this run and its metrics
-        holdout = _mlflow_dataset(settings, _snapshot(settings, state), "holdout", state["dataset_digest"])
-        info = pyfunc.log_adapter_model(_adapter_dir(settings, state), base_model=state["base_model"],
-                                        base_sha256=state["base_sha256"], dataset=holdout,
-                                        metrics={m: v for m, v in cand.items() if isinstance(v, (int, float))})
+    info = None
+    if registry.version_of_run(settings, state["run_id"]) is None:  # a retry reuses its version (and model)
+        with _resume(settings, state["run_id"]):  # the version is an MLflow model, linked to this run and metrics
+            holdout = _mlflow_dataset(settings, _snapshot(settings, state), "holdout", state["dataset_digest"])
+            info = pyfunc.log_adapter_model(_adapter_dir(settings, state), base_model=state["base_model"],
+                                            base_sha256=state["base_sha256"], dataset=holdout,
+                                            metrics={m: v for m, v in cand.items() if isinstance(v, (int, float))})
     version = registry.register_version(settings, state["run_id"], tags=tags, description=description,
                                         model_info=info)
+    faults.point("after_register", version=version)
     with _resume(settings, state["run_id"]):
         import mlflow
 

@@ -1,6 +1,8 @@
 """The Tandem HTTP app, mounted by the Airflow plugin under the api-server at ``/tandem``.
 
-Routes (all behind the Airflow UI's authentication: a JWT bearer header, or the UI's ``_token`` cookie):
+Routes (all behind the Airflow UI's authentication: a JWT bearer header, or the UI's ``_token`` cookie; and
+behind Airflow's auth manager: asking needs the right to trigger ``behavior_eval``, the status needs read
+access to the Tandem DAGs' runs; 403 otherwise):
 
 - ``POST /tandem/api/ask``: the answer contract plus sources and timings (``tandem.serve.answer``).
 - ``GET /tandem/api/status``: the state of both cadences as JSON (``tandem.serve.status``).
@@ -43,6 +45,45 @@ async def require_user(request: Request,
     from airflow.api_fastapi.core_api.security import get_user
 
     return await get_user(request=request, _oauth_token=None, bearer_credentials=credentials)
+
+
+# --- authorization: Airflow's auth manager decides, on the Tandem DAGs' runs
+
+#: Asking generates on the shared CPU: it needs the right to trigger ``behavior_eval`` (POST on its runs). In
+#: Airflow's roles that is User, Op and Admin; a Viewer gets 403.
+ASK_DAG = "behavior_eval"
+#: The status page and API show these DAGs' runs: reading needs GET on the runs of each of them.
+TANDEM_DAGS = ("knowledge_reindex", "knowledge_verify", "behavior_eval", "lora_retrain", "adapter_rollback")
+
+
+def _allowed(user: Any, method: str, dag_id: str) -> bool:
+    from airflow.api_fastapi.app import get_auth_manager
+    from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity, DagDetails
+
+    return get_auth_manager().is_authorized_dag(method=method, access_entity=DagAccessEntity.RUN,
+                                                details=DagDetails(id=dag_id), user=user)
+
+
+def _require_readable(user: Any) -> Any:
+    denied = [dag for dag in TANDEM_DAGS if not _allowed(user, "GET", dag)]
+    if denied:
+        raise HTTPException(403, f"reading the Tandem status needs read access to the runs of {', '.join(denied)}")
+    return user
+
+
+async def require_reader(request: Request,
+                         credentials: HTTPAuthorizationCredentials | None = Depends(_bearer)) -> Any:
+    """Logged in, and allowed to read the runs of every Tandem DAG."""
+    return _require_readable(await require_user(request, credentials))
+
+
+async def require_asker(request: Request,
+                        credentials: HTTPAuthorizationCredentials | None = Depends(_bearer)) -> Any:
+    """Logged in, and allowed to trigger ``behavior_eval`` (asking spends the model's CPU)."""
+    user = await require_user(request, credentials)
+    if not _allowed(user, "POST", ASK_DAG):
+        raise HTTPException(403, f"asking needs the right to trigger {ASK_DAG} (Airflow's User, Op or Admin role)")
+    return user
 
 
 # --- request and response models (they document the API in the OpenAPI schema)
@@ -99,6 +140,7 @@ class ErrorBody(BaseModel):
 
 ERRORS = {400: {"model": ErrorBody, "description": "bad input (names the input and the fix)"},
           401: {"model": ErrorBody, "description": "not authenticated (log in to Airflow, or send a bearer token)"},
+          403: {"model": ErrorBody, "description": "logged in without the permission (asking: trigger behavior_eval)"},
           413: {"model": ErrorBody, "description": "the request body is over TANDEM_ASK_MAX_BODY_BYTES"},
           422: {"model": ErrorBody, "description": "the request body does not match the schema"},
           429: {"model": ErrorBody, "description": "the plugin already forwards TANDEM_FORWARD_MAX_CONCURRENT asks"},
@@ -177,8 +219,11 @@ def install_error_handlers(app: FastAPI, login_fix: str = AIRFLOW_LOGIN_FIX) -> 
     @app.exception_handler(HTTPException)
     async def _http(_request: Request, exc: HTTPException):
         fix = None
-        if exc.status_code in (401, 403):
+        if exc.status_code == 401:
             fix = login_fix
+        elif exc.status_code == 403:
+            fix = (f"ask an Airflow admin for a role that may trigger {ASK_DAG} and read the Tandem DAGs' runs "
+                   "(User, Op or Admin; a Viewer may read the status, not ask)")
         return _error(exc.status_code, str(exc.detail), fix, headers=getattr(exc, "headers", None))
 
 
@@ -211,7 +256,7 @@ def create_app(settings=None, *, cache=None, settings_factory: Callable[[], Any]
 
     @app.post("/api/ask", response_model=AskResponse, responses=ERRORS, tags=["ask"],
               summary="Answer a question from the live index with the champion adapter")
-    def ask(body: AskRequest, request: Request, _user=Depends(require_user)) -> Any:
+    def ask(body: AskRequest, request: Request, _user=Depends(require_asker)) -> Any:
         st = state(request)
         if st.settings.serve_url:  # the answer process (`tandem serve`): generation stays out of the api-server
             return forward_ask(st.settings, body)
@@ -221,7 +266,7 @@ def create_app(settings=None, *, cache=None, settings_factory: Callable[[], Any]
 
     @app.get("/api/status", responses=ERRORS, tags=["status"],
              summary="The state of both cadences (index, adapters, evals, anti-flap, links)")
-    def api_status(request: Request, _user=Depends(require_user)) -> dict:
+    def api_status(request: Request, _user=Depends(require_reader)) -> dict:
         from tandem.serve.status import airflow_dag_runs, collect
 
         st = state(request)
@@ -231,6 +276,7 @@ def create_app(settings=None, *, cache=None, settings_factory: Callable[[], Any]
     def page(request: Request, _user=Depends(_page_user)) -> HTMLResponse:
         if isinstance(_user, RedirectResponse):
             return _user
+        _require_readable(_user)
         from tandem.serve.page import render
         from tandem.serve.status import airflow_dag_runs, collect
 
