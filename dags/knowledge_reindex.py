@@ -18,8 +18,8 @@ see the published release only.
    index version = release number, and the summary) only when a release was published or nothing changed.
 4. **release** (teardown): gives the lease back whatever happened.
 
-Manual trigger params: `full_rebuild`, `dry_run`, `allow_mass_delete`, `sources` (empty: the configured
-`TANDEM_SOURCES`). The same job from a shell: `tandem reindex [--source P]... [--full] [--dry-run]`.
+Manual trigger params: `full_rebuild`, `dry_run`, `allow_mass_delete`, `sources` (empty: `TANDEM_SOURCES`
+when it is set, else the sources the index was last published from). The same job from a shell: `tandem reindex [--source P]... [--full] [--dry-run]`.
 """
 
 from __future__ import annotations

@@ -145,6 +145,16 @@ def test_fast_demo_end_to_end_on_celery_workers(base_model_path):
         for needle in ("== 7. Where to look", "/dags/lora_retrain", "#/models/tandem-adapter", "/tandem/"):
             assert needle in proc.stdout
         _assert_ran_on_workers(report["hosts"])
+        # the stack's own schedules work after the demo: the index remembers the sources it was published from
+        tandem = str(Path(sys.executable).parent / "tandem")
+        verified = subprocess.run([tandem, "index", "verify"], env=env, capture_output=True, text=True, timeout=600)
+        assert verified.returncode == 0, verified.stdout + verified.stderr
+        assert "CONSISTENT" in verified.stdout and "the index's last published run" in verified.stdout
+        nightly = subprocess.run([tandem, "reindex", "--dry-run", "--json"], env=env, capture_output=True, text=True,
+                                 timeout=600)
+        assert nightly.returncode == 0, nightly.stderr[-3000:]
+        planned = json.loads(nightly.stdout)
+        assert planned["sources_from"] == "index" and (planned["new"], planned["changed"], planned["deleted"]) == (0, 0, 0)
         # the training worker loaded its own copy of the base model, fetched from MLflow and verified
         fetched = home / "workers" / "training-1" / "models" / base_model_path.name
         assert not fetched.is_symlink() and (fetched / "model.safetensors").is_file()

@@ -120,3 +120,25 @@ def test_verify_sees_rows_of_an_unpublished_release_through_the_live_view(kn, co
     repaired = verify.verify(kn, repair=True)
     assert "re-created the live view over the published release" in repaired["repaired"]["actions"]
     assert repaired["drift"]["unpublished_visible"]["count"] == 0, repaired["drift"]["unpublished_visible"]
+
+
+def test_an_index_remembers_its_sources(kn, corpus):
+    """Published from a source named in the run (as the demo does): verify and the next unnamed run use it."""
+    from tandem.knowledge import known_sources
+
+    unset = kn.replace(sources=known_sources.default_sources(kn))  # TANDEM_SOURCES left at its default
+    assert not Path(unset.sources[0]).exists()
+    first = reindex.run(unset, sources=[f"acme={corpus}"], progress=False)
+    assert first["sources_from"] == "given" and first["index_version"] == "1"
+    assert known_sources.resolve(unset) == ([f"acme={corpus.as_uri()}"], "index")
+
+    report = verify.check(unset)
+    assert report["ok"] and report["sources_from"] == "index", report
+    assert "the index's last published run" in verify.text(report)
+    again = reindex.run(unset, progress=False)  # the scheduled run: nothing named, nothing changed
+    assert again["sources_from"] == "index"
+    assert (again["new"], again["changed"], again["deleted"]) == (0, 0, 0) and again["index_version"] == "1"
+    planned = reindex.run(unset, dry_run=True, progress=False)  # what `tandem reindex --dry-run` prints
+    assert planned["sources_from"] == "index" and (planned["new"], planned["changed"], planned["deleted"]) == (0, 0, 0)
+    # a configured TANDEM_SOURCES wins over the index's memory
+    assert known_sources.resolve(kn)[1] == "configured"

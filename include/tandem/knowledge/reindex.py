@@ -32,7 +32,7 @@ from tandem import db, faults
 from tandem.config import Settings
 from tandem.db import ident
 from tandem.errors import JobFailed, UserError
-from tandem.knowledge import canary, diff, fingerprint, lock, releases, spaces, store
+from tandem.knowledge import canary, diff, fingerprint, known_sources, lock, releases, spaces, store
 from tandem.knowledge import summary as summaries
 from tandem.knowledge.progress import Progress
 
@@ -73,11 +73,12 @@ def plan(settings: Settings, *, run_id: str, owner: str | None, sources=None, fu
 
     started = time.monotonic()
     n = store.names(settings.index_name)
-    source_list = src.parse_sources(sources if sources else settings.sources)
+    specs, sources_from = known_sources.resolve(settings, sources)
+    source_list = src.parse_sources(specs)
     canary.load_golden(settings.canary_path)  # a malformed golden set fails now, before anything is written
     fp, spec, dim = _fingerprint_and_dim(settings)
     base = {"run_id": run_id, "index": n.index, "dry_run": dry_run, "full": full,
-            "sources": [f"{s.name}={s.root}" for s in source_list], "fingerprint": fp}
+            "sources": [f"{s.name}={s.root}" for s in source_list], "sources_from": sources_from, "fingerprint": fp}
     with db.connection(settings.db_url) as conn:
         if not dry_run:
             store.ensure_schema(conn, n)
@@ -579,7 +580,8 @@ def build_summary(conn, n, the_plan: dict, space, batch_stats: list[dict], phase
     counts = _counts(the_plan, deleted, docs, batch_stats)
     summary = {
         "run_id": the_plan["run_id"], "index": n.index, "status": status, "mode": the_plan["mode"], "dry_run": False,
-        "full": the_plan.get("full"), "sources": the_plan.get("sources"), **counts,
+        "full": the_plan.get("full"), "sources": the_plan.get("sources"),
+        "sources_from": the_plan.get("sources_from"), **counts,
         "index_version": live.version if live else None,
         "release": {"no": the_plan["release"], "published": published is not None,
                     "collected_rows": (published or {}).get("collected", {}).get("rows", 0)},

@@ -56,7 +56,10 @@ def check(settings: Settings, *, progress: bool = False, sources=None) -> dict:
     started = time.monotonic()
     started_at = dt.datetime.now(dt.timezone.utc)
     n = store.names(settings.index_name)
-    source_list = src.parse_sources(sources if sources else settings.sources)
+    from tandem.knowledge import known_sources
+
+    specs, sources_from = known_sources.resolve(settings, sources)
+    source_list = src.parse_sources(specs)
     with db.connection(settings.db_url) as conn:
         now = releases.live_release(conn, n) if store.exists(conn, n.spaces) else None
         conn.commit()
@@ -76,7 +79,8 @@ def check(settings: Settings, *, progress: bool = False, sources=None) -> dict:
             diff.drop_staging(conn)
         report = {
             "index": n.index, "release": release, "index_version": str(release), "space": space.space_no,
-            "ok": not any(findings[k]["count"] for k in KINDS), "sources": [f"{s.name}={s.root}" for s in source_list],
+            "ok": not any(findings[k]["count"] for k in KINDS),
+            "sources": [f"{s.name}={s.root}" for s in source_list], "sources_from": sources_from,
             "scanned": scanned, **totals, "drift": findings, "drifted_documents": _drifted_docs(findings),
             "failing": failing, "seconds": round(time.monotonic() - started, 3),
         }
@@ -236,12 +240,17 @@ def last_check(conn, n) -> dict | None:
             "failing": len(rep.get("failing") or []), "repair_release": repair_release}
 
 
+_FROM = {"given": "named by you", "configured": "TANDEM_SOURCES", "index": "the index's last published run",
+         "default": "the default folder"}
+
+
 def text(report: dict) -> str:
     """The report for a terminal."""
     head = (f"knowledge index {report['index']!r} release {report['release']}: "
             + ("CONSISTENT with its sources" if report["ok"] else "DRIFT found"))
     lines = [head, f"  scanned {report['scanned']} documents . indexed {report['indexed_documents']} . "
-                   f"published chunks {report['published_chunks']} . {report['seconds']}s"]
+                   f"published chunks {report['published_chunks']} . {report['seconds']}s",
+             f"  sources ({_FROM.get(report.get('sources_from'), 'given')}): {', '.join(report.get('sources') or [])}"]
     for kind in KINDS:
         found = report["drift"][kind]
         if not found["count"]:
