@@ -15,7 +15,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from serve_fixtures import ANSWERABLE, airflow_app, tandem_subapp  # noqa: F401 - fixtures
+from serve_fixtures import ANSWERABLE, tandem_subapp
 
 
 class _Upstream:

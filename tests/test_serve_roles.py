@@ -3,7 +3,7 @@ Admin); a Viewer may read the status but gets 403 on ask. Real api-server app, r
 
 from __future__ import annotations
 
-from serve_fixtures import OFF_TOPIC, airflow_app  # noqa: F401 - fixtures
+from serve_fixtures import OFF_TOPIC
 
 
 def test_a_viewer_cannot_ask(airflow_app, serve_index):

@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from serve_fixtures import ANSWERABLE, airflow_app, clean_registry, tandem_subapp  # noqa: F401 - fixtures
+from serve_fixtures import ANSWERABLE, clean_registry, tandem_subapp  # noqa: F401 - fixtures
 from tandem.stack import process
 
 
