@@ -116,7 +116,11 @@ def test_up_status_down_leaves_no_process(base_model_path):
         assert httpx.get(f"{serve}/health", timeout=10).json()["status"] == "ok"
         assert httpx.post(f"{serve}/api/ask", json={"question": "hi"}, timeout=10).status_code == 401
         token = services.serve_env(settings)["TANDEM_SERVE_TOKEN"]
-        assert token in up.stdout
+        assert token not in up.stdout and str(services.serve_token_file(settings)) in up.stdout  # named, not shown
+        assert services.serve_token_file(settings).read_text().strip() == token
+        authed = httpx.post(f"{serve}/api/ask", json={"question": ""}, headers={"Authorization": f"Bearer {token}"},
+                            timeout=10)
+        assert authed.status_code == 400, authed.text  # past the token check, refused for the empty question
     finally:
         down = _stack(home, "down", ports)
     assert down.returncode == 0, down.stderr
