@@ -307,7 +307,7 @@ def test_a_register_retried_after_its_commit_reuses_the_version(first_run, monke
     assert of_run() == [state["version"]]
 
     class Died(BaseException):
-        pass
+        """Stands for the worker dying right after the registration committed."""
 
     def die(name, **_context):
         if name == "after_register":

@@ -124,9 +124,11 @@ def test_verify_sees_rows_of_an_unpublished_release_through_the_live_view(kn, co
 
 def test_an_index_remembers_its_sources(kn, corpus):
     """Published from a source named in the run (as the demo does): verify and the next unnamed run use it."""
+    from tandem.config import Settings
     from tandem.knowledge import known_sources
 
-    unset = kn.replace(sources=known_sources.default_sources(kn))  # TANDEM_SOURCES left at its default
+    unset = kn.replace(sources=Settings.load(env={}, home=kn.home).sources)  # TANDEM_SOURCES left at its default
+    assert unset.is_default("sources") and not kn.is_default("sources")
     assert not Path(unset.sources[0]).exists()
     first = reindex.run(unset, sources=[f"acme={corpus}"], progress=False)
     assert first["sources_from"] == "given" and first["index_version"] == "1"

@@ -26,8 +26,8 @@ class _Upstream:
         upstream = self
 
         class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):  # quiet
-                pass
+            def log_message(self, *args):
+                """Quiet: the test reads what the upstream saw from its counters, not from stderr."""
 
             def do_POST(self):
                 body = self.rfile.read(int(self.headers.get("content-length", 0)))

@@ -243,6 +243,12 @@ SETTINGS: tuple[Setting, ...] = (
 _BY_NAME = {s.name: s for s in SETTINGS}
 
 
+def _default_value(setting: Setting, resolved: Mapping[str, Any]) -> Any:
+    """The setting's default, parsed; a derived default is computed from the settings resolved so far."""
+    default = setting.default(resolved) if callable(setting.default) else setting.default
+    return setting.parse(str(default))
+
+
 @dataclasses.dataclass(frozen=True)
 class Settings:
     """Resolved settings. Build with ``Settings.load()``; attributes match ``SETTINGS`` names."""
@@ -272,12 +278,15 @@ class Settings:
                     raise ConfigError(f"{setting.env}={raw!r} is invalid: {exc}",
                                       fix=f"set {setting.env} to a valid value ({setting.help})") from None
             else:
-                default = setting.default(resolved) if callable(setting.default) else setting.default
-                resolved[setting.name] = setting.parse(str(default))
+                resolved[setting.name] = _default_value(setting, resolved)
         unknown = set(overrides) - set(_BY_NAME)
         if unknown:
             raise ConfigError(f"unknown setting(s): {', '.join(sorted(unknown))}")
         return cls(resolved)
+
+    def is_default(self, name: str) -> bool:
+        """Whether setting ``name`` holds its default (derived defaults computed from these settings)."""
+        return self.values[name] == _default_value(_BY_NAME[name], self.values)
 
     def replace(self, **changes: Any) -> "Settings":
         unknown = set(changes) - set(_BY_NAME)

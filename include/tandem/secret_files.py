@@ -21,37 +21,34 @@ def read_or_create(path: Path, make: Callable[[], str]) -> str:
     existing = _read(path)
     if existing:
         return existing
-    path.parent.mkdir(parents=True, exist_ok=True)
     value = make()
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, MODE)
     try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(value + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        try:
-            os.link(tmp, path)
-        except FileExistsError:  # another first start won: use its secret
-            return _read(path) or value
-    finally:
-        tmp.unlink(missing_ok=True)
+        _place(path, value + "\n", os.link)  # link fails when the target exists: no secret is overwritten
+    except FileExistsError:  # another first start won: use its secret
+        return _read(path) or value
     return value
 
 
 def write(path: Path, text: str) -> Path:
     """Replace the secret file at ``path`` with ``text`` (created 0600, renamed into place)."""
     path = Path(path)
+    _place(path, text, os.replace)
+    return path
+
+
+def _place(path: Path, text: str, put: Callable[[Path, Path], None]) -> None:
+    """Write ``text`` to a temporary file created 0600, then ``put(tmp, path)`` it into place."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, MODE)
     try:
         with os.fdopen(fd, "w") as fh:
             fh.write(text)
-        os.replace(tmp, path)
+            fh.flush()
+            os.fsync(fh.fileno())
+        put(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-    return path
 
 
 def _read(path: Path) -> str:

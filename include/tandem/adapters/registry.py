@@ -380,9 +380,12 @@ def register_version(settings: Settings, run_id: str, *, tags: dict[str, str], d
                      model_info: Any = None) -> str:
     """Register the adapter logged by run ``run_id`` as a new version; returns the version number.
 
-    With ``model_info`` (the run's pyfunc model, ``tandem.adapters.pyfunc``) the version is that logged model,
-    so ``mlflow.pyfunc.load_model("models:/tandem-adapter@champion")`` loads it; without, the run's raw adapter
-    artifacts (versions registered by older Tandem releases).
+    With ``model_info`` (the run's pyfunc model, ``tandem.adapters.pyfunc``, or a function that logs it and
+    returns it) the version is that logged model, so ``mlflow.pyfunc.load_model("models:/tandem-adapter@champion")``
+    loads it; without, the run's raw adapter artifacts (versions registered by older Tandem releases).
+
+    Safe to retry: a version this run already registered is reused (its tags are finished), and a
+    ``model_info`` function is then not called, so no second model is logged.
 
     The version gets ``tags`` plus ``tandem.status=ok`` last: if anything fails after the version exists,
     it is tagged ``failed`` (and never served by ``resolve``) before the error propagates.
@@ -396,6 +399,8 @@ def register_version(settings: Settings, run_id: str, *, tags: dict[str, str], d
         log.info("run %s already registered %s version %s: reusing it", run_id, MODEL, existing)
         mv = cl.get_model_version(MODEL, existing)
     elif model_info is not None:
+        if callable(model_info):
+            model_info = model_info()
         mv = cl.create_model_version(MODEL, source=model_info.model_uri, run_id=run_id, description=description,
                                      tags={STATUS_TAG: "registering"}, model_id=model_info.model_id)
     else:

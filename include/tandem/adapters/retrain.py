@@ -334,15 +334,15 @@ def register(settings: Settings, state: dict) -> dict:
                                        "airflow run": (state.get("airflow") or {}).get(tracking.tag("airflow_run_url"))})
     from tandem.adapters import pyfunc
 
-    info = None
-    if registry.version_of_run(settings, state["run_id"]) is None:  # a retry reuses its version (and model)
-        with _resume(settings, state["run_id"]):  # the version is an MLflow model, linked to this run and metrics
+    def log_model():  # the version is an MLflow model, linked to this run and its metrics (not on a retry)
+        with _resume(settings, state["run_id"]):
             holdout = _mlflow_dataset(settings, _snapshot(settings, state), "holdout", state["dataset_digest"])
-            info = pyfunc.log_adapter_model(_adapter_dir(settings, state), base_model=state["base_model"],
+            return pyfunc.log_adapter_model(_adapter_dir(settings, state), base_model=state["base_model"],
                                             base_sha256=state["base_sha256"], dataset=holdout,
                                             metrics={m: v for m, v in cand.items() if isinstance(v, (int, float))})
+
     version = registry.register_version(settings, state["run_id"], tags=tags, description=description,
-                                        model_info=info)
+                                        model_info=log_model)
     faults.point("after_register", version=version)
     with _resume(settings, state["run_id"]):
         import mlflow

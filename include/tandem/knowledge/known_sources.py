@@ -20,10 +20,6 @@ from tandem.knowledge import store
 log = logging.getLogger(__name__)
 
 
-def default_sources(settings: Settings) -> tuple[str, ...]:
-    return (str(settings.home / "knowledge"),)
-
-
 def published_sources(settings: Settings) -> list[str] | None:
     """The sources (``name=root``) of the run that published the latest release, or None (no such release)."""
     n = store.names(settings.index_name)
@@ -42,7 +38,7 @@ def resolve(settings: Settings, given=None) -> tuple[list[str], str]:
     """The source specs a run reads, and where they came from: given, configured, index or default."""
     if given:
         return list(given), "given"
-    if tuple(settings.sources) != default_sources(settings):
+    if not settings.is_default("sources"):
         return list(settings.sources), "configured"
     remembered = published_sources(settings)
     if remembered:

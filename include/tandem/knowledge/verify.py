@@ -51,13 +51,11 @@ def verify(settings: Settings, *, repair: bool = False, progress: bool = False, 
 
 
 def check(settings: Settings, *, progress: bool = False, sources=None) -> dict:
-    from tandem.knowledge import scan, sources as src
+    from tandem.knowledge import known_sources, scan, sources as src
 
     started = time.monotonic()
     started_at = dt.datetime.now(dt.timezone.utc)
     n = store.names(settings.index_name)
-    from tandem.knowledge import known_sources
-
     specs, sources_from = known_sources.resolve(settings, sources)
     source_list = src.parse_sources(specs)
     with db.connection(settings.db_url) as conn:

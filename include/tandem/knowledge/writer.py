@@ -26,7 +26,6 @@ from tandem.knowledge.chunking import Chunk
 from tandem.knowledge.store import Names
 
 
-
 def _require_idle(conn: psycopg.Connection) -> None:
     """The per-document transaction must be a real transaction, not a savepoint in someone else's."""
     if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:

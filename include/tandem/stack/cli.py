@@ -181,8 +181,8 @@ def airflow_health(settings: Settings, timeout: float = 3) -> dict:
 
 def _print_urls(settings: Settings) -> None:
     """Where everything is. Secrets are never printed: the lines name the files that hold them."""
+    services.airflow_password(settings)  # a first start creates the file the line below names
     pwfile = services.airflow_password_file(settings)
-    services.airflow_password(settings)
     token = ("TANDEM_SERVE_TOKEN" if settings.serve_token else
              f"`cat {services.serve_token_file(settings)}`")
     _say(f"""

@@ -77,7 +77,7 @@ def airflow_password(settings: Settings) -> str:
 
 def write_airflow_password(settings: Settings, password: str) -> Path:
     """The SimpleAuthManager passwords file: $TANDEM_HOME/airflow/passwords.json, locally and in compose."""
-    return secret_files.write(settings.airflow_home / "passwords.json", json.dumps({"admin": password}))
+    return secret_files.write(airflow_password_file(settings), json.dumps({"admin": password}))
 
 
 def airflow_env(settings: Settings) -> dict[str, str]:
