@@ -124,3 +124,25 @@ def adapters_settings(settings, tmp_path_factory):
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     return s
+
+
+def gate_promotes(settings, run_id: str, conf: dict) -> bool:
+    """Whether the gate must promote: recomputed from the metrics the training run logged, the spec's
+    thresholds and the run's params (independent of the tags and aliases the gate task wrote)."""
+    from tandem import tracking
+    from tandem.adapters import gate, params
+    from tandem.behavior.spec import load_spec
+
+    metrics = tracking.client(settings).get_run(run_id).data.metrics
+    models: dict[str, dict[str, float]] = {}
+    for key, value in metrics.items():
+        name, _, metric = key.partition(".")
+        if name in ("candidate", "champion", "base") and metric and not metric.startswith("eval_"):
+            models.setdefault(name, {})[metric] = value
+    spec = load_spec(settings.spec_path)
+    thresholds, primary = gate.spec_gate(spec)
+    p = params.validate(conf)
+    decided = gate.decide(models["candidate"], models.get("champion") or models["base"], thresholds=thresholds,
+                          primary=primary, margin=p.promotion_margin, tolerance=p.regression_tolerance,
+                          base=models.get("base"), base_tolerance=spec.base_tolerance)
+    return decided.promote and p.auto_promote and not p.require_approval

@@ -68,6 +68,7 @@ def base_model_path() -> Path:
 @pytest.fixture(scope="session")
 def mlflow_server(pg, tandem_home):
     """A real MLflow tracking server on a free loopback port, backed by the test Postgres."""
+    from tandem import mlflow_auth
     from tandem.config import Settings
     from tandem.stack import process, services
 
@@ -76,6 +77,7 @@ def mlflow_server(pg, tandem_home):
     process.start(service, settings.run_dir, settings.logs_dir)
     try:
         process.wait_healthy(service, settings.run_dir, settings.logs_dir, timeout=120)
+        mlflow_auth.sign_in(settings)  # the basic-auth app, as `make up` runs it: this process signs in as Tandem
         yield settings.mlflow_uri
     finally:
         process.stop(service, settings.run_dir)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from adapters_fixtures import adapters_settings  # noqa: F401 - fixture
+from adapters_fixtures import adapters_settings, gate_promotes  # noqa: F401 - fixture
 
 pytestmark = [pytest.mark.slow, pytest.mark.airflow]
 
@@ -43,12 +43,13 @@ def test_lora_retrain_dag_then_adapter_rollback(airflow, adapters_settings):
     mv = registry.client(settings).get_model_version(registry.MODEL, version)
     assert mv.tags["tandem.airflow_dag_id"] == "lora_retrain" and "/dags/lora_retrain/runs/" in mv.tags["tandem.airflow_run_url"]
     assert mv.tags["tandem.eval_run_id"] == "evalrun456"
-    if states["promote"] == "success":
-        assert registry.champion_version(settings) == version
-    else:
-        assert states["promote"] == "skipped"
-        assert registry.champion_version(settings) == champion_before
-        assert "challenger" in new[0]["aliases"]
+    # the gate's verdict, recomputed from the logged metrics, decides which way the DAG went
+    promotes = gate_promotes(settings, mv.run_id, CONF)
+    assert states["promote"] == ("success" if promotes else "skipped"), states
+    assert mv.tags["tandem.gate_decision"] == ("promoted" if promotes else "challenger")
+    expected_champion = version if promotes else champion_before
+    assert registry.champion_version(settings) == expected_champion
+    assert ("challenger" in new[0]["aliases"]) is not promotes
 
     # adapter_rollback with a version: that version becomes champion, the old one previous
     current = registry.champion_version(settings)

@@ -147,6 +147,13 @@ SETTINGS: tuple[Setting, ...] = (
             "MLflow tracking URI used by DAGs and the CLI."),
     Setting("airflow_url", lambda s: f"http://{s['bind_host']}:{s['airflow_port']}", str,
             "Public Airflow URL, used for links in run summaries and MLflow tags."),
+    Setting("mlflow_auth", True, _bool,
+            "`make up` starts MLflow with its basic-auth app: every request signs in; reviewers get READ "
+            "(`tandem mlflow add-reviewer NAME`)."),
+    Setting("mlflow_username", "tandem", str, "The MLflow user (the server's admin) Tandem's components sign in as."),
+    Setting("mlflow_password", "", str,
+            "Its password. Empty: generated once (mode 0600) as TANDEM_HOME/airflow/secrets/mlflow_password; "
+            "never printed."),
     Setting("mlflow_ui_url", lambda s: s["mlflow_uri"] if s["mlflow_uri"].startswith("http") else "", str,
             "Public MLflow UI URL, used for links (empty: no links)."),
     # --- models
@@ -362,7 +369,7 @@ def shown_values(settings: Settings) -> dict[str, str]:
 
 
 # Settings whose value is a secret: never printed, logged or shown on a page.
-SECRET_SETTINGS = ("pg_password", "serve_token")
+SECRET_SETTINGS = ("pg_password", "serve_token", "mlflow_password")
 
 
 def hide_userinfo(url: str) -> str:

@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from tandem import models
+from tandem import mlflow_auth, models, tracking
 from tandem.config import Settings
 from tandem.errors import JobFailed, UserError
 from tandem.filelock import file_lock
@@ -111,6 +111,7 @@ def ensure_base_model(settings: Settings) -> str:
         return models.resolve_base_model(ref)
     folder = Path(ref).expanduser()
     if not (folder / "config.json").exists() and settings.base_model_uri:
+        mlflow_auth.sign_in(settings)
         fetch(settings.base_model_uri, folder, tracking_uri=settings.mlflow_uri,
               expected_sha256=settings.base_model_sha256)
     path = models.resolve_base_model(folder)
@@ -145,12 +146,11 @@ def publish(settings: Settings) -> dict:
     pinned with TANDEM_BASE_MODEL_SHA256 refuses a model published later under the same alias.
     """
     import mlflow
-    from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
     folder = Path(models.resolve_base_model(settings.base_model))
     sha = models.base_model_sha256(folder)
-    client = MlflowClient(tracking_uri=settings.mlflow_uri, registry_uri=settings.mlflow_uri)
+    client = tracking.client(settings)
     try:
         client.get_registered_model(REGISTERED_MODEL)
     except MlflowException:

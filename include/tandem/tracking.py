@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from tandem import mlflow_auth
 from tandem.config import Settings
 
 EXPERIMENT_KNOWLEDGE = "tandem-knowledge"
@@ -33,8 +34,17 @@ def use(settings: Settings, experiment: str):
     import mlflow
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    mlflow_auth.sign_in(settings)
     mlflow.set_tracking_uri(settings.mlflow_uri)
     return mlflow.set_experiment(experiment)
+
+
+def client(settings: Settings):
+    """An MlflowClient for the configured server (tracking and registry), signed in as Tandem."""
+    from mlflow import MlflowClient
+
+    mlflow_auth.sign_in(settings)
+    return MlflowClient(tracking_uri=settings.mlflow_uri, registry_uri=settings.mlflow_uri)
 
 
 def airflow_context_tags(settings: Settings) -> dict[str, str]:

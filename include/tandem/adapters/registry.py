@@ -80,10 +80,9 @@ class ResolvedAdapter:
 
 def client(settings: Settings):
     """An MlflowClient for the configured server, after a quick health check (no minutes of retries)."""
-    from mlflow import MlflowClient
 
     check_server(settings)
-    return MlflowClient(tracking_uri=settings.mlflow_uri, registry_uri=settings.mlflow_uri)
+    return tracking.client(settings)
 
 
 def check_server(settings: Settings) -> None:

@@ -285,11 +285,10 @@ def _cached_base_scores(settings: Settings, key: str, *, exclude_run_id: str) ->
     """(run id, base metrics) of an earlier retrain that scored the base model on the same holdout rows with
     the same spec and scorer (``compare.base_scores_key``), or None. The base model's scores cost a third of
     the evaluation and change only with those inputs."""
-    from mlflow import MlflowClient
 
     from tandem.adapters.compare import gate_metrics
 
-    client = MlflowClient(tracking_uri=settings.mlflow_uri)
+    client = tracking.client(settings)
     exp = client.get_experiment_by_name(tracking.EXPERIMENT_TRAINING)
     if exp is None:
         return None
@@ -424,7 +423,6 @@ def fail(settings: Settings, state: dict | None, run_id: str | None, error: str)
     A version that passed the gate and waited for an approval that never came is not broken: it stays
     ``challenger`` with the reason "approval timed out", and the run is marked the same way.
     """
-    from mlflow import MlflowClient
 
     run_id = run_id or (state or {}).get("run_id")
     version = (state or {}).get("version")
@@ -443,7 +441,7 @@ def fail(settings: Settings, state: dict | None, run_id: str | None, error: str)
             registry.mark_failed(settings, version, error)
     if run_id:
         try:
-            cl = MlflowClient(tracking_uri=settings.mlflow_uri)
+            cl = tracking.client(settings)
             cl.set_tag(run_id, tracking.tag("status"), "failed")
             cl.set_tag(run_id, tracking.tag("failure"), error[:5000])
             cl.set_terminated(run_id, status="FAILED")

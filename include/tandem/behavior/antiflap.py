@@ -153,7 +153,6 @@ def _quote(value: str) -> str:
 
 def state(settings, spec, *, adapter_version: str | None = None) -> Verdict:
     """The anti-flap state of the live adapter as the next failing eval would see it (for status pages)."""
-    from mlflow import MlflowClient
 
     if adapter_version is None:
         from tandem.adapters import registry
@@ -164,6 +163,6 @@ def state(settings, spec, *, adapter_version: str | None = None) -> Verdict:
     from tandem.behavior.evalset import file_digest
 
     digest = file_digest(settings.eval_set_path) if Path(settings.eval_set_path).expanduser().is_file() else None
-    client = MlflowClient(tracking_uri=settings.mlflow_uri)
+    client = tracking.client(settings)
     return check(spec.anti_flap, history(client, adapter_version=adapter_version, eval_set_digest=digest),
                  current_failing=True)

@@ -209,12 +209,11 @@ def run_eval(settings: Settings, *, adapter: str = "champion", limit: int | None
 
 def decide_and_record(settings: Settings, summary: dict[str, Any], *, now: dt.datetime | None = None) -> Decision:
     """Decide (with the anti-flap history from MLflow) and record the decision on the eval run."""
-    from mlflow import MlflowClient
 
     from tandem.behavior.report import scorecard
 
     spec = load_spec(settings.spec_path)
-    client = MlflowClient(tracking_uri=settings.mlflow_uri)
+    client = tracking.client(settings)
     history = antiflap.history(client, adapter_version=summary["adapter"], eval_set_digest=summary["eval_set_digest"],
                                exclude_run_id=summary["run_id"])
     decision = decide(spec, summary["metrics"], summary["counts"], missing_docs=summary["missing_docs"],

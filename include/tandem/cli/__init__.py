@@ -17,7 +17,7 @@ from tandem.errors import JobFailed, TandemError
 
 # Modules that add verbs: each has ``register(subparsers)``; a missing one is skipped (area not built yet).
 AREAS = ("tandem.cli.config_cmd", "tandem.cli.knowledge", "tandem.cli.behavior", "tandem.cli.adapters",
-         "tandem.cli.ask", "tandem.cli.serve_cmd", "tandem.cli.models_cmd")
+         "tandem.cli.ask", "tandem.cli.serve_cmd", "tandem.cli.models_cmd", "tandem.cli.mlflow_cmd")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
+        _sign_in_to_mlflow()
         result = args.func(args)
     except JobFailed as exc:
         if exc.summary:
@@ -66,6 +67,19 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     return int(result or 0)
+
+
+def _sign_in_to_mlflow() -> None:
+    """Sign MLflow clients in as Tandem when the stack's MLflow asks for a password (a broken config is
+    reported by the command itself)."""
+    from tandem import mlflow_auth
+    from tandem.config import Settings
+
+    try:
+        settings = Settings.load()
+    except TandemError:
+        return
+    mlflow_auth.sign_in(settings)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from tandem import tracking
 from tandem.airflow.rest import AirflowClient, DagRun
 from tandem.config import Settings
 from tandem.demo import data, fast
@@ -218,12 +219,11 @@ class Demo:
 
     def _training_figures(self, version: dict) -> dict:
         """Steps, s/step and the holdout content metrics of the version's training run (from MLflow)."""
-        from mlflow import MlflowClient
 
         run_id = (version.get("tags") or {}).get("tandem.training_run_id") or version.get("run_id")
         if not run_id:
             return {}
-        data = MlflowClient(tracking_uri=self.settings.mlflow_uri).get_run(run_id).data
+        data = tracking.client(self.settings).get_run(run_id).data
         m = data.metrics
         training = {k: round(m[k], 3) for k in ("steps", "s_per_step", "tokens_per_row", "train_seconds",
                                                   "dataset_counterfactual_share") if k in m}

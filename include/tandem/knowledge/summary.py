@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 
+from tandem import mlflow_auth
 from tandem.config import Settings
 
 log = logging.getLogger(__name__)
@@ -142,6 +143,7 @@ def _log_rest(settings: Settings, summary: dict, run_tags: dict, record: dict) -
     """An http(s) tracking server: a handful of REST calls, without importing mlflow (see tandem.mlflow_rest)."""
     from tandem import mlflow_rest, tracking
 
+    mlflow_auth.sign_in(settings)
     with mlflow_rest.RunLogger(settings.mlflow_uri) as run:
         run.start(tracking.EXPERIMENT_KNOWLEDGE, f"reindex {summary.get('run_id')}", run_tags)
         try:

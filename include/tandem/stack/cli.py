@@ -1,6 +1,6 @@
 """``make up`` / ``make down`` / ``make status`` / ``make logs``: the local stack without Docker.
 
-    python -m tandem.stack up|down|status|logs|pools-json
+    python -m tandem.stack up|down|status|logs|pools-json|passwords-file|mlflow-auth-config
 
 ``up`` starts PostgreSQL (embedded), MLflow and Airflow (api-server, scheduler, dag-processor,
 triggerer), waits until each is healthy, then prints the URLs and how to log in. A second ``up``
@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 
-from tandem import models
+from tandem import mlflow_auth, models
 from tandem.config import Settings
 from tandem.db import redact
 from tandem.errors import TandemError, UserError
@@ -185,9 +185,15 @@ def _print_urls(settings: Settings) -> None:
     pwfile = services.airflow_password_file(settings)
     token = ("TANDEM_SERVE_TOKEN" if settings.serve_token else
              f"`cat {services.serve_token_file(settings)}`")
+    mlflow_login = "(no sign-in: TANDEM_MLFLOW_AUTH=false)"
+    if settings.mlflow_auth:
+        where = ("TANDEM_MLFLOW_PASSWORD" if settings.mlflow_password else
+                 f"`cat {mlflow_auth.password_file(settings)}`")
+        mlflow_login = (f"(user {settings.mlflow_username}, password: {where}; "
+                        "read-only users: `tandem mlflow add-reviewer NAME`)")
     _say(f"""
   Airflow UI   http://{settings.bind_host}:{settings.airflow_port}   (user admin, password: the "admin" value in {pwfile})
-  MLflow UI    http://{settings.bind_host}:{settings.mlflow_port}
+  MLflow UI    http://{settings.bind_host}:{settings.mlflow_port}   {mlflow_login}
   Postgres     {redact(settings.db_url)}
   Tandem page  http://{settings.bind_host}:{settings.airflow_port}/tandem/  (once logged in to Airflow)
   Answer API   http://{settings.bind_host}:{settings.serve_port}/api/ask   (tandem serve; header
@@ -318,16 +324,23 @@ def passwords_file(settings: Settings) -> int:
     return 0
 
 
+def mlflow_auth_config(settings: Settings) -> int:
+    """Compose's MLflow: write the basic-auth app's config (users in MLflow's database) and print its path."""
+    print(mlflow_auth.write_server_config(settings, services.mlflow_backend_uri(settings)))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tandem.stack", description=__doc__.splitlines()[0])
-    parser.add_argument("action", choices=["up", "down", "status", "logs", "pools-json", "passwords-file"])
+    parser.add_argument("action", choices=["up", "down", "status", "logs", "pools-json", "passwords-file",
+                                           "mlflow-auth-config"])
     args = parser.parse_args(argv)
     try:
         settings = Settings.load()
         if args.action in ("down", "status", "logs"):
             settings = started_as(settings)
         actions = {"up": up, "down": down, "status": status, "logs": logs, "pools-json": pools_json,
-                   "passwords-file": passwords_file}
+                   "passwords-file": passwords_file, "mlflow-auth-config": mlflow_auth_config}
         return actions[args.action](settings)
     except TandemError as exc:
         print(f"tandem {args.action}: error: {exc}", file=sys.stderr)

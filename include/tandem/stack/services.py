@@ -20,7 +20,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from tandem import secret_files
+from tandem import mlflow_auth, secret_files
 from tandem.airflow.settings import connection_env
 from tandem.config import Settings, _CHECKOUT, local_pg_url
 from tandem.db import sqlalchemy_url
@@ -115,6 +115,7 @@ def airflow_env(settings: Settings) -> dict[str, str]:
     env.update(connection_env(settings))
     env.update(settings.as_env())
     env.update(serve_env(settings))  # the plugin forwards /tandem/api/ask to `tandem serve`
+    env.update(mlflow_auth.client_env(settings, create=True))  # tasks and the plugin sign in to MLflow as Tandem
     if is_celery(settings):
         env.update(celery_env(settings))
     return env
@@ -227,7 +228,8 @@ def serve_env(settings: Settings) -> dict[str, str]:
 
 
 def serve_service(settings: Settings) -> Service:
-    env = {**settings.as_env(), **serve_env(settings), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+    env = {**settings.as_env(), **serve_env(settings), **mlflow_auth.client_env(settings, create=True),
+           "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
            "TOKENIZERS_PARALLELISM": "false"}
     return Service(
         name="tandem-serve",
@@ -250,13 +252,18 @@ def mlflow_backend_uri(settings: Settings) -> str:
 
 
 def mlflow_service(settings: Settings) -> Service:
+    """The tracking server; with TANDEM_MLFLOW_AUTH, MLflow's basic-auth app (users kept in the same database)."""
+    backend = mlflow_backend_uri(settings)
+    auth = ["--app-name", "basic-auth"] if settings.mlflow_auth else []
+    env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+           **(mlflow_auth.server_env(settings, backend) if settings.mlflow_auth else {})}
     return Service(
         name="mlflow",
-        argv=[_bin("mlflow"), "server",
-              "--backend-store-uri", mlflow_backend_uri(settings),
+        argv=[_bin("mlflow"), "server", *auth,
+              "--backend-store-uri", backend,
               "--artifacts-destination", str(settings.mlflow_artifacts),
               "--host", settings.bind_host, "--port", str(settings.mlflow_port), "--workers", "1"],
-        env={"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+        env=env,
         health=http_health(f"http://{settings.bind_host}:{settings.mlflow_port}/health"),
         port=settings.mlflow_port,
         host=settings.bind_host,
