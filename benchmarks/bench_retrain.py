@@ -90,7 +90,9 @@ def main(argv=None) -> int:
 
     import torch
 
-    from tandem.adapters import params, registry, retrain
+    from tandem import registry
+
+    from tandem.adapters import params, retrain
 
     values = dict(params.parse_assignment(a) for a in args.assignments)
     if args.steps is not None:
@@ -154,7 +156,9 @@ def main(argv=None) -> int:
         state = retrain.evaluate(settings, state, limit=args.holdout_limit or None)
         eval_s = time.monotonic() - t0
         items = _items(settings, state["run_id"])
-        state = retrain.register(settings, state)
+        from tandem.serve.pyfunc import log_adapter_model
+
+        state = retrain.register(settings, state, log_model=log_adapter_model)
         state = retrain.gate(settings, state)
         # the benchmark never moves the champion of a shared stack
         models = state["evaluation"]["models"]

@@ -312,7 +312,8 @@ def register_two_adapters(settings, work: Path) -> list[str]:
     from transformers import AutoModelForCausalLM
 
     from tandem import tracking
-    from tandem.adapters import pyfunc, registry
+    from tandem import registry
+    from tandem.serve import pyfunc
     from tandem.models import base_model_sha256, weights_sha256
 
     versions = []
@@ -337,7 +338,7 @@ def register_two_adapters(settings, work: Path) -> list[str]:
 
 def bench_swap(settings, question: str, runs: int, work: Path) -> dict:
     """Champion moves between two real adapters; the first request after each move vs a steady one."""
-    from tandem.adapters import registry
+    from tandem import registry
     from tandem.serve.adapter_cache import AdapterCache
     from tandem.serve.answer import answer
 
@@ -385,7 +386,7 @@ def bench_load(settings, questions: list[str], work: Path, *, clients: int = 8, 
 
     import httpx
 
-    from tandem.adapters import registry
+    from tandem import registry
     from tandem.stack import process
 
     versions = register_two_adapters(settings, work)

@@ -68,8 +68,9 @@ def lora_retrain():
     @task
     def register_version(state: dict):
         from tandem.adapters import tasks
+        from tandem.serve.pyfunc import log_adapter_model  # the version is a servable MLflow model
 
-        return tasks.step("register", state)
+        return tasks.step("register", state, log_model=log_adapter_model)
 
     @task
     def gate(state: dict):

@@ -32,7 +32,7 @@ def register_adapter(settings, folder: Path, metrics: dict | None = None, status
     import mlflow
 
     from tandem import tracking
-    from tandem.adapters import registry
+    from tandem import registry
     from tandem.models import base_model_sha256, weights_sha256
 
     tracking.use(settings, tracking.EXPERIMENT_TRAINING)

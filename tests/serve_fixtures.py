@@ -81,7 +81,7 @@ def clean_registry(settings) -> None:
     """Delete the ``tandem-adapter`` registered model (tests share one MLflow server)."""
     from mlflow.exceptions import MlflowException
 
-    from tandem.adapters import registry
+    from tandem import registry
 
     try:
         registry.client(settings).delete_registered_model(registry.MODEL)

@@ -25,7 +25,7 @@ def test_invalid_params_are_refused_at_trigger_time(airflow, adapters_settings):
 
 
 def test_lora_retrain_dag_then_adapter_rollback(airflow, adapters_settings):
-    from tandem.adapters import registry
+    from tandem import registry
 
     settings = adapters_settings
     before = {r["version"] for r in registry.list_versions(settings)}
@@ -68,7 +68,7 @@ def test_failed_training_task_marks_the_run_and_leaves_champion(airflow, adapter
     from mlflow import MlflowClient
 
     from tandem import tracking
-    from tandem.adapters import registry
+    from tandem import registry
 
     settings = adapters_settings
     before = [r["version"] for r in registry.list_versions(settings)]

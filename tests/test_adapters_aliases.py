@@ -11,17 +11,17 @@ from test_adapters_registry import clean_registry  # noqa: F401 - fixture
 
 
 def _aliases(settings) -> dict:
-    from tandem.adapters import registry
+    from tandem import registry
 
     cl = registry.client(settings)
-    return {a: registry._alias_version(cl, a) for a in registry.ALIASES}
+    return {a: registry.alias_version(cl, a) for a in registry.ALIASES}
 
 
 def _assert_consistent(settings) -> list[str]:
     """The aliases say what the history says: champion is its last entry, previous the one before."""
-    from tandem.adapters import registry
+    from tandem import registry
 
-    history = registry._read_state(registry.client(settings)).history
+    history = registry.read_state(registry.client(settings)).history
     aliases = _aliases(settings)
     assert aliases["champion"] == (None if history[-1] == "base" else history[-1]), (history, aliases)
     expected_prev = history[-2] if len(history) >= 2 and history[-2] != "base" else None
@@ -40,7 +40,7 @@ class DiesAtChampion:
         return getattr(self._cl, name)
 
     def set_registered_model_alias(self, name, alias, version):
-        from tandem.adapters import registry
+        from tandem import registry
 
         if alias == registry.CHAMPION and not self._after:
             raise ConnectionError("injected: the task died between two alias writes")
@@ -56,7 +56,7 @@ def three_versions(clean_registry, adapter_dirs):
 
 
 def test_concurrent_promotions_and_rollbacks_end_consistent(three_versions):
-    from tandem.adapters import registry
+    from tandem import registry
     from tandem.errors import UserError
 
     settings, versions = three_versions
@@ -93,7 +93,7 @@ def test_concurrent_promotions_and_rollbacks_end_consistent(three_versions):
 
 def test_a_failure_between_two_alias_writes_then_a_retry_converges(three_versions, monkeypatch):
     """The promotion dies after it set `previous` and before `champion`; the retry (same op id) finishes it."""
-    from tandem.adapters import registry
+    from tandem import registry
 
     settings, (v1, v2, _) = three_versions
     registry.promote(settings, v1, reason="start")
@@ -112,7 +112,7 @@ def test_a_failure_between_two_alias_writes_then_a_retry_converges(three_version
 
 
 def test_a_rollback_retried_after_a_partial_write_steps_back_once(three_versions, monkeypatch):
-    from tandem.adapters import registry
+    from tandem import registry
 
     settings, (v1, v2, v3) = three_versions
     for v in (v1, v2, v3):
@@ -128,7 +128,7 @@ def test_a_rollback_retried_after_a_partial_write_steps_back_once(three_versions
 
 
 def test_rollback_to_the_base_model_serves_the_base_by_choice(three_versions):
-    from tandem.adapters import registry
+    from tandem import registry
 
     settings, (v1, _, _) = three_versions
     got = registry.resolve(settings, "champion", download=False)
@@ -147,7 +147,7 @@ def test_rollback_to_the_base_model_serves_the_base_by_choice(three_versions):
 
 def test_the_gate_check_happens_under_the_lock(three_versions):
     """A candidate compared against v1 is not promoted once v2 became champion meanwhile."""
-    from tandem.adapters import registry
+    from tandem import registry
 
     settings, (v1, v2, v3) = three_versions
     registry.promote(settings, v1, reason="first")
@@ -159,7 +159,8 @@ def test_the_gate_check_happens_under_the_lock(three_versions):
 
 def test_an_approval_that_times_out_leaves_the_version_challenger(three_versions):
     from tandem import tracking
-    from tandem.adapters import registry, retrain
+    from tandem import registry
+    from tandem.adapters import retrain
 
     settings, (v1, v2, _) = three_versions
     registry.promote(settings, v1, reason="first")

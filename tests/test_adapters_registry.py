@@ -13,7 +13,7 @@ def clean_registry(settings):
     """Start from an empty ``tandem-adapter`` registered model (tests share one MLflow server)."""
     from mlflow.exceptions import MlflowException
 
-    from tandem.adapters import registry
+    from tandem import registry
 
     cl = registry.client(settings)
     try:
@@ -24,7 +24,7 @@ def clean_registry(settings):
 
 
 def test_resolve_base_and_missing_champion(clean_registry):
-    from tandem.adapters import registry
+    from tandem import registry
 
     settings = clean_registry
     for ref in ("base", "champion"):
@@ -43,7 +43,7 @@ def test_resolve_base_and_missing_champion(clean_registry):
 
 
 def test_register_resolve_promote_rollback(clean_registry, adapter_dirs):
-    from tandem.adapters import registry
+    from tandem import registry
     from tandem.models import weights_sha256
 
     settings = clean_registry
@@ -73,7 +73,7 @@ def test_register_resolve_promote_rollback(clean_registry, adapter_dirs):
 
     fresh = settings.home / "fresh-download"
     fresh.mkdir(exist_ok=True)
-    code = ("import json; from tandem.config import Settings; from tandem.adapters import registry; "
+    code = ("import json; from tandem.config import Settings; from tandem import registry; "
             f"r = registry.resolve(Settings.load(), {v3!r}); print(json.dumps([r.version, str(r.path)]))")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TANDEM_", "MLFLOW_"))}
     proc = subprocess.run([sys.executable, "-c", code], env={**env, **settings.as_env()}, cwd=fresh,
@@ -108,7 +108,7 @@ def test_register_resolve_promote_rollback(clean_registry, adapter_dirs):
 
 
 def test_failed_version_is_never_served(clean_registry, adapter_dirs):
-    from tandem.adapters import registry
+    from tandem import registry
 
     settings = clean_registry
     v = register_adapter(settings, adapter_dirs[0])
@@ -123,7 +123,7 @@ def test_failed_version_is_never_served(clean_registry, adapter_dirs):
 
 def test_adapter_on_another_base_is_refused(clean_registry, adapter_dirs):
     from tandem import tracking
-    from tandem.adapters import registry
+    from tandem import registry
 
     settings = clean_registry
     v = register_adapter(settings, adapter_dirs[0])
@@ -138,7 +138,7 @@ def test_concurrent_downloads_of_one_version_never_collide(clean_registry, adapt
     import shutil
     import threading
 
-    from tandem.adapters import registry
+    from tandem import registry
     from tandem.models import weights_sha256
 
     settings = clean_registry

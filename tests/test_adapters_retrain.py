@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from adapters_fixtures import adapters_settings, register_adapter  # noqa: F401 - fixtures
+from tandem.serve.pyfunc import log_adapter_model
 
 pytestmark = pytest.mark.slow
 
@@ -21,7 +22,7 @@ VALUES = {"max_steps": 3, "batch_size": 1, "max_seq_len": 640, "lora_r": 4, "lor
 def _clean(settings):
     from mlflow.exceptions import MlflowException
 
-    from tandem.adapters import registry
+    from tandem import registry
 
     try:
         registry.client(settings).delete_registered_model(registry.MODEL)
@@ -37,7 +38,7 @@ def first_run(adapters_settings):
 
     torch.set_num_threads(1)  # 2 threads on a shared 2-core box spin and crawl
     _clean(adapters_settings)
-    state = retrain.run_all(adapters_settings, VALUES)
+    state = retrain.run_all(adapters_settings, VALUES, log_model=log_adapter_model)
     return adapters_settings, state
 
 
@@ -86,7 +87,9 @@ def test_dataset_is_raft_and_deterministic(adapters_settings):
 def test_retrain_end_to_end_registers_an_adapter_that_reloads_exactly(first_run):
     from mlflow import MlflowClient
 
-    from tandem.adapters import registry, train
+    from tandem import registry
+
+    from tandem.adapters import train
     from tandem.models import base_model_sha256
 
     settings, state = first_run
@@ -186,12 +189,13 @@ def test_retrain_end_to_end_registers_an_adapter_that_reloads_exactly(first_run)
 
 
 def test_worse_candidate_never_becomes_champion(first_run):
-    from tandem.adapters import registry, retrain
+    from tandem import registry
+    from tandem.adapters import retrain
 
     settings, state = first_run
     registry.promote(settings, state["version"], reason="test: make the first adapter champion")
     worse = retrain.run_all(settings, dict(VALUES, max_steps=1, learning_rate=1e-6, promotion_margin=1.0,
-                                           reason="worse"))
+                                           reason="worse"), log_model=log_adapter_model)
     ev = worse["evaluation"]
     assert ev["champion_version"] == state["version"] and "champion" in ev["models"]
     assert worse["action"] == "challenger" and not worse["promoted"]
@@ -212,7 +216,8 @@ def test_crash_during_training_leaves_champion_untouched(first_run):
     from mlflow import MlflowClient
 
     from tandem import tracking
-    from tandem.adapters import registry, retrain
+    from tandem import registry
+    from tandem.adapters import retrain
 
     settings, state = first_run
     champion = registry.champion_version(settings)
@@ -223,7 +228,7 @@ def test_crash_during_training_leaves_champion_untouched(first_run):
             raise RuntimeError("injected crash at step 2")
 
     with pytest.raises(RuntimeError, match="injected crash"):
-        retrain.run_all(settings, dict(VALUES, reason="crash"), on_step=crash)
+        retrain.run_all(settings, dict(VALUES, reason="crash"), log_model=log_adapter_model, on_step=crash)
     assert registry.champion_version(settings) == champion
     assert [r["version"] for r in registry.list_versions(settings)] == before  # nothing registered
     cl = MlflowClient(tracking_uri=settings.mlflow_uri)
@@ -240,7 +245,7 @@ def test_cli_list_promote_rollback(first_run):
     import sys
     from pathlib import Path
 
-    from tandem.adapters import registry
+    from tandem import registry
 
     settings, state = first_run
     tandem = str(Path(sys.executable).parent / "tandem")
@@ -296,7 +301,8 @@ def test_training_is_deterministic_with_the_seed(first_run, tmp_path):
 def test_a_register_retried_after_its_commit_reuses_the_version(first_run, monkeypatch):
     """The worker died right after the version was registered: the retry registers no second version."""
     from tandem import faults
-    from tandem.adapters import registry, retrain
+    from tandem import registry
+    from tandem.adapters import retrain
 
     settings, state = first_run
 
@@ -315,9 +321,9 @@ def test_a_register_retried_after_its_commit_reuses_the_version(first_run, monke
 
     monkeypatch.setattr(faults, "hook", die)
     with pytest.raises(Died):
-        retrain.register(settings, state)
+        retrain.register(settings, state, log_model=log_adapter_model)
     monkeypatch.setattr(faults, "hook", faults._no_fault)
-    again = retrain.register(settings, state)
+    again = retrain.register(settings, state, log_model=log_adapter_model)
     assert again["version"] == state["version"]
     assert of_run() == [state["version"]]
     mv = registry.client(settings).get_model_version(registry.MODEL, state["version"])

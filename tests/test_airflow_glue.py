@@ -8,7 +8,7 @@ from types import SimpleNamespace
 from tandem.airflow.assets import BEHAVIOR_ADAPTER, KNOWLEDGE_INDEX
 from tandem.airflow.settings import connection_env, connection_specs, db_url_from_connection
 from tandem.config import Settings
-from tandem.db import url_parts
+from tandem.pg_urls import url_parts
 
 NASTY = "p@ss/w:rd %20 x"  # every character that breaks a hand-built URL
 
@@ -53,8 +53,7 @@ def test_a_password_with_url_characters_round_trips_through_airflow(tmp_path, mo
 def test_sqlalchemy_urls_keep_the_password(tmp_path):
     from sqlalchemy.engine import make_url
 
-    from tandem.config import local_pg_url
-    from tandem.db import redact, sqlalchemy_url
+    from tandem.pg_urls import local_pg_url, redact, sqlalchemy_url
 
     settings = Settings.load(home=tmp_path, pg_user="tandem", pg_password=NASTY)
     for db in ("airflow", "mlflow"):

@@ -12,7 +12,8 @@ from tandem.behavior.diagnosis import class_rates, diagnose, dominant_class
 from tandem.behavior.evalset import Example
 from tandem.behavior.evaluate import score_items
 from tandem.behavior.prompt import build_messages, shown_doc_ids, training_target
-from tandem.behavior.scoring import aggregate, contains, normalize, parse_output, score_output
+from tandem.behavior.scoring import aggregate, parse_output, score_output
+from tandem.behavior.text import contains, normalize
 from tandem.behavior.spec import load_spec
 
 SPEC = load_spec(Path(__file__).resolve().parents[1] / "include/tandem/data/demo/behavior_spec.yaml")

@@ -24,7 +24,7 @@ def _logits(loaded, text: str = "The Pro plan costs"):
 def test_champion_hot_swap_without_restart(serve_settings, serve_index, base_model_path, tmp_path):
     import torch
 
-    from tandem.adapters import registry
+    from tandem import registry
     from tandem.serve.adapter_cache import AdapterCache
     from tandem.serve.answer import answer
 
@@ -64,7 +64,7 @@ def test_champion_hot_swap_without_restart(serve_settings, serve_index, base_mod
 
 def test_mlflow_down_at_a_recheck_keeps_serving_the_last_champion(serve_settings, serve_index, base_model_path,
                                                                   tmp_path):
-    from tandem.adapters import registry
+    from tandem import registry
     from tandem.errors import ServiceUnavailable
     from tandem.serve.adapter_cache import AdapterCache
 

@@ -10,7 +10,7 @@ from serve_fixtures import ANSWERABLE, clean_registry
 
 
 def test_threaded_asks_during_alias_swaps(serve_settings, serve_index, adapter_dirs):
-    from tandem.adapters import registry
+    from tandem import registry
     from tandem.serve.adapter_cache import AdapterCache
     from tandem.serve.answer import answer
 

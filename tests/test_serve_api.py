@@ -82,7 +82,7 @@ def test_a_body_that_is_not_json_is_a_4xx(airflow_app):
 
 def test_missing_index_and_missing_champion_are_503_with_what_to_run(airflow_app, serve_settings, serve_cache,
                                                                      serve_index, base_model_path, tmp_path):
-    from tandem.adapters import registry
+    from tandem import registry
     from tandem.serve.adapter_cache import AdapterCache
     from tandem.serve.api import configure
 

@@ -31,7 +31,7 @@ EVAL_SET = [
 @pytest.fixture(scope="module")
 def small_run(serve_settings, serve_index, base_model_path, tmp_path_factory):
     """A champion (v1) and a challenger (v2) with gate reasons, and one tracked eval of the champion."""
-    from tandem.adapters import registry
+    from tandem import registry
     from tandem.behavior.eval_run import decide_and_record, run_eval
 
     root = tmp_path_factory.mktemp("page")

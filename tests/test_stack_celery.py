@@ -131,7 +131,7 @@ def test_a_worker_killed_during_embed_batch_loses_no_run(celery_stack):
 
 
 def test_the_training_worker_killed_during_train_adapter_loses_no_run(celery_stack):
-    from tandem.adapters import registry
+    from tandem import registry
 
     home, env, settings = celery_stack
     client = _client(settings)

@@ -15,10 +15,11 @@ import dataclasses
 import os
 import re
 from pathlib import Path
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import urlsplit, urlunsplit
 from typing import Any, Callable, Mapping
 
 from tandem.errors import ConfigError
+from tandem.pg_urls import local_pg_url, redact
 
 # The checkout (repo root) when the package is installed editable from include/tandem.
 _PACKAGE_DIR = Path(__file__).resolve().parent
@@ -335,29 +336,8 @@ class Settings:
         return out
 
 
-def pg_url(*, dbname: str, user: str = "postgres", password: str = "", host: str = "", port: int | None = None) -> str:
-    """A libpq URL with every part percent-encoded, so a password such as ``p@ss/w:rd %`` survives.
-
-    A host that is a folder (a Unix socket, as the local embedded Postgres uses) goes in ``?host=``.
-    """
-    auth = quote(user, safe="") + (":" + quote(password, safe="") if password else "") + "@"
-    db = quote(dbname, safe="")
-    if host.startswith("/"):
-        return f"postgresql://{auth}/{db}?host={quote(host)}" + (f"&port={port}" if port else "")
-    return f"postgresql://{auth}{host}{f':{port}' if port else ''}/{db}"
-
-
-def local_pg_url(values: Mapping[str, Any], database: str) -> str:
-    """libpq URL of one of the stack's databases (``airflow``, ``mlflow``, ``tandem``) from the TANDEM_PG_* settings."""
-    port = values["pg_port"]
-    return pg_url(dbname=database, user=values["pg_user"], password=values["pg_password"], host=str(values["pg_host"]),
-                  port=None if port == 5432 else port)
-
-
 def shown_values(settings: Settings) -> dict[str, str]:
     """The settings as TANDEM_* variables with secrets hidden, for printing."""
-    from tandem.db import redact
-
     env = settings.as_env()
     for name in SECRET_SETTINGS:
         if settings.values[name]:

@@ -13,8 +13,8 @@ from typing import Iterator
 import psycopg
 from psycopg import sql
 
-from tandem.config import pg_url  # noqa: F401 - re-exported: URLs are built in one place
 from tandem.errors import ServiceUnavailable, UserError
+from tandem.pg_urls import redact
 
 _IDENT = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
@@ -53,46 +53,3 @@ def connection(url: str, **kwargs) -> Iterator[psycopg.Connection]:
         yield conn
     finally:
         conn.close()
-
-
-def url_parts(url: str) -> dict:
-    """host/port/user/password/dbname of a libpq connection string (URL or ``key=value``), decoded."""
-    from psycopg.conninfo import conninfo_to_dict
-
-    try:
-        parts = conninfo_to_dict(url)
-    except psycopg.ProgrammingError as exc:
-        raise UserError(f"the database URL is not a valid libpq connection string: {exc}",
-                        fix="write it as postgresql://user:password@host:port/db, percent-encoding special "
-                            "characters of the password (@ as %40, / as %2F, : as %3A, % as %25, space as %20)") from None
-    return {
-        "host": str(parts.get("host") or "localhost"),
-        "port": int(parts.get("port") or 5432),
-        "user": str(parts.get("user") or "postgres"),
-        "password": str(parts.get("password") or ""),
-        "dbname": str(parts.get("dbname") or "postgres"),
-    }
-
-
-def redact(url: str) -> str:
-    """A connection string with its password hidden, for messages and logs."""
-    try:
-        parts = url_parts(url)
-    except UserError:
-        return "<unparsable connection string>"
-    shown = pg_url(dbname=parts["dbname"], user=parts["user"], host=parts["host"],
-                   port=None if parts["port"] == 5432 else parts["port"])
-    return shown.replace("@", ":***@", 1) if parts["password"] else shown
-
-
-def sqlalchemy_url(url: str, driver: str = "psycopg") -> str:
-    """The libpq connection string as a SQLAlchemy URL for ``driver`` (psycopg, psycopg2, asyncpg)."""
-    from sqlalchemy.engine import URL
-
-    parts = url_parts(url)
-    socket = parts["host"].startswith("/")
-    return URL.create(
-        f"postgresql+{driver}", username=parts["user"], password=parts["password"] or None,
-        host=None if socket else parts["host"], port=None if socket else parts["port"], database=parts["dbname"],
-        query={"host": parts["host"]} if socket else {},
-    ).render_as_string(hide_password=False)

@@ -21,7 +21,7 @@ def render(*, version_hint: str = "", base_model: str, base_sha256: str, params:
         f"# Tandem LoRA adapter {version_hint}".rstrip(),
         "",
         "Adapter weights only (peft `save_pretrained`). Load it on the base model below; "
-        "`tandem.adapters.registry.resolve` checks the base's sha256 before serving it.",
+        "`tandem.registry.resolve` checks the base's sha256 before serving it.",
         "",
         "## Base model",
         f"- reference: `{base_model}`",

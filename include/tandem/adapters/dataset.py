@@ -146,7 +146,7 @@ def counterfactual_row(row: dict[str, Any], answer: str, seed: int) -> dict[str,
     """``row`` (an oracle row) with one value of its answer changed in the answer and every context that states
     it, or None when no gold fact is a value that both the answer and an oracle chunk state."""
     from tandem.behavior.faithfulness import counterfactual, substitute, values
-    from tandem.behavior.scoring import contains
+    from tandem.behavior.text import contains
 
     facts = [f for f in row["gold_facts"] if values(f) and contains(answer, f)]
     oracle = set(row["oracle_doc_ids"])

@@ -31,7 +31,7 @@ from typing import Any, Callable
 
 from tandem import faults, tracking
 from tandem.adapters import params as params_mod
-from tandem.adapters import registry
+from tandem import registry
 from tandem.config import Settings
 from tandem.errors import JobFailed, UserError
 
@@ -306,7 +306,10 @@ def _cached_base_scores(settings: Settings, key: str, *, exclude_run_id: str) ->
 # --- 4. register
 
 
-def register(settings: Settings, state: dict) -> dict:
+def register(settings: Settings, state: dict, *, log_model: Callable[..., Any]) -> dict:
+    """Register the run's adapter as a version. ``log_model`` logs it as a servable MLflow model (the answer
+    path's ``tandem.serve.pyfunc.log_adapter_model``, passed in by the DAG and the CLI: serving sits above
+    this package)."""
     from tandem.adapters import card
 
     p = params_mod.validate(state["params"])
@@ -331,17 +334,15 @@ def register(settings: Settings, state: dict) -> dict:
                               context={"training run": state["run_id"], "trigger reason": p.reason,
                                        "triggering eval run": p.eval_run_id,
                                        "airflow run": (state.get("airflow") or {}).get(tracking.tag("airflow_run_url"))})
-    from tandem.adapters import pyfunc
-
-    def log_model():  # the version is an MLflow model, linked to this run and its metrics (not on a retry)
+    def log_run_model():  # the version is an MLflow model, linked to this run and its metrics (not on a retry)
         with _resume(settings, state["run_id"]):
             holdout = _mlflow_dataset(settings, _snapshot(settings, state), "holdout", state["dataset_digest"])
-            return pyfunc.log_adapter_model(_adapter_dir(settings, state), base_model=state["base_model"],
+            return log_model(_adapter_dir(settings, state), base_model=state["base_model"],
                                             base_sha256=state["base_sha256"], dataset=holdout,
                                             metrics={m: v for m, v in cand.items() if isinstance(v, (int, float))})
 
     version = registry.register_version(settings, state["run_id"], tags=tags, description=description,
-                                        model_info=log_model)
+                                        model_info=log_run_model)
     faults.point("after_register", version=version)
     with _resume(settings, state["run_id"]):
         import mlflow
@@ -452,16 +453,17 @@ def fail(settings: Settings, state: dict | None, run_id: str | None, error: str)
 # --- all steps in one process (CLI, benchmark)
 
 
-def run_all(settings: Settings, values: dict | None, *, on_step=None, progress=None, limit: int | None = None,
-            approve: bool = False) -> dict:
+def run_all(settings: Settings, values: dict | None, *, log_model: Callable[..., Any], on_step=None, progress=None,
+            limit: int | None = None, approve: bool = False) -> dict:
     """prepare -> train -> evaluate -> register -> gate -> promote. With require_approval, the CLI
-    cannot wait for a human: the version stays challenger unless ``approve`` is set."""
+    cannot wait for a human: the version stays challenger unless ``approve`` is set. ``log_model``: see
+    ``register``."""
     state: dict[str, Any] = {}
     try:
         state = prepare(settings, values)
         state = train(settings, state, on_step=on_step)
         state = evaluate(settings, state, limit=limit, progress=progress)
-        state = register(settings, state)
+        state = register(settings, state, log_model=log_model)
         state = gate(settings, state)
         if state["action"] == "promote" or (state["action"] == "approve" and approve):
             state = promote(settings, state, actor="tandem adapters retrain")

@@ -40,13 +40,13 @@ def prepare(params: dict) -> dict:
     return _no_retry_on_user_error(retrain.prepare, _settings(), values)
 
 
-def step(name: str, state: dict) -> dict:
-    """One of the pipeline's steps: train, evaluate, register, gate."""
+def step(name: str, state: dict, **kwargs: Any) -> dict:
+    """One of the pipeline's steps: train, evaluate, register (``log_model=``), gate."""
     from tandem.adapters import retrain
 
     fn = {"train": retrain.train, "evaluate": retrain.evaluate, "register": retrain.register,
           "gate": retrain.gate}[name]
-    return _no_retry_on_user_error(fn, _settings(), state)
+    return _no_retry_on_user_error(fn, _settings(), state, **kwargs)
 
 
 def promote(state: dict, outlet_events, asset, run_id: str) -> dict:
@@ -86,7 +86,7 @@ def move_champion(params: dict, run_id: str, outlet_events, asset) -> dict:
     """adapter_rollback: promote ``version`` or roll back; the asset event only when the champion changed."""
     from airflow.sdk.exceptions import AirflowSkipException
 
-    from tandem.adapters import registry
+    from tandem import registry
 
     settings = _settings()
     actor = f"adapter_rollback {run_id}"

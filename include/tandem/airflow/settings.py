@@ -14,7 +14,7 @@ import logging
 from urllib.parse import urlsplit
 
 from tandem.config import Settings
-from tandem.db import pg_url, url_parts
+from tandem.pg_urls import pg_url, url_parts
 
 log = logging.getLogger(__name__)
 

@@ -155,7 +155,7 @@ def state(settings, spec, *, adapter_version: str | None = None) -> Verdict:
     """The anti-flap state of the live adapter as the next failing eval would see it (for status pages)."""
 
     if adapter_version is None:
-        from tandem.adapters import registry
+        from tandem import registry
 
         adapter_version = registry.resolve(settings, "champion", download=False, check_base=False).version or "base"
     from pathlib import Path

@@ -57,7 +57,7 @@ class Prepared:
 
 def prepare(settings: Settings, *, adapter: str = "champion", limit: int | None = None) -> Prepared:
     """Validate every input and resolve the live model and index. No model is loaded here."""
-    from tandem.adapters import registry
+    from tandem import registry
     from tandem.knowledge import search
 
     spec = load_spec(settings.spec_path)
@@ -131,7 +131,7 @@ def run_eval(settings: Settings, *, adapter: str = "champion", limit: int | None
 
     from tandem.behavior.evaluate import evaluate
     from tandem.behavior.generate import Generator
-    from tandem.serve.answer import refusal_decision
+    from tandem.behavior.refusal import refusal_decision
 
     started = time.monotonic()
     p = prepared or prepare(settings, adapter=adapter, limit=limit)

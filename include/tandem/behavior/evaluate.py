@@ -87,7 +87,8 @@ def score_items(spec, items: Sequence[Item], outputs: Sequence[str]) -> EvalResu
 def score_probes(probes: Sequence[tuple[Any, Sequence[Any]]], outputs: Sequence[str]) -> tuple[list[dict], float]:
     """(rows, faithful rate) of counterfactual probes (``tandem.behavior.faithfulness.build_probes``)."""
     from tandem.behavior.faithfulness import faithful
-    from tandem.behavior.scoring import contains, parse_output
+    from tandem.behavior.scoring import parse_output
+    from tandem.behavior.text import contains
 
     rows = []
     for (probe, _contexts), raw in zip(probes, outputs):
@@ -106,7 +107,7 @@ def evaluate(spec, generator, items: Sequence[Item], *, max_new_tokens: int | No
     """Generate an answer for every item with ``generator`` (a ``Generator``), then score and diagnose.
 
     ``refuse[i]`` True: item i gets the spec's refusal without generating, as the answer path does when the
-    best retrieved chunk is under the similarity threshold (``tandem.serve.answer.refusal_decision``).
+    best retrieved chunk is under the similarity threshold (``tandem.behavior.refusal.refusal_decision``).
     ``probes``: counterfactual probes answered in the same batches; their share that is faithful is the
     ``faithful`` metric (absent without probes)."""
     refuse = list(refuse) if refuse is not None else [False] * len(items)

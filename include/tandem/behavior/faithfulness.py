@@ -23,7 +23,7 @@ import random
 import re
 from typing import Iterable, Sequence
 
-from tandem.behavior.scoring import contains, normalize
+from tandem.behavior.text import contains, normalize
 
 # A value with an optional currency sign, thousands separators, decimals and a unit word:
 # "$59", "1,000 requests", "512 MB", "30 days", "99.9%", "5 minutes".

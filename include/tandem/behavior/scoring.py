@@ -10,32 +10,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-import unicodedata
 from typing import Iterable, Sequence
 
 from tandem.behavior.metrics import BEHAVIOR_VERDICTS, CONTENT, PASS_RATE, VERDICTS, RETRIEVAL
+from tandem.behavior.text import contains, normalize
 
 _FENCE = re.compile(r"^```(?:json)?\s*\n?(.*?)\n?```$", re.DOTALL | re.IGNORECASE)
-_QUOTES = str.maketrans({"\u2018": "'", "\u2019": "'", "\u201c": '"', "\u201d": '"', "\u2013": "-", "\u2014": "-"})
-_DIGIT_COMMA = re.compile(r"(?<=\d),(?=\d{3}\b)")
-_TRAILING = re.compile(r"[\s.!?;:,]+$")
-
-
-def normalize(text: str) -> str:
-    """Case-folded, NFKC, plain quotes, no thousands separators, single spaces, no trailing punctuation."""
-    text = unicodedata.normalize("NFKC", text).translate(_QUOTES).casefold()
-    text = _DIGIT_COMMA.sub("", text)
-    text = " ".join(text.split())
-    return _TRAILING.sub("", text)
-
-
-def contains(haystack: str, needle: str) -> bool:
-    """Whether the normalized ``needle`` occurs in the normalized ``haystack`` at word boundaries."""
-    h, n = normalize(haystack), normalize(needle)
-    if not n:
-        return True
-    pattern = (r"(?<!\w)" if n[0].isalnum() else "") + re.escape(n) + (r"(?!\w)" if n[-1].isalnum() else "")
-    return re.search(pattern, h) is not None
 
 
 def parse_output(raw: str) -> tuple[dict | None, str]:
@@ -186,5 +166,5 @@ def applicable_counts(verdict_rows: Sequence[dict[str, bool | None]]) -> dict[st
     return {name: sum(1 for row in verdict_rows if row.get(name) is not None) for name in VERDICTS}
 
 
-__all__ = ["Score", "score_output", "aggregate", "applicable_counts", "parse_output", "normalize", "contains",
+__all__ = ["Score", "score_output", "aggregate", "applicable_counts", "parse_output",
            "is_refusal", "passed", "BEHAVIOR_VERDICTS", "CONTENT"]

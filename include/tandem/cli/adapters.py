@@ -47,7 +47,7 @@ def _settings():
 
 
 def cmd_list(args) -> int:
-    from tandem.adapters import registry
+    from tandem import registry
 
     rows = registry.list_versions(_settings())
     if args.json:
@@ -86,7 +86,7 @@ def _announce(settings, verb: str, out: dict, as_json: bool) -> None:
 
 
 def cmd_promote(args) -> int:
-    from tandem.adapters import registry
+    from tandem import registry
 
     settings = _settings()
     out = registry.promote(settings, args.version, reason=args.reason, actor="tandem adapters promote")
@@ -95,7 +95,7 @@ def cmd_promote(args) -> int:
 
 
 def cmd_rollback(args) -> int:
-    from tandem.adapters import registry
+    from tandem import registry
 
     settings = _settings()
     out = registry.rollback(settings, reason=args.reason, actor="tandem adapters rollback")
@@ -107,6 +107,7 @@ def cmd_retrain(args) -> int:
     from tqdm import tqdm
 
     from tandem.adapters import params, retrain
+    from tandem.serve.pyfunc import log_adapter_model
 
     values = dict(params.parse_assignment(a) for a in args.assignments)
     params.validate(values)  # bad input: exit 2 before anything loads
@@ -124,7 +125,8 @@ def cmd_retrain(args) -> int:
         bar.update(done - bar.n)
 
     try:
-        state = retrain.run_all(settings, values, on_step=on_step, progress=progress, approve=args.approve)
+        state = retrain.run_all(settings, values, log_model=log_adapter_model, on_step=on_step, progress=progress,
+                                approve=args.approve)
     finally:
         for bar in bars.values():
             bar.close()

@@ -192,7 +192,7 @@ class Demo:
         before_eval = {r.run_id for r in client.runs("behavior_eval")}
         self.state["eval_before"] = sorted(before_eval)
         run = self._run_dag("lora_retrain", run=triggered)
-        from tandem.adapters import registry
+        from tandem import registry
 
         listed = registry.list_versions(self.settings)
         newest = max(listed, key=lambda v: int(v["version"])) if listed else None
@@ -328,7 +328,8 @@ class Demo:
 
 def release2_verdict(question: dict, result: dict, refusal_text: str) -> dict:
     """Did an answer (``Answer.to_dict()``) to a release-2 question give the new value, or the old one?"""
-    from tandem.behavior.scoring import contains, is_refusal
+    from tandem.behavior.scoring import is_refusal
+    from tandem.behavior.text import contains
 
     text = str(result.get("answer") or "")
     new = all(contains(text, f) for f in question["gold_facts"])
@@ -342,7 +343,7 @@ def release2_verdict(question: dict, result: dict, refusal_text: str) -> dict:
 
 def clear_aliases(settings: Settings) -> None:
     """Take the demo's registered model back to 'no champion' (base only). Versions and runs are kept."""
-    from tandem.adapters import registry
+    from tandem import registry
 
     registry.reset_aliases(settings)
 

@@ -30,6 +30,7 @@ from typing import Any, Callable, Iterator
 
 from tandem.config import Settings
 from tandem.errors import ServiceUnavailable
+from tandem.registry.versions import label
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +44,7 @@ class Loaded:
 
     key: str  # "base" or the version number
     generator: Any
-    resolved: Any  # tandem.adapters.registry.ResolvedAdapter
+    resolved: Any  # tandem.registry.ResolvedAdapter
     load_seconds: float
     loaded_at: float  # time.time()
     users: int = 0  # requests using it now
@@ -54,7 +55,7 @@ class Loaded:
 
     @property
     def label(self) -> str:
-        return "base" if self.key == BASE else (f"v{self.key}" if self.key.isdigit() else self.key)
+        return label(self.key) if self.key == BASE or self.key.isdigit() else self.key
 
 
 class _Flight:
@@ -79,7 +80,7 @@ def default_loader(settings: Settings, resolved) -> Any:
 
 
 def default_resolver(settings: Settings, ref: str, download: bool):
-    from tandem.adapters import registry
+    from tandem import registry
 
     return registry.resolve(settings, ref, download=download)
 
@@ -172,8 +173,8 @@ class AdapterCache:
                 "check_seconds": self.check_seconds,
                 "loaded": [{"adapter": item.label, "load_seconds": round(item.load_seconds, 3),
                             "loaded_at": _iso(item.loaded_at)} for item in self._loaded.values()],
-                "loading": sorted(("base" if k == BASE else f"v{k}") for k in self._flights),
-                "aliases": {alias: {"adapter": None if e["key"] is None else ("base" if e["key"] == BASE else f"v{e['key']}"),
+                "loading": sorted(label(k) for k in self._flights),
+                "aliases": {alias: {"adapter": None if e["key"] is None else label(e["key"]),
                                     "checked_at": _iso(e["checked_at_wall"]) if e["checked_at_wall"] else None,
                                     "stale": e["stale"], "error": e["error"]}
                             for alias, e in sorted(self._alias.items())},
@@ -304,7 +305,7 @@ class AdapterCache:
         generator = self._loader(self.settings, resolved)
         seconds = time.perf_counter() - started
         self.last_load_seconds = round(seconds, 3)
-        log.info("loaded %s in %.2fs", "base" if key == BASE else f"v{key}", seconds)
+        log.info("loaded %s in %.2fs", label(key), seconds)
         return Loaded(key=key, generator=generator, resolved=resolved, load_seconds=seconds, loaded_at=time.time())
 
 

@@ -30,7 +30,9 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from tandem.behavior.refusal import refusal_decision
 from tandem.config import Settings
+from tandem.registry.versions import label as registry_label
 from tandem.serve import validation
 from tandem.serve.adapter_cache import AdapterCache
 
@@ -93,23 +95,6 @@ class Answer:
 
 def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.3f}"
-
-
-# --- the refusal threshold
-
-
-def refusal_decision(hits: Sequence[Any], threshold: float) -> tuple[bool, float | None]:
-    """(refuse, best similarity): refuse when nothing was retrieved or the best chunk is under ``threshold``.
-
-    Hits without a similarity do not count; if none has one, the threshold cannot apply and nothing is refused.
-    """
-    if not hits:
-        return True, None
-    sims = [h.vector_similarity for h in hits if h.vector_similarity is not None]
-    if not sims:
-        return False, None
-    best = max(sims)
-    return best < threshold, best
 
 
 # --- the spec (cached by path and mtime: the API re-reads it only when the file changes)
@@ -232,7 +217,7 @@ def answer(settings: Settings, question: str, k: int | None = None, adapter: str
                  for h in hits]
     threshold = float(settings.refusal_min_similarity)
     refuse, best = refusal_decision(hits, threshold)
-    label = "base" if key == "base" else f"v{key}"
+    label = registry_label(key)
     timings = {"retrieval_ms": round(retrieval_ms, 1), "generation_ms": 0.0, "adapter_load_ms": 0.0}
 
     if refuse:

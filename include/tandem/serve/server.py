@@ -17,32 +17,18 @@ from __future__ import annotations
 
 import hmac
 import logging
-import secrets
 import threading
-from pathlib import Path
 from typing import Any
 
-from fastapi import Depends, FastAPI, HTTPException, Request, Response
+from fastapi import Depends, FastAPI, HTTPException, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from tandem import secret_files
 from tandem.config import Settings
-from tandem.serve.api import ERRORS, AskRequest, AskResponse, install_error_handlers
+from tandem.serve.contract import ERRORS, AskRequest, AskResponse, install_error_handlers, serve_token
 
 log = logging.getLogger(__name__)
 
 _bearer = HTTPBearer(auto_error=False, description="The token `make up` prints (TANDEM_SERVE_TOKEN).")
-
-
-def token_path(settings: Settings) -> Path:
-    return settings.airflow_home / "secrets" / "serve_token"
-
-
-def serve_token(settings: Settings) -> str:
-    """The serve process's bearer token: TANDEM_SERVE_TOKEN, else one generated once under TANDEM_HOME."""
-    if settings.serve_token:
-        return settings.serve_token
-    return secret_files.read_or_create(token_path(settings), lambda: secrets.token_urlsafe(32))
 
 
 def create_serve_app(settings: Settings, *, cache=None, warm: bool = True) -> FastAPI:

@@ -139,9 +139,11 @@ def _iso_z(value: str | None) -> str | None:
 
 
 def _adapter_label(value: str | None) -> str | None:
+    from tandem.registry.versions import label, version_number
+
     if value in (None, ""):
         return None
-    return value if value in ("base", "none") or value.startswith("v") else f"v{value}"
+    return label(value) if value in ("base", "none") or version_number(value) else value
 
 
 def _iso_ms(ms: int | None) -> str | None:
@@ -175,7 +177,7 @@ def anti_flap(settings: Settings, spec) -> dict[str, Any]:
 
 
 def behavior(settings: Settings) -> dict[str, Any]:
-    from tandem.adapters import registry
+    from tandem import registry
 
     cl = registry.client(settings)  # ServiceUnavailable (MLflow down) -> the section's error
     thresholds, primary, spec = _spec_gate(settings)

@@ -52,10 +52,10 @@ def adapter(value: object) -> str:
     if not ADAPTER_REF.match(text):
         raise UserError(f"unknown adapter reference {value!r}",
                         fix=f"use {ADAPTER_REF_HELP}; list the versions with `tandem adapters list`")
-    if text.startswith("v"):
-        text = text[1:]
+    from tandem.registry.versions import version_number
+
+    text = version_number(text) or text
     if text.isdigit():
-        text = str(int(text))
         if text == "0":
             raise UserError("adapter version 0 does not exist (versions start at 1)",
                             fix="list the versions with `tandem adapters list`")

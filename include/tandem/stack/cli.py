@@ -18,7 +18,7 @@ import time
 
 from tandem import mlflow_auth, models
 from tandem.config import Settings
-from tandem.db import redact
+from tandem.pg_urls import redact
 from tandem.errors import TandemError, UserError
 from tandem.stack import postgres, process, services
 

@@ -13,8 +13,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from tandem.config import Settings, local_pg_url
-from tandem.db import sqlalchemy_url
+from tandem.config import Settings
+from tandem.pg_urls import local_pg_url, sqlalchemy_url
 from tandem.errors import TandemError
 from tandem.stack.postgres import DATABASES
 

@@ -22,8 +22,8 @@ from pathlib import Path
 
 from tandem import mlflow_auth, secret_files
 from tandem.airflow.settings import connection_env
-from tandem.config import Settings, _CHECKOUT, local_pg_url
-from tandem.db import sqlalchemy_url
+from tandem.config import Settings, _CHECKOUT
+from tandem.pg_urls import local_pg_url, sqlalchemy_url
 from tandem.stack.process import Service
 
 # Pools Tandem's DAGs use (name -> (slots, description)). `training` is fixed in docs/architecture.md.
@@ -60,7 +60,7 @@ def airflow_password_file(settings: Settings) -> Path:
 
 
 def serve_token_file(settings: Settings) -> Path:
-    from tandem.serve.server import token_path
+    from tandem.serve.contract import token_path
 
     return token_path(settings)
 
@@ -221,7 +221,7 @@ def worker_services(settings: Settings, store: dict | None = None) -> list[Servi
 
 def serve_env(settings: Settings) -> dict[str, str]:
     """Where `tandem serve` listens and its token, for the serve process and the api-server that forwards to it."""
-    from tandem.serve.server import serve_token
+    from tandem.serve.contract import serve_token
 
     return {"TANDEM_SERVE_URL": settings.serve_url or f"http://{settings.bind_host}:{settings.serve_port}",
             "TANDEM_SERVE_TOKEN": serve_token(settings)}

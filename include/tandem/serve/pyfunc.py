@@ -29,7 +29,7 @@ class TandemAdapterModel(mlflow.pyfunc.PythonModel):
     """Answers questions with the configured base model + this adapter, over the live index."""
 
     def load_context(self, context) -> None:
-        from tandem.adapters.registry import ResolvedAdapter
+        from tandem.registry import ResolvedAdapter
         from tandem.config import Settings
         from tandem.errors import UserError
         from tandem.model_store import ensure_base_model
