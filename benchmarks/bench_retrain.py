@@ -90,9 +90,7 @@ def main(argv=None) -> int:
 
     import torch
 
-    from tandem import registry
-
-    from tandem.adapters import params, retrain
+    from tandem.adapters import params, promotion, retrain
 
     values = dict(params.parse_assignment(a) for a in args.assignments)
     if args.steps is not None:
@@ -158,8 +156,8 @@ def main(argv=None) -> int:
         items = _items(settings, state["run_id"])
         from tandem.serve.pyfunc import log_adapter_model
 
-        state = retrain.register(settings, state, log_model=log_adapter_model)
-        state = retrain.gate(settings, state)
+        state = promotion.register(settings, state, log_model=log_adapter_model)
+        state = promotion.gate(settings, state)
         # the benchmark never moves the champion of a shared stack
         models = state["evaluation"]["models"]
         base, cand = models["base"], models["candidate"]

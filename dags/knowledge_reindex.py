@@ -66,42 +66,44 @@ def knowledge_reindex():
 
         from tandem.airflow.settings import task_settings
         from tandem.errors import JobFailed, UserError
-        from tandem.knowledge import reindex
+        from tandem.knowledge import plan as planning, reindex
 
         settings = task_settings()
         run_id = reindex.new_run_id("af")
         kwargs = dict(sources=params["sources"] or None, full=params["full_rebuild"],
                       allow_mass_delete=params["allow_mass_delete"])
         if params["dry_run"]:
-            result = reindex.plan(settings, run_id=run_id, owner=None, dry_run=True, **kwargs)
-            return {**result, "batches": [], "owner": None}
+            result = planning.make(settings, run_id=run_id, owner=None, dry_run=True, **kwargs)
+            return result.with_(batches=[], owner=None).to_xcom()
         owner = _owner(context)
         lease = reindex.acquire_lease(settings, owner, keep_connection=False)
         try:
-            result = reindex.plan(settings, run_id=run_id, owner=owner, **kwargs)
+            result = planning.make(settings, run_id=run_id, owner=owner, **kwargs)
         except (JobFailed, UserError) as exc:
             lease.release()
             raise AirflowFailException(str(exc)) from None  # the brake or bad input: retrying changes nothing
         except BaseException:
             lease.release()
             raise
-        result.pop("errors", None)  # listed again by finalize; keeps the XCom small
-        return {**result, "owner": owner}
+        return result.with_(errors=[], owner=owner).to_xcom()  # errors: listed again by finalize; a small XCom
 
     @task
     def batches(the_plan: dict) -> list[list[int]]:
         from airflow.sdk.configuration import conf
 
-        from tandem.knowledge.reindex import group_batches
+        from tandem.knowledge import batch
+        from tandem.knowledge.plan import ReindexPlan
 
-        return group_batches(the_plan["batches"], conf.getint("core", "max_map_length", fallback=1024))
+        return batch.group(ReindexPlan.from_xcom(the_plan).batches, conf.getint("core", "max_map_length", fallback=1024))
 
     @task(pool=KNOWLEDGE_POOL, map_index_template="batches {{ batch_nos | first }}..{{ batch_nos | last }}")
     def embed_batch(the_plan: dict, batch_nos: list[int]) -> dict:
         from tandem.airflow.settings import task_settings
-        from tandem.knowledge import reindex
+        from tandem.knowledge import batch
+        from tandem.knowledge.plan import ReindexPlan
 
-        return reindex.process_batches(task_settings(), the_plan, batch_nos, owner=the_plan["owner"])
+        p = ReindexPlan.from_xcom(the_plan)
+        return batch.process_many(task_settings(), p, batch_nos, owner=p.owner)
 
     @task(outlets=[KNOWLEDGE_INDEX], trigger_rule="none_failed")
     def finalize(the_plan: dict, batch_stats=None, **context) -> dict:
@@ -109,14 +111,16 @@ def knowledge_reindex():
 
         from tandem.airflow.settings import task_settings
         from tandem.errors import JobFailed
-        from tandem.knowledge import reindex
+        from tandem.knowledge import publish
+        from tandem.knowledge.plan import ReindexPlan
         from tandem.knowledge.summary import text
 
-        if the_plan.get("dry_run"):
+        p = ReindexPlan.from_xcom(the_plan)
+        if p.dry_run:
             print(text(the_plan))
             raise AirflowSkipException("dry run: nothing was written, no asset event")
         try:
-            summary = reindex.finalize(task_settings(), the_plan, list(batch_stats or []), owner=the_plan["owner"])
+            summary = publish.finalize(task_settings(), p, list(batch_stats or []), owner=p.owner)
         except JobFailed as exc:
             print(text(exc.summary) if exc.summary else "")
             raise AirflowFailException(str(exc)) from None  # the canary (or a batch) failed: no asset event

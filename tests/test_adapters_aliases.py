@@ -98,10 +98,10 @@ def test_a_failure_between_two_alias_writes_then_a_retry_converges(three_version
     settings, (v1, v2, _) = three_versions
     registry.promote(settings, v1, reason="start")
     real_client = registry.client
-    monkeypatch.setattr(registry, "client", lambda s: DiesAtChampion(real_client(s), after=False))
+    monkeypatch.setattr(registry.aliases, "client", lambda s: DiesAtChampion(real_client(s), after=False))
     with pytest.raises(ConnectionError):
         registry.promote(settings, v2, reason="gate passed", op_id="run-1:promote")
-    monkeypatch.setattr(registry, "client", real_client)
+    monkeypatch.setattr(registry.aliases, "client", real_client)
     assert _aliases(settings)["champion"] == v1  # the old champion stayed live in between
     out = registry.promote(settings, v2, reason="gate passed", op_id="run-1:promote")
     assert out == {"champion": v2, "previous": v1, "changed": True}  # the retry reports the move: event once
@@ -118,10 +118,10 @@ def test_a_rollback_retried_after_a_partial_write_steps_back_once(three_versions
     for v in (v1, v2, v3):
         registry.promote(settings, v, reason="up")
     real_client = registry.client  # the history and both aliases are written, then the task dies
-    monkeypatch.setattr(registry, "client", lambda s: DiesAtChampion(real_client(s), after=True))
+    monkeypatch.setattr(registry.aliases, "client", lambda s: DiesAtChampion(real_client(s), after=True))
     with pytest.raises(ConnectionError):
         registry.rollback(settings, reason="bad", op_id="run-9:move_champion")
-    monkeypatch.setattr(registry, "client", real_client)
+    monkeypatch.setattr(registry.aliases, "client", real_client)
     out = registry.rollback(settings, reason="bad", op_id="run-9:move_champion")
     assert (out["champion"], out["previous"], out["rolled_back"], out["changed"]) == (v2, v1, v3, True)
     assert _assert_consistent(settings) == ["base", v1, v2]  # one step back, not two
@@ -160,11 +160,11 @@ def test_the_gate_check_happens_under_the_lock(three_versions):
 def test_an_approval_that_times_out_leaves_the_version_challenger(three_versions):
     from tandem import tracking
     from tandem import registry
-    from tandem.adapters import retrain
+    from tandem.adapters import promotion
 
     settings, (v1, v2, _) = three_versions
     registry.promote(settings, v1, reason="first")
-    retrain.fail(settings, {"version": v2, "action": "approve", "run_id": None}, None, "approve_promotion failed")
+    promotion.fail(settings, {"version": v2, "action": "approve", "run_id": None}, None, "approve_promotion failed")
     tags = registry.client(settings).get_model_version(registry.MODEL, v2).tags
     assert tags.get(registry.STATUS_TAG) != registry.STATUS_FAILED
     assert tags[tracking.tag("gate_reason")] == "approval timed out"

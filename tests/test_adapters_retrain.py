@@ -280,11 +280,11 @@ def test_cli_list_promote_rollback(first_run):
 
 
 def test_training_is_deterministic_with_the_seed(first_run, tmp_path):
-    from tandem.adapters import params, retrain, train
+    from tandem.adapters import params, run_state, train
     from tandem.behavior.spec import load_spec
 
     settings, state = first_run
-    rows = [r for r in retrain._snapshot(settings, state) if r["split"] == "train"]
+    rows = [r for r in run_state.snapshot(settings, state) if r["split"] == "train"]
     spec = load_spec(settings.spec_path)
     p = params.validate(dict(VALUES, max_steps=2, lora_dropout=0.1))  # dropout on: its RNG is seeded too
     shas = []
@@ -302,7 +302,7 @@ def test_a_register_retried_after_its_commit_reuses_the_version(first_run, monke
     """The worker died right after the version was registered: the retry registers no second version."""
     from tandem import faults
     from tandem import registry
-    from tandem.adapters import retrain
+    from tandem.adapters import promotion
 
     settings, state = first_run
 
@@ -321,9 +321,9 @@ def test_a_register_retried_after_its_commit_reuses_the_version(first_run, monke
 
     monkeypatch.setattr(faults, "hook", die)
     with pytest.raises(Died):
-        retrain.register(settings, state, log_model=log_adapter_model)
+        promotion.register(settings, state, log_model=log_adapter_model)
     monkeypatch.setattr(faults, "hook", faults._no_fault)
-    again = retrain.register(settings, state, log_model=log_adapter_model)
+    again = promotion.register(settings, state, log_model=log_adapter_model)
     assert again["version"] == state["version"]
     assert of_run() == [state["version"]]
     mv = registry.client(settings).get_model_version(registry.MODEL, state["version"])

@@ -15,7 +15,7 @@ from psycopg import sql
 
 from tandem import db, faults
 from tandem.errors import JobFailed, UserError
-from tandem.knowledge import search, lock, reindex, store
+from tandem.knowledge import batch, lock, plan, publish, reindex, search, store
 
 TANDEM = str(Path(sys.executable).parent / "tandem")
 
@@ -73,8 +73,8 @@ def test_summary_is_logged_to_mlflow(kn):
 
 
 def test_dry_run_reports_the_plan_and_writes_nothing(kn, corpus):
-    plan = reindex.run(kn, dry_run=True, progress=False)
-    assert plan["dry_run"] and plan["new"] == 5 and len(plan["ids"]["new"]) == 5
+    dry = reindex.run(kn, dry_run=True, progress=False)
+    assert dry["dry_run"] and dry["new"] == 5 and len(dry["ids"]["new"]) == 5
     n = store.names(kn.index_name)
     with db.connection(kn.db_url) as conn:
         assert not store.exists(conn, n.spaces)  # not even the tables
@@ -82,10 +82,10 @@ def test_dry_run_reports_the_plan_and_writes_nothing(kn, corpus):
     (corpus / "policies/refunds.txt").write_text("Refunds within 60 days.\n")
     (corpus / "guides/install.rst").unlink()
     before = index_state(kn)
-    plan = reindex.run(kn, dry_run=True, progress=False)
-    assert plan["ids"]["changed"] == ["acme/policies/refunds.txt"]
-    assert plan["ids"]["deleted"] == ["acme/guides/install.rst"]
-    assert (plan["changed"], plan["deleted"], plan["unchanged"]) == (1, 1, 3)
+    dry = reindex.run(kn, dry_run=True, progress=False)
+    assert dry["ids"]["changed"] == ["acme/policies/refunds.txt"]
+    assert dry["ids"]["deleted"] == ["acme/guides/install.rst"]
+    assert (dry["changed"], dry["deleted"], dry["unchanged"]) == (1, 1, 3)
     assert index_state(kn) == before
 
 
@@ -288,12 +288,12 @@ def test_a_document_changed_between_plan_and_batch_is_not_indexed_then_retried(k
     owner = lock.new_owner("test")
     lease = reindex.acquire_lease(kn, owner, keep_connection=True)
     try:
-        the_plan = reindex.plan(kn, run_id=reindex.new_run_id("test"), owner=owner, progress=False)
-        assert the_plan["changed"] == 1
+        the_plan = plan.make(kn, run_id=reindex.new_run_id("test"), owner=owner, progress=False)
+        assert the_plan.changed == 1
         plans.write_text(CORPUS["pricing/plans.md"].replace("29 dollars", "41 dollars"))  # changed again since
-        stats = reindex.process_batches(kn, the_plan, the_plan["batches"], owner=owner)
+        stats = batch.process_many(kn, the_plan, the_plan.batches, owner=owner)
         assert stats["changed_during_run"] == 1 and stats["written"] == 0
-        summary = reindex.finalize(kn, the_plan, [stats], owner=owner)
+        summary = publish.finalize(kn, the_plan, [stats], owner=owner)
     finally:
         lease.release()
     assert summary["changed_during_run"] == 1 and summary["changed_during_run_docs"] == ["acme/pricing/plans.md"]

@@ -7,7 +7,7 @@ import pytest
 from knowledge_fixtures import assert_consistent, corpus, expected_hashes, index_state, kn  # noqa: F401
 
 from tandem import db, faults
-from tandem.knowledge import lock, reindex, releases, search, store
+from tandem.knowledge import batch, lock, plan, publish, reindex, releases, search, store
 from tandem.knowledge.status import index_status
 
 
@@ -27,8 +27,8 @@ def _tasks_until_finalize(settings):
     run_id = reindex.new_run_id("retry")
     owner = lock.new_owner("retry")
     lease = reindex.acquire_lease(settings, owner, keep_connection=True)
-    the_plan = reindex.plan(settings, run_id=run_id, owner=owner, progress=False)
-    stats = [reindex.process_batch(settings, the_plan, b, owner=owner) for b in the_plan["batches"]]
+    the_plan = plan.make(settings, run_id=run_id, owner=owner, progress=False)
+    stats = [batch.process(settings, the_plan, b, owner=owner) for b in the_plan.batches]
     return the_plan, stats, owner, lease
 
 
@@ -52,10 +52,10 @@ def test_a_finalize_retried_after_publish_publishes_once(kn, corpus, monkeypatch
     try:
         monkeypatch.setattr(faults, "hook", _die_at("after_publish"))
         with pytest.raises(_Died):
-            reindex.finalize(settings, the_plan, stats, owner=owner, log_mlflow=False)
+            publish.finalize(settings, the_plan, stats, owner=owner, log_mlflow=False)
         assert search.live_index_version(kn) == "2"  # the publish committed before the worker died
         monkeypatch.setattr(faults, "hook", faults._no_fault)
-        retried = reindex.finalize(settings, the_plan, stats, owner=owner, log_mlflow=False)  # Airflow's retry
+        retried = publish.finalize(settings, the_plan, stats, owner=owner, log_mlflow=False)  # Airflow's retry
     finally:
         lease.release()
 
@@ -65,7 +65,7 @@ def test_a_finalize_retried_after_publish_publishes_once(kn, corpus, monkeypatch
     assert_consistent(index_state(settings))
     assert {d: r["hash"] for d, r in index_state(settings)["manifest"].items()} == expected_hashes(corpus)
     # a third try (the retry's report was lost too) returns the recorded summary, still one publish
-    again = reindex.finalize(settings, the_plan, stats, owner=owner, log_mlflow=False)
+    again = publish.finalize(settings, the_plan, stats, owner=owner, log_mlflow=False)
     assert again["run_id"] == retried["run_id"] and again["index_version"] == "2"
     assert _release_rows(kn) == {1: "published", 2: "published"}
     if switch:

@@ -121,7 +121,7 @@ def test_fingerprint_changes_with_the_chunker_not_with_paths(tmp_path):
 
 
 def test_batches_are_grouped_under_max_map_length():
-    from tandem.knowledge.reindex import group_batches
+    from tandem.knowledge.batch import group as group_batches
 
     assert group_batches([], 1024) == []
     assert group_batches([0, 1, 2], 1024) == [[0], [1], [2]]

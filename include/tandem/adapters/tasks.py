@@ -42,10 +42,10 @@ def prepare(params: dict) -> dict:
 
 def step(name: str, state: dict, **kwargs: Any) -> dict:
     """One of the pipeline's steps: train, evaluate, register (``log_model=``), gate."""
-    from tandem.adapters import retrain
+    from tandem.adapters import promotion, retrain
 
-    fn = {"train": retrain.train, "evaluate": retrain.evaluate, "register": retrain.register,
-          "gate": retrain.gate}[name]
+    fn = {"train": retrain.train, "evaluate": retrain.evaluate, "register": promotion.register,
+          "gate": promotion.gate}[name]
     return _no_retry_on_user_error(fn, _settings(), state, **kwargs)
 
 
@@ -56,9 +56,9 @@ def promote(state: dict, outlet_events, asset, run_id: str) -> dict:
     and emits the asset event then (exactly once: a failed try records none)."""
     from airflow.sdk.exceptions import AirflowSkipException
 
-    from tandem.adapters import retrain
+    from tandem.adapters import promotion
 
-    out = _no_retry_on_user_error(retrain.promote, _settings(), state, op_id=f"{run_id}:promote")
+    out = _no_retry_on_user_error(promotion.promote, _settings(), state, op_id=f"{run_id}:promote")
     if not out.get("promoted"):
         raise AirflowSkipException(out.get("reason") or "not promoted")
     outlet_events[asset].extra = {"action": "promote", "champion": out["version"],
@@ -70,13 +70,13 @@ def mark_failed(states: list[dict | None], run_id: str) -> None:
     """After a failed step: mark the MLflow run and any version of this run failed, then fail."""
     from airflow.sdk.exceptions import AirflowFailException
 
-    from tandem.adapters import retrain
+    from tandem.adapters import promotion
 
     latest = next((s for s in reversed(states) if s), None)
-    retrain.fail(_settings(), latest, None, f"lora_retrain run {run_id} failed")
+    promotion.fail(_settings(), latest, None, f"lora_retrain run {run_id} failed")
     version = (latest or {}).get("version") or "(none registered)"
     if (latest or {}).get("action") == "approve":
-        raise AirflowFailException(f"{retrain.APPROVAL_TIMED_OUT}: version {version} stays challenger; promote it "
+        raise AirflowFailException(f"{promotion.APPROVAL_TIMED_OUT}: version {version} stays challenger; promote it "
                                    f"with `tandem adapters promote {version}`; the champion was not touched")
     raise AirflowFailException(f"a step failed; MLflow run {(latest or {}).get('run_id') or '(not started)'} and "
                                f"version {version} marked failed; the champion was not touched")

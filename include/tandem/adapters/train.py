@@ -165,8 +165,6 @@ def train(settings: Settings, rows: list[dict], spec: Any, params, out_dir: Path
     ``on_step(step, total, loss)`` is called after every optimizer step (progress bars, tests).
     """
     import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import get_linear_schedule_with_warmup
 
     if not rows:
         raise UserError("the training split is empty", fix="add examples to the training set or lower holdout_fraction")
@@ -175,84 +173,21 @@ def train(settings: Settings, rows: list[dict], spec: Any, params, out_dir: Path
     device, dtype = device_and_dtype()
     started = time.monotonic()
     tokenizer, model = load_base(base_model, device, dtype)
-    if params.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.enable_input_require_grads()
-    config = LoraConfig(r=params.lora_r, lora_alpha=params.lora_alpha, lora_dropout=params.lora_dropout,
-                        target_modules=list(params.target_modules), bias="none", task_type="CAUSAL_LM")
-    try:
-        peft_model = get_peft_model(model, config)
-    except ValueError as exc:
-        raise UserError(f"LoRA target_modules {list(params.target_modules)} do not fit the base model: {exc}",
-                        fix="use module names of the base model, e.g. q_proj,k_proj,v_proj,o_proj") from None
-    for p in peft_model.parameters():  # LoRA weights in fp32 even when the base is bf16
-        if p.requires_grad:
-            p.data = p.data.float()
+    peft_model = _lora_model(model, params)
     trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
-
-    features, shortened = [], 0
-    for row in rows:
-        ids, labels, cut = encode_row(tokenizer, row, spec, params.max_seq_len)
-        features.append((ids, labels))
-        shortened += int(cut)
+    features, shortened = _features(tokenizer, rows, spec, params.max_seq_len)
     tokens_per_row = sum(len(f[0]) for f in features) / len(features)
     steps = total_steps(len(features), params.batch_size, params.max_steps, params.epochs)
     log.info("training LoRA r=%d on %d rows (%.0f tokens/row, %d shortened) for %d steps on %s",
              params.lora_r, len(features), tokens_per_row, shortened, steps, device)
-
-    optimizer = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=params.learning_rate,
-                                  weight_decay=0.0)
-    scheduler = get_linear_schedule_with_warmup(optimizer, min(steps // 10, 20), steps)  # no lr-0 first step
-    peft_model.train()
-    pad_id = tokenizer.pad_token_id
-    losses: list[float] = []
-    train_started = time.monotonic()
-    tokens = 0
-    try:
-        for step, batch in enumerate(_batches(len(features), params.batch_size, steps, params.seed), 1):
-            ids, mask, labels = _collate(features, batch, pad_id, device)
-            with torch.autocast(device_type="cuda", dtype=dtype, enabled=device == "cuda"):
-                out = peft_model(input_ids=ids, attention_mask=mask, labels=labels)
-            loss = out.loss
-            if not torch.isfinite(loss):
-                raise JobFailed(f"training diverged: loss is {loss.item()} at step {step}",
-                                fix="lower learning_rate", summary={"step": step})
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_([p for p in peft_model.parameters() if p.requires_grad], 1.0)
-            lr = scheduler.get_last_lr()[0]
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            tokens += int(mask.sum())
-            value = float(loss.detach())
-            losses.append(value)
-            if log_metrics is not None:
-                log_metrics({"train_loss": value, "learning_rate": lr}, step)
-            if on_step is not None:
-                on_step(step, steps, value)
-            if step == 1 or step % 10 == 0 or step == steps:
-                rate = (time.monotonic() - train_started) / step
-                log.info("step %d/%d loss %.4f lr %.2e (%.2f s/step)", step, steps, value, lr, rate)
-    except torch.cuda.OutOfMemoryError:
-        raise JobFailed("training ran out of GPU memory",
-                        fix="lower batch_size or max_seq_len, or set gradient_checkpointing") from None
-    train_seconds = time.monotonic() - train_started
+    losses, tokens, train_seconds = _optimize(peft_model, features, params, steps, device, dtype,
+                                              tokenizer.pad_token_id, log_metrics=log_metrics, on_step=on_step)
     peft_model.eval()
     probe = probe_logits(peft_model, tokenizer)
-
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    peft_model.save_pretrained(str(out_dir))  # adapter weights + adapter_config.json only
-    meta = {
-        "base_model": str(base_model),
-        "base_model_sha256": base_sha256,
-        "dataset_digest": dataset_digest,
-        "params": params.as_dict(),
-        "steps": steps,
-        "device": device,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
-    (out_dir / "tandem-adapter.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    _save(peft_model, Path(out_dir), {"base_model": str(base_model), "base_model_sha256": base_sha256,
+                                      "dataset_digest": dataset_digest, "params": params.as_dict(), "steps": steps,
+                                      "device": device,
+                                      "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
     summary = {
         "steps": steps,
         "rows": len(features),
@@ -269,3 +204,82 @@ def train(settings: Settings, rows: list[dict], spec: Any, params, out_dir: Path
         "probe_logits_sha256": logits_sha256(probe),
     }
     return summary, peft_model, tokenizer
+
+
+def _lora_model(model, params):
+    """The base model wrapped with LoRA layers (their weights in fp32 even when the base is bf16)."""
+    from peft import LoraConfig, get_peft_model
+
+    if params.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
+    config = LoraConfig(r=params.lora_r, lora_alpha=params.lora_alpha, lora_dropout=params.lora_dropout,
+                        target_modules=list(params.target_modules), bias="none", task_type="CAUSAL_LM")
+    try:
+        peft_model = get_peft_model(model, config)
+    except ValueError as exc:
+        raise UserError(f"LoRA target_modules {list(params.target_modules)} do not fit the base model: {exc}",
+                        fix="use module names of the base model, e.g. q_proj,k_proj,v_proj,o_proj") from None
+    for p in peft_model.parameters():
+        if p.requires_grad:
+            p.data = p.data.float()
+    return peft_model
+
+
+def _features(tokenizer, rows: list[dict], spec: Any, max_seq_len: int) -> tuple[list[tuple], int]:
+    """(input ids, labels) per row, and how many rows had to be shortened to ``max_seq_len``."""
+    features, shortened = [], 0
+    for row in rows:
+        ids, labels, cut = encode_row(tokenizer, row, spec, max_seq_len)
+        features.append((ids, labels))
+        shortened += int(cut)
+    return features, shortened
+
+
+def _optimize(peft_model, features: list[tuple], params, steps: int, device: str, dtype, pad_id: int, *,
+              log_metrics, on_step) -> tuple[list[float], int, float]:
+    """The training loop: AdamW with linear warm-up and decay, gradient clipping. Returns (losses, tokens, s)."""
+    import torch
+    from transformers import get_linear_schedule_with_warmup
+
+    trainable = [p for p in peft_model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=params.learning_rate, weight_decay=0.0)
+    scheduler = get_linear_schedule_with_warmup(optimizer, min(steps // 10, 20), steps)  # no lr-0 first step
+    peft_model.train()
+    losses: list[float] = []
+    started, tokens = time.monotonic(), 0
+    try:
+        for step, batch in enumerate(_batches(len(features), params.batch_size, steps, params.seed), 1):
+            ids, mask, labels = _collate(features, batch, pad_id, device)
+            with torch.autocast(device_type="cuda", dtype=dtype, enabled=device == "cuda"):
+                loss = peft_model(input_ids=ids, attention_mask=mask, labels=labels).loss
+            if not torch.isfinite(loss):
+                raise JobFailed(f"training diverged: loss is {loss.item()} at step {step}",
+                                fix="lower learning_rate", summary={"step": step})
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+            lr = scheduler.get_last_lr()[0]
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            tokens += int(mask.sum())
+            value = float(loss.detach())
+            losses.append(value)
+            if log_metrics is not None:
+                log_metrics({"train_loss": value, "learning_rate": lr}, step)
+            if on_step is not None:
+                on_step(step, steps, value)
+            if step == 1 or step % 10 == 0 or step == steps:
+                log.info("step %d/%d loss %.4f lr %.2e (%.2f s/step)", step, steps, value, lr,
+                         (time.monotonic() - started) / step)
+    except torch.cuda.OutOfMemoryError:
+        raise JobFailed("training ran out of GPU memory",
+                        fix="lower batch_size or max_seq_len, or set gradient_checkpointing") from None
+    return losses, tokens, time.monotonic() - started
+
+
+def _save(peft_model, out_dir: Path, meta: dict) -> None:
+    """The adapter weights + adapter_config.json (peft), and ``tandem-adapter.json`` beside them."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    peft_model.save_pretrained(str(out_dir))
+    (out_dir / "tandem-adapter.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")

@@ -194,5 +194,18 @@ def _reachable(uri: str) -> str | None:
     return None
 
 
+MAX_LISTED_ERRORS = 100  # documents listed by name in a plan or summary (the counts are always complete)
+
+
+def rounded(seconds: float) -> float:
+    """A duration as summaries show it: milliseconds."""
+    return round(float(seconds), 3)
+
+
+def dumps(value) -> str:
+    """A plan or summary as the JSON stored in the run's row (sorted keys: stable)."""
+    return json.dumps(value, default=str, sort_keys=True)
+
+
 def jsonable(summary: dict) -> dict:
     return json.loads(json.dumps(summary, default=str))
