@@ -54,7 +54,7 @@ redis:
 	  else sudo apt-get update -qq && sudo apt-get install -y -qq redis-server >/dev/null; fi; }
 
 test: setup redis
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q --durations=30 $(PYTEST_ARGS)
 
 # The peers the benchmarks run beside Tandem (LlamaIndex's PGVectorStore and HuggingFaceEmbedding).
 $(VENV)/.bench-installed: benchmarks/requirements.txt $(VENV)/.installed
