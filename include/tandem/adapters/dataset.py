@@ -175,6 +175,9 @@ def build_rows(examples: list[Example], source: ChunkSource, spec: Any, *, distr
                progress: Any = None) -> list[dict[str, Any]]:
     """The RAFT rows, sorted by id. ``spec`` gives the refusal (``refusal_target(spec)``).
 
+    About 70 lines: one pass over the examples draws every choice from one seeded generator, in a fixed
+    order; split, that generator and its order would have to be threaded through each part.
+
     ``distractor_chars`` > 0: a training row's distractor chunks keep only their window best matching the
     question, that many characters (shorter sequences, cheaper steps); held-out rows keep them whole, so the
     three-way evaluation sees the prompts ``behavior_eval`` builds.

@@ -127,8 +127,6 @@ def diagnosis_mix(counts: dict[str, int]) -> dict[str, float]:
 def run_eval(settings: Settings, *, adapter: str = "champion", limit: int | None = None, source: str = "cli",
              progress: Progress | None = None, prepared: Prepared | None = None) -> dict[str, Any]:
     """Run and track one eval (see the module docstring). Returns the summary."""
-    import mlflow
-
     from tandem.behavior.evaluate import evaluate
     from tandem.behavior.generate import Generator
     from tandem.behavior.refusal import refusal_decision
@@ -156,55 +154,8 @@ def run_eval(settings: Settings, *, adapter: str = "champion", limit: int | None
     total = len(items) + len(probes)
     result = evaluate(spec, generator, items, refuse=refuse, probes=probes,
                       progress=(lambda n: progress("generate", n, total)) if progress else None)
-    wall = time.monotonic() - started
-    ungrounded = sum(1 for row in result.rows if row["values_grounded"] is False)
-
-    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # stdout is the CLI's (--json)
-    exp = tracking.use(settings, tracking.EXPERIMENT_EVAL)
-    mix = diagnosis_mix(result.counts)
-    tags = tracking.tags(
-        adapter_version=p.adapter_label, adapter_ref=p.adapter_ref, base_model=p.base_model,
-        base_model_sha256=p.base_sha256, index_version=p.index_version, spec_version=spec.version,
-        spec_digest=spec.digest, eval_set_digest=p.eval_set_digest, eval_partial=str(p.partial).lower(),
-        eval_source=source, primary_metric=spec.primary_metric, diagnosis_mix=json.dumps(mix, sort_keys=True),
-    ) | tracking.airflow_context_tags(settings)
-    metrics = {**result.metrics, "n_examples": result.n, "wall_s": round(wall, 2),
-               "generation_s": round(result.stats.get("generation_s", 0.0), 2),
-               "examples_per_s": round(result.stats.get("examples_per_s", 0.0), 4),
-               "n_refused_by_similarity": sum(refuse), "n_probes": len(probes), "n_ungrounded": ungrounded,
-               **{f"n_{name}": count for name, count in result.counts.items()}}
-    run_name = f"eval {p.adapter_label if p.adapter_version is None else 'v' + p.adapter_label} @ {p.index_version}"
-    with mlflow.start_run(experiment_id=exp.experiment_id, run_name=run_name) as run:
-        mlflow.set_tags(tags)
-        mlflow.log_params({"spec_path": spec.path, "eval_set_path": str(settings.eval_set_path),
-                           "retrieval_k": spec.retrieval_k, "max_new_tokens": spec.max_new_tokens,
-                           "batch_size": spec.batch_size, "max_context_chars": spec.max_context_chars,
-                           "limit": limit if limit is not None else "all", "n_examples": result.n,
-                           "refusal_min_similarity": threshold, "probes": spec.probes,
-                           "probe_seed": spec.probe_seed,
-                           "device": generator.device})
-        mlflow.log_metrics(metrics)
-        mlflow.log_table(_table(result.rows), artifact_file=TABLE_FILE)
-        if result.probe_rows:
-            mlflow.log_table({col: [row[col] for row in result.probe_rows] for col in result.probe_rows[0]},
-                             artifact_file=PROBE_TABLE_FILE)
-        summary = {
-            "run_id": run.info.run_id, "experiment_id": exp.experiment_id,
-            "run_url": tracking.run_url(settings, exp.experiment_id, run.info.run_id),
-            "adapter": p.adapter_label, "adapter_ref": p.adapter_ref, "index_version": p.index_version,
-            "base_model": p.base_model, "base_model_sha256": p.base_sha256, "spec_version": spec.version,
-            "eval_set_digest": p.eval_set_digest, "n": result.n, "partial": p.partial,
-            "metrics": {k: round(v, 4) for k, v in result.metrics.items()}, "counts": result.counts,
-            "diagnosis_mix": mix, "thresholds": spec.thresholds, "primary_metric": spec.primary_metric,
-            "missing_docs": result.missing_docs(), "wall_s": round(wall, 1),
-            "generation_s": metrics["generation_s"], "examples_per_s": metrics["examples_per_s"],
-            "refused_by_similarity": sum(refuse), "probes": len(probes), "ungrounded": ungrounded,
-        }
-        mlflow.log_dict(summary, SUMMARY_FILE)
-    log.info("eval run %s logged: %d examples in %.1fs (%.2f examples/s generating); pass_rate %.3f; %s",
-             run.info.run_id, result.n, wall, metrics["examples_per_s"], result.metrics["pass_rate"],
-             ", ".join(f"{k} {v}" for k, v in result.counts.items()))
-    return summary
+    return _track(settings, p, result, refuse=refuse, n_probes=len(probes), threshold=threshold,
+                  device=generator.device, limit=limit, source=source, wall=time.monotonic() - started)
 
 
 def decide_and_record(settings: Settings, summary: dict[str, Any], *, now: dt.datetime | None = None) -> Decision:
@@ -234,3 +185,60 @@ def decide_and_record(settings: Settings, summary: dict[str, Any], *, now: dt.da
     log.info("decision for eval run %s: %s (%s): %s", summary["run_id"], decision.action, decision.kind,
              decision.reason)
     return decision
+
+
+def _track(settings: Settings, p: Prepared, result, *, refuse: list[bool], n_probes: int, threshold: float,
+           device: str, limit: int | None, source: str, wall: float) -> dict[str, Any]:
+    """The eval's MLflow run in ``tandem-behavior-eval``: tags a reviewer filters on, params, metrics, the
+    per-example and probe tables, the summary. Returns the summary."""
+    import mlflow
+
+    spec = p.spec
+    ungrounded = sum(1 for row in result.rows if row["values_grounded"] is False)
+
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # stdout is the CLI's (--json)
+    exp = tracking.use(settings, tracking.EXPERIMENT_EVAL)
+    mix = diagnosis_mix(result.counts)
+    tags = tracking.tags(
+        adapter_version=p.adapter_label, adapter_ref=p.adapter_ref, base_model=p.base_model,
+        base_model_sha256=p.base_sha256, index_version=p.index_version, spec_version=spec.version,
+        spec_digest=spec.digest, eval_set_digest=p.eval_set_digest, eval_partial=str(p.partial).lower(),
+        eval_source=source, primary_metric=spec.primary_metric, diagnosis_mix=json.dumps(mix, sort_keys=True),
+    ) | tracking.airflow_context_tags(settings)
+    metrics = {**result.metrics, "n_examples": result.n, "wall_s": round(wall, 2),
+               "generation_s": round(result.stats.get("generation_s", 0.0), 2),
+               "examples_per_s": round(result.stats.get("examples_per_s", 0.0), 4),
+               "n_refused_by_similarity": sum(refuse), "n_probes": n_probes, "n_ungrounded": ungrounded,
+               **{f"n_{name}": count for name, count in result.counts.items()}}
+    run_name = f"eval {p.adapter_label if p.adapter_version is None else 'v' + p.adapter_label} @ {p.index_version}"
+    with mlflow.start_run(experiment_id=exp.experiment_id, run_name=run_name) as run:
+        mlflow.set_tags(tags)
+        mlflow.log_params({"spec_path": spec.path, "eval_set_path": str(settings.eval_set_path),
+                           "retrieval_k": spec.retrieval_k, "max_new_tokens": spec.max_new_tokens,
+                           "batch_size": spec.batch_size, "max_context_chars": spec.max_context_chars,
+                           "limit": limit if limit is not None else "all", "n_examples": result.n,
+                           "refusal_min_similarity": threshold, "probes": spec.probes,
+                           "probe_seed": spec.probe_seed,
+                           "device": device})
+        mlflow.log_metrics(metrics)
+        mlflow.log_table(_table(result.rows), artifact_file=TABLE_FILE)
+        if result.probe_rows:
+            mlflow.log_table({col: [row[col] for row in result.probe_rows] for col in result.probe_rows[0]},
+                             artifact_file=PROBE_TABLE_FILE)
+        summary = {
+            "run_id": run.info.run_id, "experiment_id": exp.experiment_id,
+            "run_url": tracking.run_url(settings, exp.experiment_id, run.info.run_id),
+            "adapter": p.adapter_label, "adapter_ref": p.adapter_ref, "index_version": p.index_version,
+            "base_model": p.base_model, "base_model_sha256": p.base_sha256, "spec_version": spec.version,
+            "eval_set_digest": p.eval_set_digest, "n": result.n, "partial": p.partial,
+            "metrics": {k: round(v, 4) for k, v in result.metrics.items()}, "counts": result.counts,
+            "diagnosis_mix": mix, "thresholds": spec.thresholds, "primary_metric": spec.primary_metric,
+            "missing_docs": result.missing_docs(), "wall_s": round(wall, 1),
+            "generation_s": metrics["generation_s"], "examples_per_s": metrics["examples_per_s"],
+            "refused_by_similarity": sum(refuse), "probes": n_probes, "ungrounded": ungrounded,
+        }
+        mlflow.log_dict(summary, SUMMARY_FILE)
+    log.info("eval run %s logged: %d examples in %.1fs (%.2f examples/s generating); pass_rate %.3f; %s",
+             run.info.run_id, result.n, wall, metrics["examples_per_s"], result.metrics["pass_rate"],
+             ", ".join(f"{k} {v}" for k, v in result.counts.items()))
+    return summary

@@ -83,6 +83,9 @@ def score_output(raw: str, *, answerable: bool, gold_doc_ids: Sequence[str], gol
                  doc_texts: dict[str, Sequence[str]] | None = None) -> Score:
     """Score one model output against the spec, the example's gold data and the doc ids that were shown.
 
+    About 70 lines: one verdict per check, in the order docs/architecture.md lists them, all reading the
+    same parsed output.
+
     ``context_text``: the text of the context shown to the model; when given, "the context holds the answer"
     also needs every gold fact in it (``facts_in_context``), not only a gold doc id among the shown ones.
     ``old_facts``: values the example's answer had before the documents changed (``not_stale``).

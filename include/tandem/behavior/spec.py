@@ -113,10 +113,50 @@ class _Fields:
 
 def load_spec(path: str | Path) -> Spec:
     """Read and validate a behavior spec. Raises UserError naming the file and field of the first problem."""
-    import jsonschema
+    path = Path(path).expanduser()
+    raw, data = _read_yaml(path)
+    top = _Fields(path, data)
+    top.unknown(_TOP_KEYS)
+    version = str(top.get("version", (str, int, float))).strip()
+    if not version:
+        raise top.error("version", "must not be empty", "set `version`, e.g. \"2026.1\"")
+    schema = _output_schema(top.section("output_contract"))
+    style = _style(top.section("style"))
+    thresholds, primary = _thresholds(top)
+    af = top.section("anti_flap", required=False)
+    af.unknown({"consecutive_failures", "min_hours_between_retrains", "max_retrains_per_week"})
+    anti_flap = AntiFlap(consecutive_failures=af.get("consecutive_failures", int, 2, minimum=1),
+                         min_hours_between_retrains=af.get("min_hours_between_retrains", float, 24.0, minimum=0.0),
+                         max_retrains_per_week=af.get("max_retrains_per_week", int, 2, minimum=0))
+    dec = top.section("decision", required=False)
+    dec.unknown({"dominance"})
+    pr = top.section("prompt", required=False)
+    pr.unknown({"system", "max_context_chars"})
+    ret = top.section("retrieval", required=False)
+    ret.unknown({"k"})
+    gen = top.section("generation", required=False)
+    gen.unknown({"max_new_tokens", "batch_size"})
+    faith = top.section("faithfulness", required=False)
+    faith.unknown({"probes", "seed"})
+    gate = top.section("gate", required=False)
+    gate.unknown({"base_tolerance"})
+    return Spec(
+        version=version, path=str(path), digest=hashlib.sha256(raw).hexdigest(), output_schema=schema, style=style,
+        thresholds=thresholds, primary_metric=primary, anti_flap=anti_flap,
+        dominance=dec.get("dominance", float, 0.5, minimum=0.0, maximum=1.0),
+        system_prompt=_system_prompt(pr, style), max_context_chars=pr.get("max_context_chars", int, 700, minimum=50),
+        retrieval_k=ret.get("k", int, 3, minimum=1, maximum=50),
+        max_new_tokens=gen.get("max_new_tokens", int, 96, minimum=8, maximum=2048),
+        batch_size=gen.get("batch_size", int, 8, minimum=1, maximum=256),
+        probes=faith.get("probes", int, 20, minimum=0, maximum=1000),
+        probe_seed=faith.get("seed", int, 0, minimum=0, maximum=2**31 - 1),
+        base_tolerance=gate.get("base_tolerance", float, 0.05, minimum=0.0, maximum=1.0),
+    )
+
+
+def _read_yaml(path: Path) -> tuple[bytes, dict]:
     import yaml
 
-    path = Path(path).expanduser()
     if not path.is_file():
         raise UserError(f"behavior spec {path} does not exist",
                         fix="set TANDEM_SPEC_PATH to a behavior spec YAML (the demo's is "
@@ -131,14 +171,12 @@ def load_spec(path: str | Path) -> Spec:
                         fix="fix the YAML syntax (indentation, quotes, colons)") from None
     if not isinstance(data, dict):
         raise UserError(f"behavior spec {path}: the top level must be a mapping", fix="see the demo spec")
-    top = _Fields(path, data)
-    top.unknown(_TOP_KEYS)
-    version = top.get("version", (str, int, float))
-    version = str(version).strip()
-    if not version:
-        raise top.error("version", "must not be empty", "set `version`, e.g. \"2026.1\"")
+    return raw, data
 
-    contract = top.section("output_contract")
+
+def _output_schema(contract: "_Fields") -> dict:
+    import jsonschema
+
     contract.unknown({"schema"})
     schema = contract.get("schema", dict)
     try:
@@ -150,8 +188,10 @@ def load_spec(path: str | Path) -> Spec:
         if (props.get(field) or {}).get("type") != kind:
             raise contract.error(f"schema.properties.{field}", f"the contract needs `{field}` of type {kind}",
                                  f"declare `{field}: {{type: {kind}}}` under properties")
+    return schema
 
-    style_f = top.section("style")
+
+def _style(style_f: "_Fields") -> Style:
     style_f.unknown({"max_words", "forbidden_phrases", "refusal_text"})
     phrases = style_f.get("forbidden_phrases", list, [])
     for i, phrase in enumerate(phrases):
@@ -161,9 +201,11 @@ def load_spec(path: str | Path) -> Spec:
     refusal = style_f.get("refusal_text", str).strip()
     if not refusal:
         raise style_f.error("refusal_text", "must not be empty", "set the exact refusal sentence")
-    style = Style(max_words=style_f.get("max_words", int, minimum=1),
-                  forbidden_phrases=tuple(p.strip() for p in phrases), refusal_text=refusal)
+    return Style(max_words=style_f.get("max_words", int, minimum=1),
+                 forbidden_phrases=tuple(p.strip() for p in phrases), refusal_text=refusal)
 
+
+def _thresholds(top: "_Fields") -> tuple[dict[str, float], str]:
     th_f = top.section("thresholds")
     thresholds: dict[str, float] = {}
     for name in sorted(th_f.data):
@@ -176,44 +218,13 @@ def load_spec(path: str | Path) -> Spec:
     primary = top.get("primary_metric", str, PASS_RATE)
     if primary not in THRESHOLD_METRICS:
         raise top.error("primary_metric", f"unknown metric {primary!r}", f"use one of: {', '.join(THRESHOLD_METRICS)}")
+    return thresholds, primary
 
-    af = top.section("anti_flap", required=False)
-    af.unknown({"consecutive_failures", "min_hours_between_retrains", "max_retrains_per_week"})
-    anti_flap = AntiFlap(consecutive_failures=af.get("consecutive_failures", int, 2, minimum=1),
-                         min_hours_between_retrains=af.get("min_hours_between_retrains", float, 24.0, minimum=0.0),
-                         max_retrains_per_week=af.get("max_retrains_per_week", int, 2, minimum=0))
 
-    dec = top.section("decision", required=False)
-    dec.unknown({"dominance"})
-    dominance = dec.get("dominance", float, 0.5, minimum=0.0, maximum=1.0)
-
-    pr = top.section("prompt", required=False)
-    pr.unknown({"system", "max_context_chars"})
-    system_template = pr.get("system", str, DEFAULT_SYSTEM)
+def _system_prompt(pr: "_Fields", style: Style) -> str:
+    template = pr.get("system", str, DEFAULT_SYSTEM)
     try:
-        system_prompt = system_template.format(max_words=style.max_words, refusal_text=style.refusal_text)
+        return template.format(max_words=style.max_words, refusal_text=style.refusal_text)
     except (KeyError, IndexError, ValueError) as exc:
         raise pr.error("system", f"bad placeholder {exc}",
                        "only {max_words} and {refusal_text} are filled in; double other braces: {{ }}") from None
-
-    ret = top.section("retrieval", required=False)
-    ret.unknown({"k"})
-    gen = top.section("generation", required=False)
-    gen.unknown({"max_new_tokens", "batch_size"})
-
-    faith = top.section("faithfulness", required=False)
-    faith.unknown({"probes", "seed"})
-    gate = top.section("gate", required=False)
-    gate.unknown({"base_tolerance"})
-
-    return Spec(
-        version=version, path=str(path), digest=hashlib.sha256(raw).hexdigest(), output_schema=schema, style=style,
-        thresholds=thresholds, primary_metric=primary, anti_flap=anti_flap, dominance=dominance,
-        system_prompt=system_prompt, max_context_chars=pr.get("max_context_chars", int, 700, minimum=50),
-        retrieval_k=ret.get("k", int, 3, minimum=1, maximum=50),
-        max_new_tokens=gen.get("max_new_tokens", int, 96, minimum=8, maximum=2048),
-        batch_size=gen.get("batch_size", int, 8, minimum=1, maximum=256),
-        probes=faith.get("probes", int, 20, minimum=0, maximum=1000),
-        probe_seed=faith.get("seed", int, 0, minimum=0, maximum=2**31 - 1),
-        base_tolerance=gate.get("base_tolerance", float, 0.05, minimum=0.0, maximum=1.0),
-    )

@@ -152,7 +152,8 @@ def search_space(conn: psycopg.Connection, table: str, query: str, vector, *, re
                  mode: str = "hybrid", filters: dict | None = None, ef_search: int = 64,
                  candidates: int | None = None) -> list[Hit]:
     """Search release ``release`` of one chunk table with an already computed query vector (used by
-    ``search`` and the canary)."""
+    ``search`` and the canary). About 65 lines: the hybrid query's SQL (vector and text candidates, fused)
+    reads as one statement."""
     t = ident(table)
     n_cand = candidates or max(20, 4 * k)
     where, wparams = _where(filters, release)

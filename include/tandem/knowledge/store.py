@@ -93,14 +93,9 @@ def exists(conn: psycopg.Connection, table: str) -> bool:
     return conn.execute("SELECT to_regclass(%s) IS NOT NULL", (table,)).fetchone()[0]
 
 
-def ensure_schema(conn: psycopg.Connection, n: Names) -> None:
-    """Create the index's bookkeeping tables if missing (idempotent; commits)."""
-    i = n.id
-    # concurrent first runs would race on CREATE ... IF NOT EXISTS (pg_type unique violations)
-    conn.execute("SELECT pg_advisory_xact_lock(hashtext('tandem-knowledge-schema'))")
-    conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
-    conn.execute(sql.SQL("""
-        CREATE TABLE IF NOT EXISTS {spaces} (
+# The bookkeeping tables of an index, in creation order: (Names attribute, column definitions).
+_TABLES = (
+    ("spaces", """
             space_no      serial PRIMARY KEY,
             fingerprint   text NOT NULL UNIQUE,
             spec          jsonb NOT NULL,
@@ -110,12 +105,8 @@ def ensure_schema(conn: psycopg.Connection, n: Names) -> None:
             release_no    integer,
             created_at    timestamptz NOT NULL DEFAULT now(),
             activated_at  timestamptz
-        )""").format(spaces=i(n.spaces)))
-    conn.execute(sql.SQL("""
-        CREATE UNIQUE INDEX IF NOT EXISTS {idx} ON {spaces} (status) WHERE status = 'live'
-        """).format(idx=i(n.spaces + "_one_live"), spaces=i(n.spaces)))
-    conn.execute(sql.SQL("""
-        CREATE TABLE IF NOT EXISTS {manifest} (
+    """),
+    ("manifest", """
             space_no      integer NOT NULL,
             doc_id        text NOT NULL,
             source        text NOT NULL,
@@ -132,9 +123,8 @@ def ensure_schema(conn: psycopg.Connection, n: Names) -> None:
             updated_at    timestamptz NOT NULL DEFAULT now(),
             indexed_at    timestamptz,
             PRIMARY KEY (space_no, doc_id)
-        )""").format(manifest=i(n.manifest)))
-    conn.execute(sql.SQL("""
-        CREATE TABLE IF NOT EXISTS {runs} (
+    """),
+    ("runs", """
             run_id        text PRIMARY KEY,
             space_no      integer,
             mode          text NOT NULL,
@@ -147,9 +137,8 @@ def ensure_schema(conn: psycopg.Connection, n: Names) -> None:
             canary        jsonb,
             started_at    timestamptz NOT NULL DEFAULT now(),
             finished_at   timestamptz
-        )""").format(runs=i(n.runs)))
-    conn.execute(sql.SQL("""
-        CREATE TABLE IF NOT EXISTS {run_docs} (
+    """),
+    ("run_docs", """
             run_id        text NOT NULL,
             doc_id        text NOT NULL,
             class         text NOT NULL,
@@ -162,11 +151,8 @@ def ensure_schema(conn: psycopg.Connection, n: Names) -> None:
             chunk_count   integer,
             planned_hash  text,
             PRIMARY KEY (run_id, doc_id)
-        )""").format(run_docs=i(n.run_docs)))
-    # the hash the plan saw: a batch that reads other bytes (the file changed since) indexes nothing for it
-    conn.execute(sql.SQL("ALTER TABLE {rd} ADD COLUMN IF NOT EXISTS planned_hash text").format(rd=i(n.run_docs)))
-    conn.execute(sql.SQL("""
-        CREATE TABLE IF NOT EXISTS {releases} (
+    """),
+    ("releases", """
             release_no    integer PRIMARY KEY,
             space_no      integer NOT NULL,
             run_id        text NOT NULL,
@@ -178,9 +164,8 @@ def ensure_schema(conn: psycopg.Connection, n: Names) -> None:
             created_at    timestamptz NOT NULL DEFAULT now(),
             published_at  timestamptz,
             ended_at      timestamptz
-        )""").format(releases=i(n.releases)))
-    conn.execute(sql.SQL("""
-        CREATE TABLE IF NOT EXISTS {checks} (
+    """),
+    ("checks", """
             check_id      serial PRIMARY KEY,
             release_no    integer,
             ok            boolean NOT NULL,
@@ -188,15 +173,31 @@ def ensure_schema(conn: psycopg.Connection, n: Names) -> None:
             repair_release integer,
             started_at    timestamptz NOT NULL,
             finished_at   timestamptz NOT NULL DEFAULT now()
-        )""").format(checks=i(n.checks)))
-    conn.execute(sql.SQL("""
-        CREATE TABLE IF NOT EXISTS {lease} (
+    """),
+    ("lease", """
             index_name    text PRIMARY KEY,
             owner         text,
             backend_pid   integer,
             acquired_at   timestamptz,
             heartbeat_at  timestamptz
-        )""").format(lease=i(n.lease)))
+    """),
+)
+
+
+def ensure_schema(conn: psycopg.Connection, n: Names) -> None:
+    """Create the index's bookkeeping tables if missing (idempotent; commits)."""
+    i = n.id
+    # concurrent first runs would race on CREATE ... IF NOT EXISTS (pg_type unique violations)
+    conn.execute("SELECT pg_advisory_xact_lock(hashtext('tandem-knowledge-schema'))")
+    conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
+    for attr, columns in _TABLES:
+        conn.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {t} (" + columns + ")").format(t=i(getattr(n, attr))))
+        if attr == "spaces":
+            conn.execute(sql.SQL("""
+                CREATE UNIQUE INDEX IF NOT EXISTS {idx} ON {spaces} (status) WHERE status = 'live'
+                """).format(idx=i(n.spaces + "_one_live"), spaces=i(n.spaces)))
+    # the hash the plan saw: a batch that reads other bytes (the file changed since) indexes nothing for it
+    conn.execute(sql.SQL("ALTER TABLE {rd} ADD COLUMN IF NOT EXISTS planned_hash text").format(rd=i(n.run_docs)))
     _migrate_to_releases(conn, n)
     conn.commit()
 

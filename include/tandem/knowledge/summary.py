@@ -14,6 +14,8 @@ CONTRACT_KEYS = ("new", "changed", "unchanged", "deleted", "failed", "chunks_emb
 
 
 def text(summary: dict) -> str:
+    """A plan or summary as the lines the CLI and the task log print (about 65 lines of formatting, one
+    figure per line, in the order they are read)."""
     s = summary
     head = f"knowledge index {s.get('index')!r}: "
     if s.get("dry_run"):

@@ -187,8 +187,6 @@ def answer(settings: Settings, question: str, k: int | None = None, adapter: str
     ``generation.max_new_tokens``. Raises UserError for bad input or an unknown adapter version,
     ServiceUnavailable when the index, the champion, Postgres or MLflow is missing.
     """
-    from tandem.knowledge import search as knowledge_search
-
     step = progress or (lambda _stage: None)
     started = time.perf_counter()
     question = validation.question(settings, question)
@@ -202,14 +200,7 @@ def answer(settings: Settings, question: str, k: int | None = None, adapter: str
 
     step("retrieve")
     t0 = time.perf_counter()
-    pinned = knowledge_search.pin(settings)  # the answer and its index_version come from one release
-    if pinned is None:
-        from tandem.errors import ServiceUnavailable
-
-        raise ServiceUnavailable(f"the knowledge index {settings.index_name!r} is empty: there is nothing to answer from",
-                                 fix="run `tandem reindex` (or trigger the knowledge_reindex DAG) first")
-    index_version = pinned.version
-    hits = knowledge_search.search(settings, question, k=k, at=pinned)
+    index_version, hits = _retrieve(settings, question, k)
     retrieval_ms = (time.perf_counter() - t0) * 1000
     retrieved = [{"doc_id": h.doc_id, "chunk_id": h.chunk_id, "title": h.title, "uri": h.uri,
                   "score": round(h.score, 6),
@@ -231,25 +222,12 @@ def answer(settings: Settings, question: str, k: int | None = None, adapter: str
         step("load model")
     from tandem.behavior.prompt import build_messages, shown_doc_ids
 
-    messages = build_messages(question, hits, spec)
-    t0 = time.perf_counter()
-    with cache.use(key) as loaded:  # the generator stays alive until this answer is generated
-        if time.perf_counter() - t0 > 0.05:
-            timings["adapter_load_ms"] = round((time.perf_counter() - t0) * 1000, 1)
-        step("generate")
-        t0 = time.perf_counter()
-        with _generate_lock:
-            raw = loaded.generator.generate([messages], max_new_tokens=spec.max_new_tokens, batch_size=1)[0]
-        timings["generation_ms"] = round((time.perf_counter() - t0) * 1000, 1)
-        label = loaded.label  # the exact version that produced this answer
-    del loaded  # the cache may free it now
-
+    raw, label = _generate(cache, key, build_messages(question, hits, spec), spec, timings, step)
     step("validate")
-    shown_ids = shown_doc_ids(hits)
     doc_texts: dict[str, list[str]] = {}
     for h in hits:
         doc_texts.setdefault(h.doc_id, []).append(h.text)
-    contract, valid, violations = check_output(raw, spec, shown_ids, doc_texts)
+    contract, valid, violations = check_output(raw, spec, shown_doc_ids(hits), doc_texts)
     first_hit = {}
     for h in hits:
         first_hit.setdefault(h.doc_id, h)
@@ -261,3 +239,32 @@ def answer(settings: Settings, question: str, k: int | None = None, adapter: str
                   index_version=index_version, refused=False, best_similarity=best, threshold=threshold,
                   valid=valid, violations=violations, retrieved=retrieved, timings=timings,
                   raw_output=str(raw)[:MAX_RAW_CHARS])
+
+
+def _retrieve(settings: Settings, question: str, k: int) -> tuple[str, list]:
+    """(index_version, hits) from one pinned release: the answer and its index_version always agree."""
+    from tandem.knowledge import search as knowledge_search
+
+    pinned = knowledge_search.pin(settings)
+    if pinned is None:
+        from tandem.errors import ServiceUnavailable
+
+        raise ServiceUnavailable(f"the knowledge index {settings.index_name!r} is empty: there is nothing to answer from",
+                                 fix="run `tandem reindex` (or trigger the knowledge_reindex DAG) first")
+    return pinned.version, knowledge_search.search(settings, question, k=k, at=pinned)
+
+
+def _generate(cache: AdapterCache, key: str, messages: list, spec, timings: dict, step) -> tuple[str, str]:
+    """(raw output, the label of the exact version that produced it); fills the load and generation timings."""
+    t0 = time.perf_counter()
+    with cache.use(key) as loaded:  # the generator stays alive until this answer is generated
+        if time.perf_counter() - t0 > 0.05:
+            timings["adapter_load_ms"] = round((time.perf_counter() - t0) * 1000, 1)
+        step("generate")
+        t0 = time.perf_counter()
+        with _generate_lock:
+            raw = loaded.generator.generate([messages], max_new_tokens=spec.max_new_tokens, batch_size=1)[0]
+        timings["generation_ms"] = round((time.perf_counter() - t0) * 1000, 1)
+        label = loaded.label
+    del loaded  # the cache may free it now
+    return raw, label

@@ -272,7 +272,7 @@ def _worker_rows(settings: Settings, rows: list) -> tuple[list, bool]:
 
 
 def logs(settings: Settings) -> int:
-    _say(f"Service logs (tail -f one of them):")
+    _say("Service logs (tail -f one of them):")
     for svc in services.all_services(settings):
         _say(f"  {svc.name:<24} {svc.logfile(settings.logs_dir)}")
     _say(f"  {'postgres':<24} {settings.pg_data / 'postgres.log'}")
