@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from adapters_fixtures import make_adapter, register_adapter
@@ -66,12 +68,27 @@ def test_a_browser_without_a_session_is_sent_to_the_login(airflow_app):
     ({"question": ANSWERABLE, "mode": "fast"}, 422, "mode"),
     ({"k": 3}, 422, "question"),
     ({"question": 42}, 422, "question"),
+    ({"question": "\ud800 price"}, 400, "unpaired surrogate"),  # valid JSON, not text
+    ({"question": "What\x00 does the Pro plan cost?"}, 400, "NUL"),
+    ({"question": ANSWERABLE, "adapter": "\ud800"}, 400, "unknown adapter"),
 ])
 def test_invalid_requests_get_4xx_with_a_message(airflow_app, serve_index, body, status, word):
-    resp = airflow_app.client.post("/tandem/api/ask", json=body, headers=airflow_app.headers())
+    # sent as JSON with ASCII escapes, as most clients do (a lone surrogate is "\\ud800" on the wire)
+    resp = airflow_app.client.post("/tandem/api/ask", content=json.dumps(body).encode(),
+                                   headers={**airflow_app.headers(), "content-type": "application/json"})
     assert resp.status_code == status, resp.text
     payload = resp.json()
     assert word in payload["error"] and payload["fix"]
+
+
+@pytest.mark.parametrize("raw", [b'{"question": "caf\xe9 prices?"}', b'\xff\xfe{"question": "x"}',
+                                 b'{"question": "\\ud800"}', b'{"question": "a\\u0000b"}'])
+def test_bodies_that_are_not_utf8_text_are_4xx_never_5xx(airflow_app, serve_index, raw):
+    """Raw bytes as a client may send them (Latin-1, a BOM of UTF-16, escapes of a lone surrogate and of NUL)."""
+    resp = airflow_app.client.post("/tandem/api/ask", content=raw, headers={
+        **airflow_app.headers(), "content-type": "application/json"})
+    assert 400 <= resp.status_code < 500, resp.text
+    assert resp.json()["error"] and resp.json()["fix"]
 
 
 def test_a_body_that_is_not_json_is_a_4xx(airflow_app):

@@ -83,3 +83,18 @@ def test_the_plugin_forwards_ask_to_the_serve_process(serve_process, airflow_app
         assert down.status_code == 503 and "tandem serve" in down.json()["fix"]
     finally:
         configure(sub, settings=settings)  # the session's other serve tests answer in-process again
+
+
+@pytest.mark.parametrize("raw,status", [
+    (b'{"question": "\\ud800 price"}', 400),  # valid JSON, a lone surrogate: not text
+    (b'{"question": "What\\u0000 does it cost?"}', 400),
+    (b'{"question": "caf\xe9 prices?"}', 400),  # Latin-1, not UTF-8
+    (b'{"question": "' + b"x" * 20_000 + b'"}', 413),  # over TANDEM_ASK_MAX_BODY_BYTES
+])
+def test_bad_bodies_get_4xx_from_the_serve_process(serve_process, raw, status):
+    settings, url = serve_process
+    resp = httpx.post(f"{url}/api/ask", content=raw, timeout=60, headers={
+        "Authorization": f"Bearer {settings.serve_token}", "content-type": "application/json"})
+    assert resp.status_code == status, resp.text
+    assert resp.json()["error"] and resp.json()["fix"]
+    assert httpx.get(f"{url}/health", timeout=10).status_code == 200  # the process and its connection survive

@@ -27,7 +27,8 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from tandem.errors import ServiceUnavailable
-from tandem.serve.contract import ASK_DAG, ERRORS, AskRequest, AskResponse, _error, install_error_handlers
+from tandem.serve.contract import (ASK_DAG, ERRORS, AskRequest, AskResponse, _error, install_body_cap,
+                                   install_error_handlers)
 
 log = logging.getLogger(__name__)
 
@@ -133,15 +134,7 @@ def create_app(settings=None, *, cache=None, settings_factory: Callable[[], Any]
 
     install_error_handlers(app)
 
-    @app.middleware("http")
-    async def _cap_body(request: Request, call_next):
-        length = request.headers.get("content-length")
-        if request.method == "POST" and length is not None:
-            limit = request.app.state.tandem.settings.ask_max_body_bytes
-            if not length.isdigit() or int(length) > limit:
-                return _error(413, f"the request body is {length} bytes; at most {limit} are accepted",
-                              'send JSON like {"question": "What does the Pro plan cost?", "k": 5}')
-        return await call_next(request)
+    install_body_cap(app, lambda request: request.app.state.tandem.settings.ask_max_body_bytes)
 
     def state(request: Request) -> _State:
         return request.app.state.tandem

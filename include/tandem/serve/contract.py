@@ -7,12 +7,13 @@ from __future__ import annotations
 import logging
 import secrets
 from pathlib import Path
-from typing import Literal
+from typing import Callable, Literal
 
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tandem import secret_files
 from tandem.config import Settings
@@ -118,15 +119,31 @@ def install_error_handlers(app: FastAPI, login_fix: str = AIRFLOW_LOGIN_FIX) -> 
                              "fix": 'send JSON like {"question": "What does the Pro plan cost?", "k": 5}'},
                             status_code=422)
 
-    @app.exception_handler(HTTPException)
-    async def _http(_request: Request, exc: HTTPException):
+    @app.exception_handler(StarletteHTTPException)  # FastAPI's own (a body it cannot parse) and the routes'
+    async def _http(_request: Request, exc: StarletteHTTPException):
         fix = None
-        if exc.status_code == 401:
+        if exc.status_code == 400:
+            fix = 'send the body as UTF-8 JSON, like {"question": "What does the Pro plan cost?", "k": 5}'
+        elif exc.status_code == 401:
             fix = login_fix
         elif exc.status_code == 403:
             fix = (f"ask an Airflow admin for a role that may trigger {ASK_DAG} and read the Tandem DAGs' runs "
                    "(User, Op or Admin; a Viewer may read the status, not ask)")
         return _error(exc.status_code, str(exc.detail), fix, headers=getattr(exc, "headers", None))
+
+
+def install_body_cap(app: FastAPI, limit_of: Callable[[Request], int]) -> None:
+    """413 for a POST whose declared body is over ``limit_of(request)`` bytes, before the body is read."""
+
+    @app.middleware("http")
+    async def _cap_body(request: Request, call_next):
+        length = request.headers.get("content-length")
+        if request.method == "POST" and length is not None:
+            limit = limit_of(request)
+            if not length.isdigit() or int(length) > limit:
+                return _error(413, f"the request body is {length} bytes; at most {limit} are accepted",
+                              'send JSON like {"question": "What does the Pro plan cost?", "k": 5}')
+        return await call_next(request)
 
 
 def token_path(settings: Settings) -> Path:

@@ -24,7 +24,7 @@ from fastapi import Depends, FastAPI, HTTPException, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from tandem.config import Settings
-from tandem.serve.contract import ERRORS, AskRequest, AskResponse, install_error_handlers, serve_token
+from tandem.serve.contract import ERRORS, AskRequest, AskResponse, install_body_cap, install_error_handlers, serve_token
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +39,7 @@ def create_serve_app(settings: Settings, *, cache=None, warm: bool = True) -> Fa
                   description=__doc__, version="1", docs_url=None, redoc_url=None)
     install_error_handlers(app, login_fix="send 'Authorization: Bearer <token>' with the token `make up` printed "
                                           "(TANDEM_SERVE_TOKEN)")
+    install_body_cap(app, lambda _request: settings.ask_max_body_bytes)
     cache = cache or AdapterCache(settings)
     token = serve_token(settings)
     app.state.cache = cache

@@ -13,6 +13,7 @@ from tandem.errors import UserError
 
 # "champion" (default), "base", an alias, or a version number ("3" or "v3").
 ADAPTER_REF = re.compile(r"^(champion|challenger|previous|base|v?[0-9]{1,9})$")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 ADAPTER_REF_HELP = "a version number (e.g. 3), 'champion', 'challenger', 'previous' or 'base'"
 
 
@@ -29,6 +30,9 @@ def question(settings: Settings, text: object) -> str:
                         fix=f"shorten the question (or raise TANDEM_ASK_MAX_QUESTION_CHARS above {limit})")
     if "\x00" in cleaned:
         raise UserError("the question contains a NUL character", fix="remove control characters from the question")
+    if _SURROGATE.search(cleaned):  # valid JSON ("\\ud800"), but not text: it cannot be encoded, stored or traced
+        raise UserError("the question contains an unpaired surrogate (a \\ud800-\\udfff escape), which is not text",
+                        fix="send the question as valid Unicode: a surrogate escape only in a high+low pair")
     return cleaned
 
 
