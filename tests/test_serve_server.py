@@ -98,3 +98,59 @@ def test_bad_bodies_get_4xx_from_the_serve_process(serve_process, raw, status):
     assert resp.status_code == status, resp.text
     assert resp.json()["error"] and resp.json()["fix"]
     assert httpx.get(f"{url}/health", timeout=10).status_code == 200  # the process and its connection survive
+
+
+def _events(text: str) -> list[tuple[str, dict]]:
+    import json
+
+    out = []
+    for block in text.strip().split("\n\n"):
+        lines = dict(line.split(": ", 1) for line in block.splitlines())
+        out.append((lines["event"], json.loads(lines["data"])))
+    return out
+
+
+def _comparable(answer: dict) -> dict:
+    return {k: v for k, v in answer.items() if k != "timings"}
+
+
+def test_a_stream_ends_with_the_non_streamed_answer(serve_process, airflow_app):
+    """Tokens as they come, then the final object, equal to the JSON answer; the plugin passes the stream on."""
+    from tandem.serve.api import configure
+
+    settings, url = serve_process
+    auth = {"Authorization": f"Bearer {settings.serve_token}"}
+    body = {"question": ANSWERABLE, "adapter": "base", "k": 2}
+    plain = httpx.post(f"{url}/api/ask", json=body, headers=auth, timeout=300)
+    assert plain.status_code == 200 and not plain.json()["refused"], plain.text
+    streamed = httpx.post(f"{url}/api/ask", json={**body, "stream": True}, headers=auth, timeout=300)
+    assert streamed.status_code == 200 and streamed.headers["content-type"].startswith("text/event-stream")
+    events = _events(streamed.text)
+    names = [name for name, _ in events]
+    assert names[-1] == "answer" and names.count("answer") == 1 and names[:-1] and set(names[:-1]) == {"token"}
+    assert _comparable(events[-1][1]) == _comparable(plain.json())
+    tokens = "".join(data["text"] for name, data in events if name == "token")
+    assert tokens.strip() == plain.json()["raw_output"]
+    # a stream's input errors are plain 4xx replies, before any event
+    bad = httpx.post(f"{url}/api/ask", json={"question": "", "stream": True}, headers=auth, timeout=30)
+    assert bad.status_code == 400 and bad.json()["fix"]
+
+    sub = tandem_subapp(airflow_app.client.app)
+    configure(sub, settings=settings.replace(serve_url=url))
+    try:
+        through = airflow_app.client.post("/tandem/api/ask", json={**body, "stream": True},
+                                          headers=airflow_app.headers())
+        assert through.status_code == 200, through.text
+        assert _comparable(_events(through.text)[-1][1]) == _comparable(plain.json())
+        bad = airflow_app.client.post("/tandem/api/ask", json={"question": " ", "stream": True},
+                                      headers=airflow_app.headers())
+        assert bad.status_code == 400 and bad.json()["fix"]
+    finally:
+        configure(sub, settings=settings)
+
+
+def test_health_reports_the_queue_and_the_batches(serve_process):
+    settings, url = serve_process
+    queue = httpx.get(f"{url}/health", timeout=10).json()["queue"]
+    assert queue["queue_max"] == settings.serve_queue_max and queue["batch_max"] == settings.serve_batch_max
+    assert queue["batches"] >= 1 and sum(queue["batch_sizes"].values()) >= 1  # the answers above were generated

@@ -231,6 +231,13 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("ask_max_question_chars", 1000, _pos_int, "Longest question `tandem ask` and the API accept."),
     Setting("ask_max_k", 20, _pos_int, "Largest k (chunks retrieved) `tandem ask` and the API accept."),
     Setting("serve_port", 8090, _port, "`tandem serve` (the answer API process) port."),
+    Setting("serve_batch_window_ms", 25, _nonneg_int,
+            "How long a question waits for others to share its batch when the model is free (0: no waiting; "
+            "questions that arrive while a batch is generating join the next one anyway)."),
+    Setting("serve_batch_max", 8, _pos_int, "Most questions answered in one batched generation."),
+    Setting("serve_queue_max", 32, _pos_int,
+            "Most questions waiting for the model in one process; past it the answer API says 429 with "
+            "Retry-After at once."),
     Setting("serve_url", "", str,
             "Where the Airflow plugin forwards /tandem/api/ask: the `tandem serve` process (`make up` sets it; "
             "empty: the plugin answers in the api-server's own process)."),

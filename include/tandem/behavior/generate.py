@@ -92,11 +92,8 @@ class Generator:
                                           pad_token_id=self.tokenizer.pad_token_id, eos_token_id=eos)
             gen = out[:, enc["input_ids"].shape[1]:]
             for row, i in enumerate(idx):
-                ids = gen[row].tolist()
-                if eos in ids:
-                    ids = ids[:ids.index(eos)]
-                new_tokens += len(ids)
-                outputs[i] = self.tokenizer.decode(ids, skip_special_tokens=True).strip()
+                outputs[i], n_new = self._decode(gen[row].tolist())
+                new_tokens += n_new
             done += len(idx)
             elapsed = time.monotonic() - started
             log.info("generated %d/%d answers (%.2f examples/s, %d prompt tokens max in batch)", done, len(texts),
@@ -108,3 +105,30 @@ class Generator:
                            "prompt_tokens": sum(lengths),
                            "examples_per_s": len(texts) / seconds if seconds else 0.0}
         return outputs
+
+    def _decode(self, ids: list[int]) -> tuple[str, int]:
+        """(the answer text, its token count): the new tokens up to the first end-of-sequence."""
+        eos = self.tokenizer.eos_token_id
+        if eos in ids:
+            ids = ids[:ids.index(eos)]
+        return self.tokenizer.decode(ids, skip_special_tokens=True).strip(), len(ids)
+
+    def stream(self, messages: Sequence[dict], *, max_new_tokens: int = 96,
+               on_token: Callable[[str], None]) -> str:
+        """The greedy answer to one conversation, as ``generate`` gives it; ``on_token(text)`` gets each piece
+        of text as soon as it is decoded (pieces end at word boundaries, as transformers' streamers cut them)."""
+        import torch
+        from transformers import TextStreamer
+
+        class _Pieces(TextStreamer):
+            def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
+                if text:
+                    on_token(text)
+
+        enc = self.tokenizer([self.render(messages)], return_tensors="pt", add_special_tokens=False).to(self.device)
+        torch.manual_seed(SEED)
+        with torch.inference_mode():
+            out = self.model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+                                      pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.tokenizer.eos_token_id,
+                                      streamer=_Pieces(self.tokenizer, skip_prompt=True, skip_special_tokens=True))
+        return self._decode(out[0, enc["input_ids"].shape[1]:].tolist())[0]

@@ -108,6 +108,11 @@ class AdapterCache:
         self.swaps = 0  # how many times an alias moved to another version while serving
         self.last_load_seconds: float | None = None
         self.peak_alive = 0  # the most merged models alive at once (loaded + loading + retired)
+        from tandem.serve.batcher import Batcher
+
+        # the process's generation queue: concurrent questions to one version share a batched generate
+        self.batcher = Batcher(window_ms=settings.serve_batch_window_ms, max_batch=settings.serve_batch_max,
+                               max_queue=settings.serve_queue_max)
 
     @property
     def max_alive(self) -> int:

@@ -41,7 +41,6 @@ log = logging.getLogger(__name__)
 CONFIDENCE = ("high", "medium", "low")
 MAX_RAW_CHARS = 4000  # raw model output kept in a response (the budget is bounded anyway)
 
-_generate_lock = threading.Lock()  # one generation at a time per process: the CPU is the bottleneck
 _spec_cache: dict[str, tuple[float, Any]] = {}
 _spec_lock = threading.Lock()
 
@@ -180,7 +179,8 @@ def check_output(raw: str, spec, shown_ids: Sequence[str],
 
 
 def answer(settings: Settings, question: str, k: int | None = None, adapter: str | None = "champion", *,
-           cache: AdapterCache | None = None, progress: Callable[[str], None] | None = None) -> Answer:
+           cache: AdapterCache | None = None, progress: Callable[[str], None] | None = None,
+           on_token: Callable[[str], None] | None = None) -> Answer:
     """Answer ``question`` from the live index with base + the ``adapter`` reference (see the module doc).
 
     ``k`` defaults to the spec's ``retrieval.k`` (what the evals measure); the token budget is the spec's
@@ -222,7 +222,7 @@ def answer(settings: Settings, question: str, k: int | None = None, adapter: str
         step("load model")
     from tandem.behavior.prompt import build_messages, shown_doc_ids
 
-    raw, label = _generate(cache, key, build_messages(question, hits, spec), spec, timings, step)
+    raw, label = _generate(cache, key, build_messages(question, hits, spec), spec, timings, step, on_token)
     step("validate")
     doc_texts: dict[str, list[str]] = {}
     for h in hits:
@@ -254,17 +254,20 @@ def _retrieve(settings: Settings, question: str, k: int) -> tuple[str, list]:
     return pinned.version, knowledge_search.search(settings, question, k=k, at=pinned)
 
 
-def _generate(cache: AdapterCache, key: str, messages: list, spec, timings: dict, step) -> tuple[str, str]:
-    """(raw output, the label of the exact version that produced it); fills the load and generation timings."""
+def _generate(cache: AdapterCache, key: str, messages: list, spec, timings: dict, step,
+              on_token: Callable[[str], None] | None = None) -> tuple[str, str]:
+    """(raw output, the label of the exact version that produced it); fills the load and generation timings.
+    The question joins the process's next batch for this version (``tandem.serve.batcher``)."""
     t0 = time.perf_counter()
     with cache.use(key) as loaded:  # the generator stays alive until this answer is generated
         if time.perf_counter() - t0 > 0.05:
             timings["adapter_load_ms"] = round((time.perf_counter() - t0) * 1000, 1)
         step("generate")
         t0 = time.perf_counter()
-        with _generate_lock:
-            raw = loaded.generator.generate([messages], max_new_tokens=spec.max_new_tokens, batch_size=1)[0]
+        raw, size = cache.batcher.generate(key, loaded.generator, messages, max_new_tokens=spec.max_new_tokens,
+                                           on_token=on_token)
         timings["generation_ms"] = round((time.perf_counter() - t0) * 1000, 1)
+        timings["batch_size"] = size
         label = loaded.label
     del loaded  # the cache may free it now
     return raw, label

@@ -145,6 +145,10 @@ def create_app(settings=None, *, cache=None, settings_factory: Callable[[], Any]
         st = state(request)
         if st.settings.serve_url:  # the answer process (`tandem serve`): generation stays out of the api-server
             return forward_ask(st.settings, body)
+        if body.stream:
+            from tandem.serve.streaming import stream_answer
+
+            return stream_answer(st.settings, body, st.cache)
         from tandem.serve.answer import answer
 
         return answer(st.settings, body.question, k=body.k, adapter=body.adapter, cache=st.cache).to_dict()
@@ -192,13 +196,15 @@ def forward_ask(settings, body: "AskRequest") -> Response:
         return _error(429, f"{settings.forward_max_concurrent} questions are already being answered",
                       "retry in a few seconds (TANDEM_FORWARD_MAX_CONCURRENT sets the limit)",
                       headers={"Retry-After": "5"})
+    if body.stream:
+        return _forward_stream(settings, body, slot)  # the slot is released when the stream ends
     try:
         return _forward(settings, body)
     finally:
         slot.release()
 
 
-def _forward(settings, body: "AskRequest") -> Response:
+def _serve_request(settings, body: "AskRequest") -> tuple[str, bytes, "Any", dict]:
     import json
 
     import httpx
@@ -210,14 +216,72 @@ def _forward(settings, body: "AskRequest") -> Response:
     payload = json.dumps(body.model_dump(exclude_none=True), ensure_ascii=True).encode("ascii")
     timeout = httpx.Timeout(settings.forward_timeout_seconds, connect=3.0)
     headers = {"Authorization": f"Bearer {serve_token(settings)}", "Content-Type": "application/json"}
+    return url, payload, timeout, headers
+
+
+def _unreachable(settings, exc) -> ServiceUnavailable:
+    return ServiceUnavailable(f"the answer process at {settings.serve_url} is not answering ({type(exc).__name__})",
+                              fix="start it with `make up` (or `tandem serve`), or unset TANDEM_SERVE_URL to answer "
+                                  "in the api-server")
+
+
+def _forward_stream(settings, body: "AskRequest", slot: threading.BoundedSemaphore) -> Response:
+    """Pass serve's event stream on as it comes; a reply that is not a stream (an error) is forwarded as one."""
+    import httpx
+
+    from fastapi.responses import StreamingResponse
+
+    from tandem.serve.streaming import MEDIA_TYPE
+
+    url, payload, timeout, headers = _serve_request(settings, body)
+    client = httpx.Client(timeout=timeout)
+    try:
+        resp = client.send(client.build_request("POST", url, content=payload, headers=headers), stream=True)
+    except httpx.HTTPError as exc:
+        client.close()
+        slot.release()
+        raise _unreachable(settings, exc) from None
+    if resp.status_code != 200 or not resp.headers.get("content-type", "").startswith(MEDIA_TYPE):
+        try:
+            return _passed_on(settings, resp, _read_capped(resp, settings.forward_max_reply_bytes))
+        finally:
+            resp.close()
+            client.close()
+            slot.release()
+
+    def relay():
+        try:
+            yield from resp.iter_raw()
+        except httpx.HTTPError:
+            from tandem.serve.streaming import event
+
+            yield event("error", {"error": "the answer process stopped in the middle of the stream",
+                                  "fix": "ask again; check `tandem serve`'s log"})
+        finally:
+            resp.close()
+            client.close()
+            slot.release()
+
+    return StreamingResponse(relay(), media_type=MEDIA_TYPE, headers={"Cache-Control": "no-cache"})
+
+
+def _forward(settings, body: "AskRequest") -> Response:
+    import httpx
+
+    url, payload, timeout, headers = _serve_request(settings, body)
     try:
         with httpx.Client(timeout=timeout) as client, client.stream("POST", url, content=payload,
                                                                     headers=headers) as resp:
             content = _read_capped(resp, settings.forward_max_reply_bytes)
     except httpx.HTTPError as exc:
-        raise ServiceUnavailable(f"the answer process at {settings.serve_url} is not answering ({type(exc).__name__})",
-                                 fix="start it with `make up` (or `tandem serve`), or unset TANDEM_SERVE_URL to answer "
-                                     "in the api-server") from None
+        raise _unreachable(settings, exc) from None
+    return _passed_on(settings, resp, content)
+
+
+def _passed_on(settings, resp, content: bytes | None) -> Response:
+    """serve's reply as the plugin's: its bytes unchanged, or a 502 that says what was wrong with it."""
+    import json
+
     if content is None:
         return _error(502, f"the answer process sent a reply over {settings.forward_max_reply_bytes} bytes",
                       "check `tandem serve`'s log; TANDEM_FORWARD_MAX_REPLY_BYTES sets the limit")

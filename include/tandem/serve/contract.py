@@ -18,6 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from tandem import secret_files
 from tandem.config import Settings
 from tandem.errors import ServiceUnavailable, TandemError, UserError
+from tandem.serve.batcher import Overloaded
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,8 @@ class AskRequest(BaseModel):
                                                    "default: the behavior spec's retrieval.k, as in the evals.")
     adapter: str | None = Field(None, description="'champion' (default), 'base', 'challenger', 'previous', "
                                                   "or a version number of the tandem-adapter model.")
+    stream: bool = Field(False, description="true: server-sent events, the answer's text as it is generated "
+                                            "(`token`), then the whole answer (`answer`)")
 
 
 class Source(BaseModel):
@@ -103,6 +106,10 @@ def install_error_handlers(app: FastAPI, login_fix: str = AIRFLOW_LOGIN_FIX) -> 
     @app.exception_handler(ServiceUnavailable)
     async def _unavailable(_request: Request, exc: ServiceUnavailable):
         return _error(503, exc.message, exc.fix, headers={"Retry-After": "60"})
+
+    @app.exception_handler(Overloaded)
+    async def _overloaded(_request: Request, exc: Overloaded):
+        return _error(429, exc.message, exc.fix, headers={"Retry-After": str(exc.retry_after)})
 
     @app.exception_handler(TandemError)
     async def _tandem_error(_request: Request, exc: TandemError):

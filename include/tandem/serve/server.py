@@ -51,12 +51,17 @@ def create_serve_app(settings: Settings, *, cache=None, warm: bool = True) -> Fa
 
     @app.get("/health", tags=["health"], summary="Liveness, and the adapter cache's state")
     def health() -> dict[str, Any]:
-        return {"status": "ok", **cache.state()}
+        return {"status": "ok", **cache.state(), "queue": cache.batcher.state()}
 
     @app.post("/api/ask", response_model=AskResponse, responses=ERRORS, tags=["ask"],
               summary="Answer a question from the live index with the champion adapter")
-    def ask(body: AskRequest, response: Response, _auth=Depends(require_token)) -> dict:
+    def ask(body: AskRequest, response: Response, _auth=Depends(require_token)) -> Any:
         from tandem.serve.answer import answer
+
+        if body.stream:
+            from tandem.serve.streaming import stream_answer
+
+            return stream_answer(settings, body, cache)
 
         out = answer(settings, body.question, k=body.k, adapter=body.adapter, cache=cache).to_dict()
         response.headers["X-Tandem-Adapter"] = out["adapter"]
