@@ -36,6 +36,33 @@ GOLDEN = [
     {"query": "What uptime is guaranteed?", "expected_doc_ids": ["acme/support/sla.md"]},
 ]
 ANSWERABLE = "How much does the Pro plan cost per month?"
+
+
+def start_serve(settings):
+    """A real `tandem serve` process on a free port with ``settings``; returns (Popen, url) once healthy."""
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    from tandem.stack import process
+
+    port = process.free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TANDEM_")}
+    env.update(settings.replace(serve_port=port).as_env())
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "tandem"), "serve"], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            time.sleep(0.3)
+    proc.kill()
+    pytest.fail("tandem serve did not become healthy: " + (proc.stdout.read() or "")[-3000:])
 OFF_TOPIC = "Which medieval king signed the Magna Carta in 1215?"
 
 

@@ -11,30 +11,15 @@ from pathlib import Path
 import httpx
 import pytest
 
-from serve_fixtures import ANSWERABLE, clean_registry, tandem_subapp  # noqa: F401 - fixtures
+from serve_fixtures import ANSWERABLE, clean_registry, start_serve, tandem_subapp  # noqa: F401 - fixtures
 from tandem.stack import process
 
 
 @pytest.fixture(scope="module")
 def serve_process(serve_settings, serve_index):
-    port = process.free_port()
-    settings = serve_settings.replace(serve_port=port, serve_token="test-token-" + os.urandom(4).hex())
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TANDEM_")}
-    env.update(settings.as_env())
-    proc = subprocess.Popen([str(Path(sys.executable).parent / "tandem"), "serve"], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.3)
-    else:
-        proc.kill()
-        pytest.fail("tandem serve did not become healthy: " + (proc.stdout.read() or "")[-3000:])
-    yield settings, url
+    settings = serve_settings.replace(serve_token="test-token-" + os.urandom(4).hex())
+    proc, url = start_serve(settings)
+    yield settings.replace(serve_port=int(url.rsplit(":", 1)[1])), url
     proc.terminate()
     proc.wait(timeout=30)
 
