@@ -377,10 +377,13 @@ def _serve_rss(pid: int) -> int:
 
 
 def bench_load(settings, questions: list[str], work: Path, *, clients: int = 8, seconds: float = 60,
-               flip_every: float = 5) -> dict:
+               flip_every: float = 5, batch_max: int | None = None, window_ms: int | None = None,
+               versions: list[str] | None = None) -> dict:
     """`tandem serve` under load: ``clients`` concurrent askers for ``seconds`` while the champion alias flips
     between two real adapters every ``flip_every`` s. Every answer must be 2xx and name a version that was
-    champion at some moment of its request."""
+    champion at some moment of its request. ``batch_max`` / ``window_ms``: the serve process's batching
+    (``batch_max=1, window_ms=0``: one answer at a time, as before batching). Also measured before the load:
+    a request alone (median of 3) and the time to the first streamed token."""
     import subprocess
     import threading
 
@@ -389,9 +392,12 @@ def bench_load(settings, questions: list[str], work: Path, *, clients: int = 8, 
     from tandem import registry
     from tandem.stack import process
 
-    versions = register_two_adapters(settings, work)
+    versions = versions or register_two_adapters(settings, work)
+    batching = {k: v for k, v in {"serve_batch_max": batch_max, "serve_batch_window_ms": window_ms}.items()
+                if v is not None}
     forced = settings.replace(refusal_min_similarity=0.0, champion_check_seconds=0, serve_port=process.free_port(),
-                              serve_token="bench-" + os.urandom(6).hex())
+                              serve_token="bench-" + os.urandom(6).hex(), serve_queue_max=max(32, 4 * clients),
+                              **batching)
     registry.promote(forced, versions[0], reason="bench-serve load")
     env = {k: v for k, v in os.environ.items() if not k.startswith("TANDEM_")}
     env.update(forced.as_env())
@@ -411,6 +417,19 @@ def bench_load(settings, questions: list[str], work: Path, *, clients: int = 8, 
             except httpx.HTTPError:
                 time.sleep(0.2)
         warm = httpx.post(f"{url}/api/ask", json={"question": questions[0]}, headers=headers, timeout=600)
+        alone = []
+        for q in questions[1:4]:
+            t0 = time.monotonic()
+            httpx.post(f"{url}/api/ask", json={"question": q}, headers=headers, timeout=600).raise_for_status()
+            alone.append((time.monotonic() - t0) * 1000)
+        first_token = []
+        for q in questions[1:4]:
+            t0 = time.monotonic()
+            with httpx.stream("POST", f"{url}/api/ask", json={"question": q, "stream": True}, headers=headers,
+                              timeout=600) as resp:
+                for line in resp.iter_lines():
+                    if line.startswith("event: token") and len(first_token) < len(alone):
+                        first_token.append((time.monotonic() - t0) * 1000)
         log(f"load: serve warm ({warm.status_code}, {warm.json().get('adapter')}); {clients} clients for {seconds:.0f}s, "
             f"champion flips every {flip_every:.0f}s")
 
@@ -451,6 +470,7 @@ def bench_load(settings, questions: list[str], work: Path, *, clients: int = 8, 
         for t in threads:
             t.join(timeout=900)
         wall = time.monotonic() - started
+        queue = httpx.get(f"{url}/health", timeout=10).json().get("queue", {})
     finally:
         serve.terminate()
         serve.wait(timeout=60)
@@ -474,6 +494,10 @@ def bench_load(settings, questions: list[str], work: Path, *, clients: int = 8, 
         "by_version": {v: sum(1 for r in ok if r["adapter"] == f"v{v}") for v in versions},
         "misattributed": sum(1 for r in ok if not champion_during(r["adapter"], r["t0"], r["t1"])),
         "serve_peak_rss_mb": round(rss_peak[0] / 2**20, 1),
+        "batch_max": forced.serve_batch_max, "batch_window_ms": forced.serve_batch_window_ms,
+        "batch_sizes": queue.get("batch_sizes"), "mean_batch_size": queue.get("mean_batch_size"),
+        "alone_ms": summary(alone), "first_token_ms": summary(first_token) if first_token else None,
+        "versions": versions,
     }
 
 
@@ -567,7 +591,12 @@ def main(argv=None) -> int:
                 mlflow_service = services.mlflow_service(settings)
                 process.start(mlflow_service, settings.run_dir, settings.logs_dir)
                 process.wait_healthy(mlflow_service, settings.run_dir, settings.logs_dir, timeout=180)
-            results["load"] = bench_load(settings, golden, home, clients=args.load_clients, seconds=args.load_seconds)
+            # before and after in one run: one answer at a time (batch 1, as before batching), then batched
+            before = bench_load(settings, golden, home, clients=args.load_clients, seconds=args.load_seconds,
+                                batch_max=1, window_ms=0)
+            after = bench_load(settings, golden, home, clients=args.load_clients, seconds=args.load_seconds,
+                               versions=before["versions"])
+            results["load"] = {"one_at_a_time": before, "batched": after}
     finally:
         if mlflow_service is not None:
             process.stop(mlflow_service, settings.run_dir)
@@ -612,14 +641,24 @@ def report(r: dict) -> str:
         row("  of which: adapter load (base + LoRA, merged)", s["adapter_load_s"], "s")
         row("steady request (same champion)", s["steady_request_ms"])
         row("alias re-check (MLflow round trip)", s["alias_check_ms"])
-    if "load" in r:
-        ld = r["load"]
-        lines.append(f"load: {ld['clients']} clients for {ld['seconds']} s, champion flipped {ld['flips']} times "
+    for name, ld in (r.get("load") or {}).items():
+        lines.append(f"load, {name} (batch max {ld['batch_max']}, window {ld['batch_window_ms']} ms): "
+                     f"{ld['clients']} clients for {ld['seconds']} s, champion flipped {ld['flips']} times "
                      f"(tandem serve, peak RSS {ld['serve_peak_rss_mb']} MB)")
         if ld["latency_ms"]:
             row("  answer latency under load", ld["latency_ms"])
+        row("  a request alone (no load)", ld["alone_ms"])
+        if ld.get("first_token_ms"):
+            row("  time to the first streamed token (no load)", ld["first_token_ms"])
         lines.append(f"  answers {ld['answers_2xx']} ({ld['answers_per_s']}/s), 5xx {ld['responses_5xx']}, "
-                     f"misattributed {ld['misattributed']}, by version {ld['by_version']}")
+                     f"misattributed {ld['misattributed']}, by version {ld['by_version']}, "
+                     f"batch sizes {ld['batch_sizes']} (mean {ld['mean_batch_size']})")
+    if {"one_at_a_time", "batched"} <= set(r.get("load") or {}):
+        b, a = r["load"]["one_at_a_time"], r["load"]["batched"]
+        if b["answers_per_s"] and b["latency_ms"] and a["latency_ms"]:
+            lines.append(f"  batched vs one at a time: answers/s x{a['answers_per_s'] / b['answers_per_s']:.2f}, "
+                         f"p95 x{a['latency_ms']['p95'] / b['latency_ms']['p95']:.2f}, "
+                         f"alone x{a['alone_ms']['p50'] / b['alone_ms']['p50']:.2f}")
     return "\n".join(lines)
 
 
