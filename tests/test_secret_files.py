@@ -42,9 +42,10 @@ def test_replacing_a_secret_keeps_it_0600(tmp_path):
 
 def test_shown_settings_hide_every_secret():
     settings = Settings.load(env={}, serve_token="tok-123-secret", pg_password="pw-456-secret",
-                             mlflow_uri="http://tandem:mlflow-789-secret@127.0.0.1:5000")
+                             mlflow_uri="http://tandem:mlflow-789-secret@127.0.0.1:5000",
+                             mlflow_password="mlflow-pw-012-secret")
     text = json.dumps(shown_values(settings))
-    for secret in ("tok-123-secret", "pw-456-secret", "mlflow-789-secret"):
+    for secret in ("tok-123-secret", "pw-456-secret", "mlflow-789-secret", "mlflow-pw-012-secret"):
         assert secret not in text
     shown = shown_values(settings)
     assert shown["TANDEM_SERVE_TOKEN"] == "***"
