@@ -50,9 +50,18 @@ def test_up_status_down_leaves_no_process(base_model_path):
         from tandem.stack import services
 
         up_settings = Settings.load(env={"TANDEM_HOME": str(home), **ports})
-        for secret in (services.airflow_password(up_settings), services.serve_token_file(up_settings).read_text().strip()):
+        from tandem import mlflow_auth
+
+        mlflow_password = mlflow_auth.password(up_settings)
+        assert mlflow_password  # the stack's MLflow asks for a password, generated on the first start
+        for secret in (services.airflow_password(up_settings), services.serve_token_file(up_settings).read_text().strip(),
+                       mlflow_password):
             assert secret not in up.stdout + up.stderr  # only the files holding them are named
         assert str(services.serve_token_file(up_settings)) in up.stdout
+        assert str(mlflow_auth.password_file(up_settings)) in up.stdout
+        mlflow_url = f"http://127.0.0.1:{ports['TANDEM_MLFLOW_PORT']}/api/2.0/mlflow/experiments/search?max_results=1"
+        assert httpx.get(mlflow_url, timeout=10).status_code == 401  # no anonymous reads
+        assert httpx.get(mlflow_url, auth=("tandem", mlflow_password), timeout=10).status_code == 200
 
         from tandem.airflow import rest
 
