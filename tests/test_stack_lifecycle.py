@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tandem.config import Settings
@@ -68,7 +69,6 @@ def test_up_status_down_leaves_no_process(base_model_path):
         base = f"http://127.0.0.1:{ports['TANDEM_AIRFLOW_PORT']}"
         health = rest.health(base, timeout=10)
         assert health["scheduler"]["status"] == "healthy"
-        import httpx
 
         assert httpx.get(f"http://127.0.0.1:{ports['TANDEM_MLFLOW_PORT']}/health", timeout=10).status_code == 200
 
