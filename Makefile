@@ -4,6 +4,8 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 export TANDEM_HOME ?= $(CURDIR)/.tandem
+# `make test` runs the suite in this many processes (pytest-xdist; a test file stays in one process)
+TEST_WORKERS ?= 2
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
@@ -54,7 +56,7 @@ redis:
 	  else sudo apt-get update -qq && sudo apt-get install -y -qq redis-server >/dev/null; fi; }
 
 test: setup redis
-	$(BIN)/python -m pytest -q --durations=30 $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q --durations=30 -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 # The peers the benchmarks run beside Tandem (LlamaIndex's PGVectorStore and HuggingFaceEmbedding).
 $(VENV)/.bench-installed: benchmarks/requirements.txt $(VENV)/.installed
