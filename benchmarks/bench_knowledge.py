@@ -344,6 +344,43 @@ def bench_canary(args, settings, out: dict) -> None:
             f"MRR {c['mrr']:.3f}")
 
 
+def bench_fusion(args, settings, out: dict) -> None:
+    """The hybrid search's fusion, plain RRF against rrf+vector-top, on the demo knowledge base (release 1 and
+    release 2): the golden set (hit@k, MRR) and the eval set's ``facts_in_context`` (every gold fact of an
+    answerable question in the context the model is shown, at the spec's retrieval.k)."""
+    from tandem import db
+    from tandem.behavior.evalset import load_examples
+    from tandem.behavior.prompt import context_text
+    from tandem.behavior.spec import load_spec
+    from tandem.behavior.text import contains
+    from tandem.knowledge import canary, reindex, search
+
+    demo = REPO / "include" / "tandem" / "data" / "demo"
+    spec = load_spec(demo / "behavior_spec.yaml")
+    examples = [e for e in load_examples(demo / "eval_set.jsonl") if e.answerable]
+    golden = canary.load_golden(demo / "golden_retrieval.jsonl")[0]
+    out["fusion"] = {"k_golden": settings.canary_k, "k_eval": spec.retrieval_k, "answerable": len(examples)}
+    for release in ("release1", "release2"):
+        name = f"bfusion{release[-1]}"
+        drop_index(settings, name)
+        s = settings.replace(index_name=name, sources=(f"acme={demo / 'kb' / release}",),
+                             canary_path=str(demo / "no-golden.jsonl"))
+        reindex.run(s, progress=False)
+        pinned = search.pin(s)
+        for fusion in search.FUSIONS:
+            f = s.replace(retrieval_fusion=fusion)
+            with db.connection(f.db_url) as conn:
+                g = canary.evaluate(conn, pinned.table, search.embedder_for(f, pinned), golden, f.canary_k,
+                                    f.hnsw_ef_search, release=pinned.release_no, fusion=fusion)
+            held = [all(contains(context_text(search.search(f, e.question, k=spec.retrieval_k, at=pinned),
+                                              spec.max_context_chars, e.question), fact) for fact in e.gold_facts)
+                    for e in examples]
+            out["fusion"][f"{release} {fusion}"] = {"hit_at_k": g["hit_at_k"], "mrr": g["mrr"],
+                                                    "facts_in_context": round(sum(held) / len(held), 3)}
+            log(f"fusion {fusion} on {release}: golden hit@{f.canary_k} {g['hit_at_k']:.3f} MRR {g['mrr']:.3f}, "
+                f"facts_in_context {sum(held) / len(held):.3f} ({sum(held)}/{len(held)})")
+
+
 def query_vectors(embedder, n: int, batch: int):
     """Real embeddings of chunk texts 0..n-1, cached on disk (float32, L2-normalised)."""
     import numpy as np
@@ -921,6 +958,12 @@ def report(out: dict) -> str:
         lines += [f"canary on the demo knowledge base ({cn['queries']} golden queries, k={cn['k']}): " + ", ".join(
             f"{b} hit@k {cn[b]['hit_at_k']:.3f} MRR {cn[b]['mrr']:.3f}" for b in ("torch", "onnx", "onnx-int8"))
             + " (target: onnx-int8 within 0.01 of torch)"]
+    fu = out.get("fusion")
+    if fu:
+        lines += [f"hybrid fusion on the demo knowledge base (golden k={fu['k_golden']}, eval k={fu['k_eval']}, "
+                  f"{fu['answerable']} answerable questions):"] + [
+            f"  {key:<28} golden hit@k {v['hit_at_k']:.3f} MRR {v['mrr']:.3f}, facts_in_context {v['facts_in_context']:.3f}"
+            for key, v in fu.items() if isinstance(v, dict)]
     fx = out.get("fixed")
     if fx:
         lines += [f"fixed cost through the CLI, {fx['docs']} docs, MLflow logging {fx['mlflow']}:"] + [
@@ -937,7 +980,8 @@ def report(out: dict) -> str:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--only", default="cold,coldreal,incr,nochange,fixed,verify,publish,query,backends,backendsreal,canary,diff,peer")
+    p.add_argument("--only", default="cold,coldreal,incr,nochange,fixed,verify,publish,query,backends,backendsreal,canary,"
+                                     "fusion,diff,peer")
     p.add_argument("--backend-texts", type=int, default=2000, help="chunk texts of the backend comparison")
     p.add_argument("--baseline-rev", default="7cdacfe",
                    help="git revision whose search (before releases) is timed beside today's on the same table")
@@ -1013,6 +1057,8 @@ def main(argv=None) -> int:
             bench_diff(args, settings, out)
         if "canary" in only:
             bench_canary(args, settings, out)
+        if "fusion" in only:
+            bench_fusion(args, settings, out)
         if "fixed" in only:
             bench_fixed(args, settings, out)
         if "peer" in only:

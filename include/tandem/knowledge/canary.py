@@ -59,7 +59,7 @@ def load_golden(path: str) -> tuple[list[dict], str | None, str | None]:
 
 
 def evaluate(conn: psycopg.Connection, table: str, embedder, items: list[dict], k: int, ef_search: int, *,
-             release: int) -> dict:
+             release: int, fusion: str = "rrf+vector-top") -> dict:
     """hit@k and MRR@k over the golden items against one release of one chunk table."""
     from tandem.knowledge.search import search_space
 
@@ -69,7 +69,7 @@ def evaluate(conn: psycopg.Connection, table: str, embedder, items: list[dict], 
     misses = []
     for item, vector in zip(items, vectors):
         chunk_hits = search_space(conn, table, item["query"], vector, release=release, k=k * 4, mode="hybrid",
-                                  ef_search=ef_search)
+                                  ef_search=ef_search, fusion=fusion)
         conn.rollback()
         ranked_docs: list[str] = []
         for h in chunk_hits:

@@ -173,7 +173,8 @@ def run_canary(settings: Settings, conn, n, the_plan: ReindexPlan, space, *, wro
                                                        "metrics carried over"}
         else:
             measured = canary.evaluate(conn, the_plan.table, embedder_for(settings, space), items,
-                                       settings.canary_k, settings.hnsw_ef_search, release=the_plan.release)
+                                       settings.canary_k, settings.hnsw_ef_search, release=the_plan.release,
+                                       fusion=settings.retrieval_fusion)
             result = canary.judge(measured, ref, settings.canary_max_drop)
     if golden_sha:
         result.update(golden_sha256=golden_sha, k=settings.canary_k, path=str(settings.canary_path))

@@ -1,6 +1,8 @@
 """Hybrid retrieval over the live index: vector (HNSW, cosine) + keyword (tsvector), fused with reciprocal-rank
 fusion (RRF: score = sum over lists of 1 / (60 + rank)). Not concatenation: a chunk found by both lists
-ranks above one found by either alone.
+ranks above one found by either alone. With ``TANDEM_RETRIEVAL_FUSION=rrf+vector-top`` (the default) the
+vector list's best chunk also counts as the keyword list's first, so the closest semantic match stays in the
+top k when it shares no word with the question (``make bench-knowledge``, section fusion, measures both).
 
 - The query is embedded with the model of the *live* space (its fingerprint), so queries never mix spaces,
   and every statement filters on the published release (``releases``): one search reads exactly one
@@ -30,6 +32,11 @@ from tandem.knowledge import spaces, store
 from tandem.knowledge.spaces import Space
 
 RRF_K = 60
+# "rrf": plain reciprocal-rank fusion. "rrf+vector-top": the vector list's best chunk also counts as if it
+# led the keyword list. Plain RRF buries a chunk that only the vector search finds, however close it is
+# (rank 1 in one list scores 1/61; rank 3 and 2 in both, 1/63 + 1/62), which is how a question's best
+# semantic match with none of its words fell out of the top 3.
+FUSIONS = ("rrf", "rrf+vector-top")
 MODES = ("hybrid", "vector", "keyword")
 FILTER_KEYS = ("source", "doc_id", "doc_id_prefix", "title", "format")
 MAX_K = 100
@@ -150,7 +157,7 @@ def embedder_for(settings: Settings, space: Space):
 
 def search_space(conn: psycopg.Connection, table: str, query: str, vector, *, release: int, k: int,
                  mode: str = "hybrid", filters: dict | None = None, ef_search: int = 64,
-                 candidates: int | None = None) -> list[Hit]:
+                 candidates: int | None = None, fusion: str = "rrf+vector-top") -> list[Hit]:
     """Search release ``release`` of one chunk table with an already computed query vector (used by
     ``search`` and the canary). About 65 lines: the hybrid query's SQL (vector and text candidates, fused)
     reads as one statement."""
@@ -195,6 +202,8 @@ def search_space(conn: psycopg.Connection, table: str, query: str, vector, *, re
         for lst in ranked:
             for rank, cid in enumerate(lst, start=1):
                 fused[cid] = fused.get(cid, 0.0) + 1.0 / (RRF_K + rank)
+        if fusion == "rrf+vector-top" and ranked[0]:
+            fused[ranked[0][0]] += 1.0 / (RRF_K + 1)
         top = sorted(fused.items(), key=lambda kv: (-kv[1], kv[0]))[:k]
     else:  # one list: its own order (keyword: all-words matches first, then any-word matches)
         top = [(cid, own_score[cid]) for cid in ranked[0][:k]]
@@ -229,6 +238,6 @@ def search(settings: Settings, query: str, k: int = 5, filters: dict | None = No
                                      fix="run `tandem reindex` (or the knowledge_reindex DAG) first")
         vector = embedder_for(settings, space).encode([query])[0]
         return search_space(conn, space.table, query, vector, release=space.release_no, k=k, mode=mode,
-                            filters=filters, ef_search=settings.hnsw_ef_search)
+                            filters=filters, ef_search=settings.hnsw_ef_search, fusion=settings.retrieval_fusion)
     finally:
         conn.rollback()  # read-only: end the transaction (drops the SET LOCALs)
