@@ -189,15 +189,13 @@ def answer(settings: Settings, question: str, k: int | None = None, adapter: str
     """
     step = progress or (lambda _stage: None)
     started = time.perf_counter()
-    question = validation.question(settings, question)
-    ref = validation.adapter(adapter)
+    question, ref = validation.question(settings, question), validation.adapter(adapter)
     spec = load_spec(settings)  # a broken spec is the operator's error: UserError naming the file
     k = validation.k(settings, spec.retrieval_k if k is None else k)
     cache = cache or AdapterCache(settings)
 
     step("resolve adapter")
     key = cache.key_for(ref)  # unknown version -> UserError; no champion / MLflow down -> ServiceUnavailable
-
     step("retrieve")
     t0 = time.perf_counter()
     index_version, hits = _retrieve(settings, question, k)

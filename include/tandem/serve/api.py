@@ -213,7 +213,7 @@ def _serve_request(settings, body: "AskRequest") -> tuple[str, bytes, "Any", dic
 
     url = settings.serve_url.rstrip("/") + "/api/ask"
     # ensure_ascii: a lone surrogate in the question travels as a \ud800 escape (valid JSON), not as bytes
-    payload = json.dumps(body.model_dump(exclude_none=True), ensure_ascii=True).encode("ascii")
+    payload = json.dumps(body.model_dump(exclude_unset=True), ensure_ascii=True).encode("ascii")  # as received
     timeout = httpx.Timeout(settings.forward_timeout_seconds, connect=3.0)
     headers = {"Authorization": f"Bearer {serve_token(settings)}", "Content-Type": "application/json"}
     return url, payload, timeout, headers

@@ -119,10 +119,35 @@ def port_in_use(host: str, port: int) -> bool:
     return False
 
 
+_handed_out: set[int] = set()
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+    """A port nothing listens on, for a service started next (tests, benchmarks, ephemeral stacks).
+
+    Picked at random below the kernel's ephemeral range: a port that ``bind(0)`` finds free lies in that
+    range, where every outgoing connection of any process takes its local port, so it could be gone before
+    the service binds it. Never the same port twice in one process."""
+    import random
+
+    low = _ephemeral_low()
+    pick = random.SystemRandom()
+    for _ in range(500):
+        port = pick.randint(max(1024, low - 12000), low - 1)
+        if port in _handed_out or port_in_use(host, port):
+            continue
+        _handed_out.add(port)
+        return port
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:  # a crowded range: the kernel's choice
         sock.bind((host, 0))
         return sock.getsockname()[1]
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
 
 
 def start(service: Service, run_dir: Path, logs_dir: Path) -> int:
