@@ -95,8 +95,8 @@ def _backend(text: str) -> str:
 
 def _fusion(text: str) -> str:
     text = text.strip()
-    if text not in ("rrf", "rrf+vector-top"):
-        raise ValueError("use rrf or rrf+vector-top")
+    if text not in ("rrf", "weighted-rrf"):
+        raise ValueError("use rrf or weighted-rrf")
     return text
 
 
@@ -199,10 +199,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("max_attempts", 3, _pos_int, "A document failing this many runs in a row is quarantined."),
     Setting("mass_delete_fraction", 0.2, _fraction,
             "A run that would delete more than this fraction of documents fails unless allow_mass_delete is set."),
-    Setting("retrieval_fusion", "rrf+vector-top", _fusion,
-            "How hybrid search fuses its vector and keyword lists: rrf, or rrf+vector-top (the best vector match "
-            "also counts as the keyword list's first, so a close match without the question's words stays in the "
-            "top k). A change is measured by the next release's canary."),
+    Setting("retrieval_fusion", "weighted-rrf", _fusion,
+            "How hybrid search fuses its vector and keyword lists: rrf, or weighted-rrf (the keyword list counts "
+            "half and the best vector match also counts as the keyword list's first, so a close match without "
+            "the question's words stays in the top k). A change is measured by the next release's canary."),
     Setting("hnsw_ef_search", 128, _pos_int,
             "pgvector hnsw.ef_search for queries (128: recall@10 ~0.96 at 100k chunks, see bench-knowledge)."),
     Setting("lock_wait_seconds", 0, _nonneg_int,

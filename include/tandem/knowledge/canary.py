@@ -59,7 +59,7 @@ def load_golden(path: str) -> tuple[list[dict], str | None, str | None]:
 
 
 def evaluate(conn: psycopg.Connection, table: str, embedder, items: list[dict], k: int, ef_search: int, *,
-             release: int, fusion: str = "rrf+vector-top") -> dict:
+             release: int, fusion: str = "weighted-rrf") -> dict:
     """hit@k and MRR@k over the golden items against one release of one chunk table."""
     from tandem.knowledge.search import search_space
 
