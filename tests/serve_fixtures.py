@@ -38,6 +38,32 @@ GOLDEN = [
 ANSWERABLE = "How much does the Pro plan cost per month?"
 
 
+def was_champion(flips: list[tuple[float, float, str]], label: str, t0: float, t1: float) -> bool:
+    """Whether ``label`` ("v3") names a version that was champion at some moment of [t0, t1]. ``flips``: one
+    (before, after, version) per alias move, the first the starting champion (a move's window counts for
+    both sides)."""
+    for i, (start, _after, version) in enumerate(flips):
+        end = flips[i + 1][1] if i + 1 < len(flips) else float("inf")
+        if label == f"v{version}" and start <= t1 and t0 <= end:
+            return True
+    return False
+
+
+def flip_champion(settings, flips: list, versions: tuple[str, str], times: int, wait_for_answers) -> None:
+    """Move the champion between ``versions`` ``times`` times, each after two more answers (paced by answers,
+    not by the clock: a loaded machine answers slowly), recording each move in ``flips``."""
+    import time
+
+    from tandem import registry
+
+    for i in range(times):
+        wait_for_answers(2)
+        target = versions[(i + 1) % 2]
+        before = time.monotonic()
+        registry.promote(settings, target, reason="flip")
+        flips.append((before, time.monotonic(), target))
+
+
 def start_serve(settings):
     """A real `tandem serve` process on a free port with ``settings``; returns (Popen, url) once healthy."""
     import subprocess

@@ -6,7 +6,7 @@ import threading
 import time
 
 from adapters_fixtures import adapter_dirs, register_adapter  # noqa: F401 - fixture
-from serve_fixtures import ANSWERABLE, clean_registry
+from serve_fixtures import ANSWERABLE, clean_registry, flip_champion, was_champion
 
 
 def test_threaded_asks_during_alias_swaps(serve_settings, serve_index, adapter_dirs):
@@ -44,12 +44,7 @@ def test_threaded_asks_during_alias_swaps(serve_settings, serve_index, adapter_d
         while len(answers) < goal and time.monotonic() < deadline and not errors:
             time.sleep(0.1)
 
-    for i in range(3):  # flips paced by answers, not by the clock (a loaded machine answers slowly)
-        wait_for_answers(2)
-        target = (v2, v1)[i % 2]
-        before = time.monotonic()
-        registry.promote(live, target, reason="flip")
-        flips.append((before, time.monotonic(), target))
+    flip_champion(live, flips, (v1, v2), 3, wait_for_answers)
     wait_for_answers(4)
     stop.set()
     for t in threads:
@@ -57,14 +52,7 @@ def test_threaded_asks_during_alias_swaps(serve_settings, serve_index, adapter_d
     assert not errors, errors
     assert len(answers) >= 10
 
-    def was_champion(label: str, t0: float, t1: float) -> bool:
-        for i, (start, _after, version) in enumerate(flips):
-            end = flips[i + 1][1] if i + 1 < len(flips) else float("inf")
-            if label == f"v{version}" and start <= t1 and t0 <= end:
-                return True
-        return False
-
-    assert all(was_champion(label, t0, t1) for t0, t1, label in answers), (answers, flips)
+    assert all(was_champion(flips, label, t0, t1) for t0, t1, label in answers), (answers, flips)
     # a request that started after a move and ended before the next one was answered by the new champion
     for i, (_start, after, version) in enumerate(flips):
         end = flips[i + 1][0] if i + 1 < len(flips) else float("inf")

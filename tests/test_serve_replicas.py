@@ -10,7 +10,7 @@ import time
 import httpx
 
 from adapters_fixtures import adapter_dirs, register_adapter  # noqa: F401 - fixture
-from serve_fixtures import ANSWERABLE, clean_registry, start_serve
+from serve_fixtures import ANSWERABLE, clean_registry, flip_champion, start_serve, was_champion
 
 
 def test_two_replicas_answer_in_turn_while_the_champion_flips(serve_settings, serve_index, adapter_dirs):
@@ -48,12 +48,7 @@ def test_two_replicas_answer_in_turn_while_the_champion_flips(serve_settings, se
     try:
         for t in threads:
             t.start()
-        for i in range(2):  # flips paced by answers, not by the clock
-            wait_for_answers(4)
-            target = (v2, v1)[i % 2]
-            before = time.monotonic()
-            registry.promote(live, target, reason="flip")
-            flips.append((before, time.monotonic(), target))
+        flip_champion(live, flips, (v1, v2), 2, wait_for_answers)
         wait_for_answers(4)
     finally:
         stop.set()
@@ -66,12 +61,5 @@ def test_two_replicas_answer_in_turn_while_the_champion_flips(serve_settings, se
     assert [a for a in answers if a[2] != 200] == []  # 0 errors, 5xx or otherwise
     assert {a[3] for a in answers} == {url for _, url in replicas}  # both replicas answered
 
-    def was_champion(label: str, t0: float, t1: float) -> bool:
-        for i, (start, _after, version) in enumerate(flips):
-            end = flips[i + 1][1] if i + 1 < len(flips) else float("inf")
-            if label == f"v{version}" and start <= t1 and t0 <= end:
-                return True
-        return False
-
-    assert all(was_champion(label, t0, t1) for t0, t1, _, _, label in answers), (answers, flips)
+    assert all(was_champion(flips, label, t0, t1) for t0, t1, _, _, label in answers), (answers, flips)
     assert {a[4] for a in answers} == {f"v{v1}", f"v{v2}"}
