@@ -164,6 +164,19 @@ def test_valid_question_answered_with_the_contract(airflow_app, serve_index):
     assert body["index_version"] == serve_index["index_version"] and body["adapter"] == "base"
 
 
+def test_the_plugin_streams_in_process_too(airflow_app, serve_index):
+    """Without `tandem serve`, the plugin's own answer path streams: tokens, then the non-streamed object."""
+    body = {"question": ANSWERABLE, "adapter": "base"}
+    plain = airflow_app.client.post("/tandem/api/ask", json=body, headers=airflow_app.headers()).json()
+    resp = airflow_app.client.post("/tandem/api/ask", json={**body, "stream": True}, headers=airflow_app.headers())
+    assert resp.status_code == 200 and resp.headers["content-type"].startswith("text/event-stream"), resp.text
+    blocks = [dict(line.split(": ", 1) for line in b.splitlines()) for b in resp.text.strip().split("\n\n")]
+    assert [b["event"] for b in blocks[:-1]] and {b["event"] for b in blocks[:-1]} == {"token"}
+    final = json.loads(blocks[-1]["data"])
+    assert blocks[-1]["event"] == "answer"
+    assert {k: v for k, v in final.items() if k != "timings"} == {k: v for k, v in plain.items() if k != "timings"}
+
+
 def test_status_json(airflow_app, serve_index):
     resp = airflow_app.client.get("/tandem/api/status", headers=airflow_app.headers())
     assert resp.status_code == 200
