@@ -169,9 +169,11 @@ def airflow(tmp_path_factory) -> AirflowRunner:
     return runner
 
 
-# --- order: the longest test files first, so `make test`'s two processes (pytest-xdist, a file per process)
-# finish together instead of one waiting on the last long file (longest-first scheduling). Figures: the
-# slowest files of a fresh-clone run on 2 cores (`make test` prints its 30 slowest tests).
+# --- scheduling for `make test`'s two processes (pytest-xdist, --dist loadgroup): each test file is one group, so
+# it stays in one process and its fixtures are built once; the two files that run whole multi-worker stacks with
+# LoRA training share one group, so they never train at the same time (together they starved each other past
+# their timeouts on 2 cores). The longest groups are queued first.
+HEAVY_STACKS = ("test_demo.py", "test_stack_celery.py")
 LONGEST_FIRST = ("test_demo.py", "test_stack_celery.py", "test_knowledge_dag.py", "test_adapters_airflow.py",
                  "test_adapters_retrain.py", "test_serve_replicas.py", "test_behavior_eval_run.py",
                  "test_serve_alias_swap.py", "test_stack_lifecycle.py")
@@ -180,3 +182,6 @@ LONGEST_FIRST = ("test_demo.py", "test_stack_celery.py", "test_knowledge_dag.py"
 def pytest_collection_modifyitems(session, config, items):
     rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order
+    for item in items:
+        group = "heavy-stacks" if item.path.name in HEAVY_STACKS else item.path.stem
+        item.add_marker(pytest.mark.xdist_group(group))

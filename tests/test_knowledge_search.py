@@ -34,17 +34,21 @@ def corpus(tmp_path):
     return root
 
 
-def test_hybrid_is_reciprocal_rank_fusion_of_both_lists(indexed):
+@pytest.mark.parametrize("fusion,keyword_weight,top_bonus", [("rrf", 1.0, False),
+                                                             ("weighted-rrf", search.KEYWORD_WEIGHT, True)])
+def test_hybrid_is_reciprocal_rank_fusion_of_both_lists(indexed, fusion, keyword_weight, top_bonus):
     q = "Pro plan price per month"
     big = 50
     vec = search.search(indexed, q, k=big, mode="vector")
     kw = search.search(indexed, q, k=big, mode="keyword")
-    hyb = search.search(indexed, q, k=big, mode="hybrid")
+    hyb = search.search(indexed.replace(retrieval_fusion=fusion), q, k=big, mode="hybrid")
     assert vec and kw
     expected = {}
-    for ranked in (vec, kw):
+    for ranked, weight in ((vec, 1.0), (kw, keyword_weight)):
         for rank, hit in enumerate(ranked, start=1):
-            expected[hit.chunk_id] = expected.get(hit.chunk_id, 0.0) + 1.0 / (search.RRF_K + rank)
+            expected[hit.chunk_id] = expected.get(hit.chunk_id, 0.0) + weight / (search.RRF_K + rank)
+    if top_bonus:  # the best vector match also counts as the keyword list's first
+        expected[vec[0].chunk_id] += 1.0 / (search.RRF_K + 1)
     assert {h.chunk_id: round(h.score, 9) for h in hyb} == {c: round(s, 9) for c, s in expected.items()}
     assert [h.score for h in hyb] == sorted((h.score for h in hyb), reverse=True)
     # fusion, not concatenation: a chunk in both lists outranks one found by a single list

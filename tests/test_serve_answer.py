@@ -53,8 +53,9 @@ def test_answer_end_to_end_with_the_real_base_model(serve_settings, serve_index,
     from tandem.serve.answer import answer, load_spec
 
     steps = []
+    cold = not serve_cache.is_loaded("base")  # other tests of this process may have loaded it already
     result = answer(serve_settings, ANSWERABLE, adapter="base", cache=serve_cache, progress=steps.append)
-    assert steps == ["resolve adapter", "retrieve", "load model", "generate", "validate"]
+    assert steps == ["resolve adapter", "retrieve", *(["load model"] if cold else []), "generate", "validate"]
     assert not result.refused and result.adapter == "base"
     assert result.retrieved[0]["doc_id"] == "acme/pricing/plans.md"
     assert len(result.retrieved) == load_spec(serve_settings).retrieval_k  # k defaults to the spec's
