@@ -98,7 +98,7 @@ def adapter_dir(settings: Settings, state: dict) -> Path:
         try:
             if weights_sha256(local) == state["adapter_sha256"]:
                 return local
-        except UserError:
+        except UserError:  # an unreadable local copy: fetched again below
             pass
     with tempfile.TemporaryDirectory(prefix=".adapter.", dir=local.parent) as tmp:
         got = Path(mlflow.artifacts.download_artifacts(run_id=state["run_id"], artifact_path=registry.ARTIFACT_PATH,

@@ -228,7 +228,7 @@ def _metrics_of(mv) -> dict[str, float]:
         if key.startswith(METRIC_TAG_PREFIX):
             try:
                 out[key[len(METRIC_TAG_PREFIX):]] = float(value)
-            except ValueError:
+            except ValueError:  # a hand-set tag that is not a number is not a metric
                 pass
     return out
 

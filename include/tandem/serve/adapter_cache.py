@@ -31,6 +31,7 @@ from typing import Any, Callable, Iterator
 from tandem.config import Settings
 from tandem.errors import ServiceUnavailable
 from tandem.registry.versions import label
+from tandem.serve.batcher import Batcher
 
 log = logging.getLogger(__name__)
 
@@ -108,8 +109,6 @@ class AdapterCache:
         self.swaps = 0  # how many times an alias moved to another version while serving
         self.last_load_seconds: float | None = None
         self.peak_alive = 0  # the most merged models alive at once (loaded + loading + retired)
-        from tandem.serve.batcher import Batcher
-
         # the process's generation queue: concurrent questions to one version share a batched generate
         self.batcher = Batcher(window_ms=settings.serve_batch_window_ms, max_batch=settings.serve_batch_max,
                                max_queue=settings.serve_queue_max)
