@@ -56,7 +56,7 @@ redis:
 	  else sudo apt-get update -qq && sudo apt-get install -y -qq redis-server >/dev/null; fi; }
 
 test: setup redis
-	$(BIN)/python -m pytest -q --durations=30 -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q --durations=30 -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder $(PYTEST_ARGS)
 
 # The peers the benchmarks run beside Tandem (LlamaIndex's PGVectorStore and HuggingFaceEmbedding).
 $(VENV)/.bench-installed: benchmarks/requirements.txt $(VENV)/.installed

@@ -169,19 +169,36 @@ def airflow(tmp_path_factory) -> AirflowRunner:
     return runner
 
 
-# --- scheduling for `make test`'s two processes (pytest-xdist, --dist loadgroup): each test file is one group, so
-# it stays in one process and its fixtures are built once; the two files that run whole multi-worker stacks with
-# LoRA training share one group, so they never train at the same time (together they starved each other past
-# their timeouts on 2 cores). The longest groups are queued first.
+# --- scheduling for `make test`'s two processes (pytest-xdist, `--dist loadscope --no-loadscope-reorder`): each
+# test file is one unit of work, so it stays in one process and its fixtures are built once; the two files that run
+# whole multi-worker stacks with LoRA training are one unit, so they never train at the same time (together they
+# starved each other past their timeouts on 2 cores). Units are handed out longest first, in LONGEST_FIRST order.
+# (xdist's own `loadgroup` cannot do this under pytest 9: it renames `item._nodeid`, which pytest 9's `nodeid` no
+# longer reads, so every group marker was silently ignored.)
 HEAVY_STACKS = ("test_demo.py", "test_stack_celery.py")
 LONGEST_FIRST = ("test_demo.py", "test_stack_celery.py", "test_knowledge_dag.py", "test_adapters_airflow.py",
                  "test_adapters_retrain.py", "test_serve_replicas.py", "test_behavior_eval_run.py",
                  "test_serve_alias_swap.py", "test_stack_lifecycle.py")
 
 
+def unit_of_work(nodeid: str) -> str:
+    """The xdist work unit of a test: its file, or "heavy-stacks" for the two files that must not overlap."""
+    path = nodeid.split("::", 1)[0]
+    return "heavy-stacks" if Path(path).name in HEAVY_STACKS else path
+
+
+def pytest_xdist_make_scheduler(config, log):
+    if config.getvalue("dist") != "loadscope":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class FileUnits(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return unit_of_work(nodeid)
+
+    return FileUnits(config, log)
+
+
 def pytest_collection_modifyitems(session, config, items):
     rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order
-    for item in items:
-        group = "heavy-stacks" if item.path.name in HEAVY_STACKS else item.path.stem
-        item.add_marker(pytest.mark.xdist_group(group))

@@ -64,7 +64,17 @@ def _client(settings: Settings):
     return AirflowClient(settings.airflow_url, "admin", airflow_password(settings))
 
 
-def _wait_for_running(client, run, task_id: str, *, min_seconds: float, timeout: float = 600) -> dict:
+def _failure_report(client, run, home: Path) -> str:
+    """Each task's state, and the last lines of the failed tasks' logs: why a run ended early."""
+    lines = [f"  {ti['task_id']}[{ti.get('map_index')}]: {ti['state']}" for ti in client.task_instances(run.dag_id, run.run_id)]
+    run_dir = f"run_id={run.run_id}"
+    for log in sorted((home / "airflow" / "logs").glob(f"dag_id={run.dag_id}/**/*.log")):
+        if run_dir in str(log) and any(w in log.read_text(errors="replace") for w in ("ERROR", "Traceback")):
+            lines += [f"--- {log.relative_to(home)}", *log.read_text(errors="replace").splitlines()[-40:]]
+    return "\n".join(lines)
+
+
+def _wait_for_running(client, run, task_id: str, *, home: Path, min_seconds: float, timeout: float = 600) -> dict:
     """The first task instance of ``task_id`` that has been running for ``min_seconds``."""
     deadline = time.monotonic() + timeout
     seen: dict[tuple, float] = {}
@@ -76,7 +86,8 @@ def _wait_for_running(client, run, task_id: str, *, min_seconds: float, timeout:
                 if time.monotonic() - seen[key] >= min_seconds:
                     return ti
         state = client.get_run(run.dag_id, run.run_id).state
-        assert state not in ("success", "failed"), f"{run.dag_id} ended ({state}) before {task_id} could be killed"
+        assert state not in ("success", "failed"), (
+            f"{run.dag_id} ended ({state}) before {task_id} could be killed:\n{_failure_report(client, run, home)}")
         time.sleep(1)
     raise AssertionError(f"{task_id} never ran for {min_seconds}s")
 
@@ -109,7 +120,7 @@ def test_a_worker_killed_during_embed_batch_loses_no_run(celery_stack):
     client = _client(settings)
     client.wait_for_dag("knowledge_reindex")
     run = client.trigger("knowledge_reindex", {"sources": [f"{data.SOURCE_NAME}={kb}"]})
-    victim = _wait_for_running(client, run, "embed_batch", min_seconds=3)
+    victim = _wait_for_running(client, run, "embed_batch", home=home, min_seconds=3)
     killed = _kill_worker(home, victim)
     status = _stack(env, "status")
     assert status.returncode == 1 and f"airflow-worker-{killed}" in status.stdout
@@ -138,7 +149,7 @@ def test_the_training_worker_killed_during_train_adapter_loses_no_run(celery_sta
     client.wait_for_dag("lora_retrain")
     assert registry.resolve(settings, "champion", download=False).version is None
     run = client.trigger("lora_retrain", {"reason": "worker-loss test"})
-    victim = _wait_for_running(client, run, "train_adapter", min_seconds=15, timeout=900)
+    victim = _wait_for_running(client, run, "train_adapter", home=home, min_seconds=15, timeout=900)
     killed = _kill_worker(home, victim)
     assert killed == "training-1"
     time.sleep(2)
