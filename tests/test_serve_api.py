@@ -174,7 +174,10 @@ def test_the_plugin_streams_in_process_too(airflow_app, serve_index):
     assert [b["event"] for b in blocks[:-1]] and {b["event"] for b in blocks[:-1]} == {"token"}
     final = json.loads(blocks[-1]["data"])
     assert blocks[-1]["event"] == "answer"
-    assert {k: v for k, v in final.items() if k != "timings"} == {k: v for k, v in plain.items() if k != "timings"}
+    per_request = ("timings", "trace_id")  # each answer has its own timings and its own trace
+    assert final["trace_id"] and plain["trace_id"] and final["trace_id"] != plain["trace_id"]
+    assert ({k: v for k, v in final.items() if k not in per_request}
+            == {k: v for k, v in plain.items() if k not in per_request})
 
 
 def test_status_json(airflow_app, serve_index):

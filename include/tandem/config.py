@@ -264,6 +264,15 @@ SETTINGS: tuple[Setting, ...] = (
             "TANDEM_HOME/airflow/secrets/serve_token; never printed."),
     Setting("serve_base_without_champion", False, _bool,
             "With no champion adapter yet, serve the base model (true) or answer 503 with what to run (false)."),
+    # --- tracing (every answer an MLflow trace; `tandem.serve.tracing`)
+    Setting("trace_answers", True, _bool,
+            "Record each answer of `tandem serve`, the plugin and `tandem ask` as an MLflow trace (exported in "
+            "the background: a slow or stopped MLflow never delays or fails an answer)."),
+    Setting("trace_experiment", "tandem-serving", str, "The MLflow experiment that holds the answer traces."),
+    Setting("trace_redact_text", False, _bool,
+            "Keep questions, answers and model output out of MLflow: traces hold their sha256 and length only."),
+    Setting("trace_field_max_chars", 4000, _pos_int, "Longest text a trace field keeps (longer is cut, and says so)."),
+    Setting("feedback_max_body_bytes", 16_384, _pos_int, "Largest request body /api/feedback accepts (413 past it)."),
 )
 
 _BY_NAME = {s.name: s for s in SETTINGS}

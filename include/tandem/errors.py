@@ -27,6 +27,10 @@ class UserError(TandemError):
     exit_code = 2
 
 
+class NotFound(UserError):
+    """The input names something that does not exist (an answer's trace id, for example)."""
+
+
 class ConfigError(UserError):
     """A TANDEM_* setting or a config file is invalid."""
 

@@ -31,7 +31,7 @@ def run(args) -> int:
     from tqdm import tqdm
 
     from tandem.config import load
-    from tandem.serve.answer import answer
+    from tandem.serve import tracing
 
     settings = load()
     with tqdm(total=len(STAGES), desc="ask", unit="step", file=sys.stderr, leave=False,
@@ -44,7 +44,9 @@ def run(args) -> int:
             done.append(stage)
             bar.set_postfix_str(stage)
 
-        result = answer(settings, args.question, k=args.k, adapter=args.adapter, progress=progress)
+        result, _trace_id = tracing.answer(settings, args.question, source="cli", k=args.k, adapter=args.adapter,
+                                           progress=progress, wait=True)
         bar.update(bar.total - bar.n)
     emit(result.to_dict(), args.json, result.text())
+    tracing.tracer_for(settings).flush()  # the answer is out; the trace reaches MLflow before the process ends
     return 0

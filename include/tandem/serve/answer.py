@@ -62,6 +62,10 @@ class Answer:
     retrieved: list[dict[str, Any]]  # doc_id, chunk_id, title, uri, score, vector_similarity
     timings: dict[str, float]  # retrieval_ms, generation_ms, adapter_load_ms, total_ms
     raw_output: str | None = None
+    spec_version: str | None = None
+    output_tokens: int | None = None  # tokens the model generated (None: refused, nothing generated)
+    marks: dict[str, Any] = dataclasses.field(default_factory=dict)  # stage: (start, end) perf_counter s
+    trace_id: str | None = None  # the MLflow trace of this answer (``tandem.serve.tracing``), once recorded
 
     def to_dict(self) -> dict[str, Any]:
         """The contract object first, then the rest (``--json`` and the API)."""
@@ -69,7 +73,7 @@ class Answer:
                 "index_version": self.index_version, "refused": self.refused,
                 "best_similarity": self.best_similarity, "threshold": self.threshold, "valid": self.valid,
                 "violations": self.violations, "retrieved": self.retrieved, "raw_output": self.raw_output,
-                "question": self.question}
+                "question": self.question, "trace_id": self.trace_id}
 
     def text(self) -> str:
         """The human form: the answer, then numbered citations with title and URI."""
@@ -197,46 +201,64 @@ def answer(settings: Settings, question: str, k: int | None = None, adapter: str
     step("resolve adapter")
     key = cache.key_for(ref)  # unknown version -> UserError; no champion / MLflow down -> ServiceUnavailable
     step("retrieve")
+    marks: dict[str, Any] = {"start": started}
     t0 = time.perf_counter()
     index_version, hits = _retrieve(settings, question, k)
-    retrieval_ms = (time.perf_counter() - t0) * 1000
-    retrieved = [{"doc_id": h.doc_id, "chunk_id": h.chunk_id, "title": h.title, "uri": h.uri,
-                  "score": round(h.score, 6),
-                  "vector_similarity": None if h.vector_similarity is None else round(h.vector_similarity, 4)}
-                 for h in hits]
+    marks["retrieval"] = (t0, time.perf_counter())
+    retrieved = _retrieved_rows(hits)
     threshold = float(settings.refusal_min_similarity)
     refuse, best = refusal_decision(hits, threshold)
-    label = registry_label(key)
-    timings = {"retrieval_ms": round(retrieval_ms, 1), "generation_ms": 0.0, "adapter_load_ms": 0.0}
+    timings = {"retrieval_ms": round((marks["retrieval"][1] - t0) * 1000, 1), "generation_ms": 0.0,
+               "adapter_load_ms": 0.0}
 
     if refuse:
         log.info("refusing %r: best similarity %s < %s", question[:80], _fmt(best), threshold)
         timings["total_ms"] = round((time.perf_counter() - started) * 1000, 1)
         return Answer(question=question, contract={"answer": refusal_text(spec), "citations": [], "confidence": "low"},
-                      sources=[], adapter=label, index_version=index_version, refused=True, best_similarity=best,
-                      threshold=threshold, valid=True, violations=[], retrieved=retrieved, timings=timings)
+                      sources=[], adapter=registry_label(key), index_version=index_version, refused=True,
+                      best_similarity=best, threshold=threshold, valid=True, violations=[], retrieved=retrieved,
+                      timings=timings, spec_version=spec.version, marks=marks)
 
     if not cache.is_loaded(key):
         step("load model")
     from tandem.behavior.prompt import build_messages, shown_doc_ids
 
-    raw, label = _generate(cache, key, build_messages(question, hits, spec), spec, timings, step, on_token)
+    raw, label, tokens = _generate(cache, key, build_messages(question, hits, spec), spec, timings, step, on_token,
+                                   marks)
     step("validate")
-    doc_texts: dict[str, list[str]] = {}
-    for h in hits:
-        doc_texts.setdefault(h.doc_id, []).append(h.text)
-    contract, valid, violations = check_output(raw, spec, shown_doc_ids(hits), doc_texts)
-    first_hit = {}
-    for h in hits:
-        first_hit.setdefault(h.doc_id, h)
-    sources = [{"doc_id": cid, "title": first_hit[cid].title, "uri": first_hit[cid].uri} for cid in contract["citations"]]
+    tv = time.perf_counter()
+    contract, valid, violations = check_output(raw, spec, shown_doc_ids(hits), _doc_texts(hits))
+    sources = _sources(hits, contract["citations"])
+    marks["validation"] = (tv, time.perf_counter())
     timings["total_ms"] = round((time.perf_counter() - started) * 1000, 1)
     if not valid:
         log.info("output of %s broke the contract: %s", label, "; ".join(violations))
     return Answer(question=question, contract=contract, sources=sources, adapter=label,
                   index_version=index_version, refused=False, best_similarity=best, threshold=threshold,
                   valid=valid, violations=violations, retrieved=retrieved, timings=timings,
-                  raw_output=str(raw)[:MAX_RAW_CHARS])
+                  raw_output=str(raw)[:MAX_RAW_CHARS], spec_version=spec.version, output_tokens=tokens, marks=marks)
+
+
+def _doc_texts(hits) -> dict[str, list[str]]:
+    """Each retrieved document's chunk texts (what the grounding guard checks values against)."""
+    texts: dict[str, list[str]] = {}
+    for h in hits:
+        texts.setdefault(h.doc_id, []).append(h.text)
+    return texts
+
+
+def _sources(hits, citations: list[str]) -> list[dict[str, str]]:
+    """The cited documents with title and URI, in citation order."""
+    first_hit: dict[str, Any] = {}
+    for h in hits:
+        first_hit.setdefault(h.doc_id, h)
+    return [{"doc_id": cid, "title": first_hit[cid].title, "uri": first_hit[cid].uri} for cid in citations]
+
+
+def _retrieved_rows(hits) -> list[dict[str, Any]]:
+    return [{"doc_id": h.doc_id, "chunk_id": h.chunk_id, "title": h.title, "uri": h.uri, "score": round(h.score, 6),
+             "vector_similarity": None if h.vector_similarity is None else round(h.vector_similarity, 4)}
+            for h in hits]
 
 
 def _retrieve(settings: Settings, question: str, k: int) -> tuple[str, list]:
@@ -253,9 +275,10 @@ def _retrieve(settings: Settings, question: str, k: int) -> tuple[str, list]:
 
 
 def _generate(cache: AdapterCache, key: str, messages: list, spec, timings: dict, step,
-              on_token: Callable[[str], None] | None = None) -> tuple[str, str]:
-    """(raw output, the label of the exact version that produced it); fills the load and generation timings.
-    The question joins the process's next batch for this version (``tandem.serve.batcher``)."""
+              on_token: Callable[[str], None] | None = None, marks: dict | None = None) -> tuple[str, str, int | None]:
+    """(raw output, the label of the exact version that produced it, its token count); fills the load and
+    generation timings (and ``marks``). The question joins the process's next batch for this version
+    (``tandem.serve.batcher``)."""
     t0 = time.perf_counter()
     with cache.use(key) as loaded:  # the generator stays alive until this answer is generated
         if time.perf_counter() - t0 > 0.05:
@@ -264,8 +287,18 @@ def _generate(cache: AdapterCache, key: str, messages: list, spec, timings: dict
         t0 = time.perf_counter()
         raw, size = cache.batcher.generate(key, loaded.generator, messages, max_new_tokens=spec.max_new_tokens,
                                            on_token=on_token)
+        if marks is not None:
+            marks["generation"] = (t0, time.perf_counter())
         timings["generation_ms"] = round((time.perf_counter() - t0) * 1000, 1)
         timings["batch_size"] = size
         label = loaded.label
+        tokens = _token_count(loaded.generator, raw)
     del loaded  # the cache may free it now
-    return raw, label
+    return raw, label, tokens
+
+
+def _token_count(generator, text: str) -> int | None:
+    try:
+        return len(generator.tokenizer(str(text), add_special_tokens=False)["input_ids"])
+    except Exception:  # noqa: BLE001 - a count for the trace; never the answer's failure
+        return None

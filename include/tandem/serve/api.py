@@ -27,8 +27,8 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from tandem.errors import ServiceUnavailable
-from tandem.serve.contract import (ASK_DAG, ERRORS, AskRequest, AskResponse, _error, install_body_cap,
-                                   install_error_handlers)
+from tandem.serve.contract import (ASK_DAG, ERRORS, AskRequest, AskResponse, FeedbackRequest, FeedbackResponse, _error,
+                                   answer_headers, body_limit, install_body_cap, install_error_handlers)
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +90,7 @@ class _State:
 
     def __init__(self, settings=None, cache=None, settings_factory: Callable[[], Any] | None = None):
         self._settings, self._cache, self._factory = settings, cache, settings_factory
+        self._tracing_started = False
         self._lock = threading.Lock()
 
     @property
@@ -102,6 +103,11 @@ class _State:
                     from tandem.config import Settings
 
                     self._settings = Settings.load()
+            if not self._tracing_started:  # the traces' experiment, looked up in the background once
+                from tandem.serve import tracing
+
+                self._tracing_started = True
+                tracing.tracer_for(self._settings).experiment_id()
             return self._settings
 
     @property
@@ -134,24 +140,9 @@ def create_app(settings=None, *, cache=None, settings_factory: Callable[[], Any]
 
     install_error_handlers(app)
 
-    install_body_cap(app, lambda request: request.app.state.tandem.settings.ask_max_body_bytes)
+    install_body_cap(app, lambda request: body_limit(request.app.state.tandem.settings, request))
 
-    def state(request: Request) -> _State:
-        return request.app.state.tandem
-
-    @app.post("/api/ask", response_model=AskResponse, responses=ERRORS, tags=["ask"],
-              summary="Answer a question from the live index with the champion adapter")
-    def ask(body: AskRequest, request: Request, _user=Depends(require_asker)) -> Any:
-        st = state(request)
-        if st.settings.serve_url:  # the answer process (`tandem serve`): generation stays out of the api-server
-            return forward_ask(st.settings, body)
-        if body.stream:
-            from tandem.serve.streaming import stream_answer
-
-            return stream_answer(st.settings, body, st.cache)
-        from tandem.serve.answer import answer
-
-        return answer(st.settings, body.question, k=body.k, adapter=body.adapter, cache=st.cache).to_dict()
+    _answer_routes(app)
 
     @app.get("/api/status", responses=ERRORS, tags=["status"],
              summary="The state of both cadences (index, adapters, evals, anti-flap, links)")
@@ -173,6 +164,41 @@ def create_app(settings=None, *, cache=None, settings_factory: Callable[[], Any]
         return HTMLResponse(render(collect(st.settings, cache=st.cache, dag_runs=airflow_dag_runs)))
 
     return app
+
+
+def state(request: Request) -> _State:
+    return request.app.state.tandem
+
+
+def _answer_routes(app: FastAPI) -> None:
+    """``/api/ask`` and ``/api/feedback``: answered here, or forwarded to `tandem serve` when it is configured."""
+
+    @app.post("/api/ask", response_model=AskResponse, responses=ERRORS, tags=["ask"],
+              summary="Answer a question from the live index with the champion adapter")
+    def ask(body: AskRequest, request: Request, response: Response, _user=Depends(require_asker)) -> Any:
+        st = state(request)
+        if st.settings.serve_url:  # the answer process (`tandem serve`): generation stays out of the api-server
+            return forward_ask(st.settings, body)
+        if body.stream:
+            from tandem.serve.streaming import stream_answer
+
+            return stream_answer(st.settings, body, st.cache, source="plugin")
+        from tandem.serve import tracing
+
+        result, trace_id = tracing.answer(st.settings, body.question, source="plugin", k=body.k,
+                                          adapter=body.adapter, cache=st.cache)
+        response.headers.update(answer_headers(result))
+        return result.to_dict()
+
+    @app.post("/api/feedback", response_model=FeedbackResponse, responses=ERRORS, tags=["feedback"],
+              summary="Rate an answer (up/down), with an optional comment and corrected answer")
+    def feedback(body: FeedbackRequest, request: Request, user=Depends(require_asker)) -> Any:
+        st = state(request)
+        if st.settings.serve_url:
+            return forward_json(st.settings, body, "/api/feedback")
+        from tandem.serve import feedback as user_feedback
+
+        return user_feedback.record(st.settings, body, user=_user_name(user))
 
 
 _forward_slots: dict[int, threading.BoundedSemaphore] = {}
@@ -204,14 +230,32 @@ def forward_ask(settings, body: "AskRequest") -> Response:
         slot.release()
 
 
-def _serve_request(settings, body: "AskRequest") -> tuple[str, bytes, "Any", dict]:
+def forward_json(settings, body, path: str) -> Response:
+    """POST ``body`` to `tandem serve`'s ``path`` within the same bounds as an ask (not streamed)."""
+    slot = _forward_slot(settings.forward_max_concurrent)
+    if not slot.acquire(blocking=False):
+        return _error(429, f"{settings.forward_max_concurrent} requests are already being forwarded",
+                      "retry in a few seconds (TANDEM_FORWARD_MAX_CONCURRENT sets the limit)",
+                      headers={"Retry-After": "5"})
+    try:
+        return _forward(settings, body, path)
+    finally:
+        slot.release()
+
+
+def _user_name(user: Any) -> str | None:
+    name = getattr(user, "get_name", None)
+    return str(name()) if callable(name) else getattr(user, "username", None)
+
+
+def _serve_request(settings, body, path: str = "/api/ask") -> tuple[str, bytes, "Any", dict]:
     import json
 
     import httpx
 
     from tandem.serve.contract import serve_token
 
-    url = settings.serve_url.rstrip("/") + "/api/ask"
+    url = settings.serve_url.rstrip("/") + path
     # ensure_ascii: a lone surrogate in the question travels as a \ud800 escape (valid JSON), not as bytes
     payload = json.dumps(body.model_dump(exclude_unset=True), ensure_ascii=True).encode("ascii")  # as received
     timeout = httpx.Timeout(settings.forward_timeout_seconds, connect=3.0)
@@ -265,10 +309,10 @@ def _forward_stream(settings, body: "AskRequest", slot: threading.BoundedSemapho
     return StreamingResponse(relay(), media_type=MEDIA_TYPE, headers={"Cache-Control": "no-cache"})
 
 
-def _forward(settings, body: "AskRequest") -> Response:
+def _forward(settings, body, path: str = "/api/ask") -> Response:
     import httpx
 
-    url, payload, timeout, headers = _serve_request(settings, body)
+    url, payload, timeout, headers = _serve_request(settings, body, path)
     try:
         with httpx.Client(timeout=timeout) as client, client.stream("POST", url, content=payload,
                                                                     headers=headers) as resp:
@@ -293,7 +337,7 @@ def _passed_on(settings, resp, content: bytes | None) -> Response:
     except ValueError:
         return _error(502, f"the answer process at {settings.serve_url} answered {resp.status_code} with a body "
                            "that is not JSON", "check that TANDEM_SERVE_URL points at `tandem serve`, and its log")
-    passed = {k: v for k, v in resp.headers.items() if k.lower() in ("x-tandem-adapter", "retry-after")}
+    passed = {k: v for k, v in resp.headers.items() if k.lower() in ("x-tandem-adapter", "x-tandem-trace", "retry-after")}
     return Response(content, status_code=resp.status_code, headers=passed, media_type="application/json")
 
 

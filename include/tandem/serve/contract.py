@@ -17,7 +17,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tandem import secret_files
 from tandem.config import Settings
-from tandem.errors import ServiceUnavailable, TandemError, UserError
+from tandem.errors import NotFound, ServiceUnavailable, TandemError, UserError
 from tandem.serve.batcher import Overloaded
 
 log = logging.getLogger(__name__)
@@ -39,6 +39,26 @@ class AskRequest(BaseModel):
                                                   "or a version number of the tandem-adapter model.")
     stream: bool = Field(False, description="true: server-sent events, the answer's text as it is generated "
                                             "(`token`), then the whole answer (`answer`)")
+
+
+class FeedbackRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={
+        "examples": [{"trace_id": "tr-0123456789abcdef0123456789abcdef", "rating": "down",
+                      "comment": "wrong price", "corrected_answer": "The Pro plan costs $49 per month."}]})
+
+    trace_id: str = Field(pattern=r"^tr-[0-9a-f]{32}$",
+                          description="The answer's trace id (its `trace_id` field, or the X-Tandem-Trace header).")
+    rating: Literal["up", "down"]
+    comment: str | None = Field(None, max_length=2000, description="Why (at most 2000 characters).")
+    corrected_answer: str | None = Field(None, min_length=1, max_length=4000,
+                                         description="What the answer should have been (at most 4000 characters).")
+
+
+class FeedbackResponse(BaseModel):
+    trace_id: str
+    rating: Literal["up", "down"]
+    feedback_id: str
+    expectation_id: str | None = None
 
 
 class Source(BaseModel):
@@ -72,6 +92,8 @@ class AskResponse(BaseModel):
     retrieved: list[Retrieved]
     raw_output: str | None
     question: str
+    trace_id: str | None = Field(None, description="The answer's MLflow trace (also the X-Tandem-Trace header); "
+                                                   "null when tracing is off or the trace was dropped.")
 
 
 class ErrorBody(BaseModel):
@@ -82,11 +104,35 @@ class ErrorBody(BaseModel):
 ERRORS = {400: {"model": ErrorBody, "description": "bad input (names the input and the fix)"},
           401: {"model": ErrorBody, "description": "not authenticated (log in to Airflow, or send a bearer token)"},
           403: {"model": ErrorBody, "description": "logged in without the permission (asking: trigger behavior_eval)"},
+          404: {"model": ErrorBody, "description": "feedback for a trace id MLflow does not hold"},
           413: {"model": ErrorBody, "description": "the request body is over TANDEM_ASK_MAX_BODY_BYTES"},
           422: {"model": ErrorBody, "description": "the request body does not match the schema"},
           429: {"model": ErrorBody, "description": "the plugin already forwards TANDEM_FORWARD_MAX_CONCURRENT asks"},
           502: {"model": ErrorBody, "description": "`tandem serve` sent a reply that is not JSON or is too large"},
           503: {"model": ErrorBody, "description": "no index, no champion, or Postgres/MLflow down: says what to run"}}
+
+
+ASK_EXAMPLE = '{"question": "What does the Pro plan cost?", "k": 5}'
+FEEDBACK_EXAMPLE = '{"trace_id": "tr-<32 hex digits>", "rating": "up", "comment": "clear and right"}'
+
+
+def example_body(request: Request) -> str:
+    """A body the route ``request`` went to accepts (the fix of a 400, 413 or 422)."""
+    return FEEDBACK_EXAMPLE if request.url.path.endswith("/feedback") else ASK_EXAMPLE
+
+
+def body_limit(settings: Settings, request: Request) -> int:
+    """The largest body the route of ``request`` accepts."""
+    feedback = request.url.path.endswith("/feedback")
+    return settings.feedback_max_body_bytes if feedback else settings.ask_max_body_bytes
+
+
+def answer_headers(result) -> dict[str, str]:
+    """The reply headers of an answer: the exact adapter version, and its MLflow trace when recorded."""
+    headers = {"X-Tandem-Adapter": result.adapter}
+    if result.trace_id:
+        headers["X-Tandem-Trace"] = result.trace_id
+    return headers
 
 
 def _error(status: int, message: str, fix: str | None = None, headers: dict | None = None) -> JSONResponse:
@@ -98,6 +144,10 @@ AIRFLOW_LOGIN_FIX = "log in to the Airflow UI, or send 'Authorization: Bearer <t
 
 def install_error_handlers(app: FastAPI, login_fix: str = AIRFLOW_LOGIN_FIX) -> None:
     """JSON errors {"error", "fix"}: bad input 400/422, unauthenticated 401, a missing index or champion 503."""
+
+    @app.exception_handler(NotFound)
+    async def _not_found(_request: Request, exc: NotFound):
+        return _error(404, exc.message, exc.fix)
 
     @app.exception_handler(UserError)
     async def _user_error(_request: Request, exc: UserError):
@@ -117,20 +167,19 @@ def install_error_handlers(app: FastAPI, login_fix: str = AIRFLOW_LOGIN_FIX) -> 
         return _error(500, exc.message, exc.fix)
 
     @app.exception_handler(RequestValidationError)
-    async def _invalid(_request: Request, exc: RequestValidationError):
+    async def _invalid(request: Request, exc: RequestValidationError):
         problems = []
         for err in exc.errors():
             where = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "body"
             problems.append(f"{where}: {err.get('msg')}")
         return JSONResponse({"error": "invalid request: " + "; ".join(problems),
-                             "fix": 'send JSON like {"question": "What does the Pro plan cost?", "k": 5}'},
-                            status_code=422)
+                             "fix": f"send JSON like {example_body(request)}"}, status_code=422)
 
     @app.exception_handler(StarletteHTTPException)  # FastAPI's own (a body it cannot parse) and the routes'
-    async def _http(_request: Request, exc: StarletteHTTPException):
+    async def _http(request: Request, exc: StarletteHTTPException):
         fix = None
         if exc.status_code == 400:
-            fix = 'send the body as UTF-8 JSON, like {"question": "What does the Pro plan cost?", "k": 5}'
+            fix = f"send the body as UTF-8 JSON, like {example_body(request)}"
         elif exc.status_code == 401:
             fix = login_fix
         elif exc.status_code == 403:
@@ -149,7 +198,7 @@ def install_body_cap(app: FastAPI, limit_of: Callable[[Request], int]) -> None:
             limit = limit_of(request)
             if not length.isdigit() or int(length) > limit:
                 return _error(413, f"the request body is {length} bytes; at most {limit} are accepted",
-                              'send JSON like {"question": "What does the Pro plan cost?", "k": 5}')
+                              f"send JSON like {example_body(request)}")
         return await call_next(request)
 
 

@@ -24,7 +24,9 @@ from fastapi import Depends, FastAPI, HTTPException, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from tandem.config import Settings
-from tandem.serve.contract import ERRORS, AskRequest, AskResponse, install_body_cap, install_error_handlers, serve_token
+from tandem.serve import tracing
+from tandem.serve.contract import (ERRORS, AskRequest, AskResponse, FeedbackRequest, FeedbackResponse, answer_headers,
+                                   body_limit, install_body_cap, install_error_handlers, serve_token)
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +41,7 @@ def create_serve_app(settings: Settings, *, cache=None, warm: bool = True) -> Fa
                   description=__doc__, version="1", docs_url=None, redoc_url=None)
     install_error_handlers(app, login_fix="send 'Authorization: Bearer <token>' with the token `make up` printed "
                                           "(TANDEM_SERVE_TOKEN)")
-    install_body_cap(app, lambda _request: settings.ask_max_body_bytes)
+    install_body_cap(app, lambda request: body_limit(settings, request))
     cache = cache or AdapterCache(settings)
     token = serve_token(settings)
     app.state.cache = cache
@@ -51,22 +53,30 @@ def create_serve_app(settings: Settings, *, cache=None, warm: bool = True) -> Fa
 
     @app.get("/health", tags=["health"], summary="Liveness, and the adapter cache's state")
     def health() -> dict[str, Any]:
-        return {"status": "ok", **cache.state(), "queue": cache.batcher.state()}
+        return {"status": "ok", **cache.state(), "queue": cache.batcher.state(),
+                "tracing": tracing.tracer_for(settings).state()}
 
     @app.post("/api/ask", response_model=AskResponse, responses=ERRORS, tags=["ask"],
               summary="Answer a question from the live index with the champion adapter")
     def ask(body: AskRequest, response: Response, _auth=Depends(require_token)) -> Any:
-        from tandem.serve.answer import answer
-
         if body.stream:
             from tandem.serve.streaming import stream_answer
 
-            return stream_answer(settings, body, cache)
+            return stream_answer(settings, body, cache, source="serve")
 
-        out = answer(settings, body.question, k=body.k, adapter=body.adapter, cache=cache).to_dict()
-        response.headers["X-Tandem-Adapter"] = out["adapter"]
-        return out
+        result, _trace_id = tracing.answer(settings, body.question, source="serve", k=body.k, adapter=body.adapter,
+                                           cache=cache)
+        response.headers.update(answer_headers(result))
+        return result.to_dict()
 
+    @app.post("/api/feedback", response_model=FeedbackResponse, responses=ERRORS, tags=["feedback"],
+              summary="Rate an answer (up/down), with an optional comment and corrected answer")
+    def feedback(body: FeedbackRequest, _auth=Depends(require_token)) -> Any:
+        from tandem.serve import feedback as user_feedback
+
+        return user_feedback.record(settings, body)
+
+    tracing.tracer_for(settings).experiment_id()  # looked up in the background before the first answer
     if warm:
         threading.Thread(target=_warm, args=(cache,), name="tandem-serve-warm", daemon=True).start()
     return app

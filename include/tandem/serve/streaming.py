@@ -28,9 +28,10 @@ def event(name: str, data: Any) -> bytes:
     return f"event: {name}\ndata: {json.dumps(data, ensure_ascii=True, default=str)}\n\n".encode("ascii")
 
 
-def stream_answer(settings, body, cache) -> StreamingResponse:
-    """Run the answer path in a thread and stream it; raises its error when it fails before generating."""
-    from tandem.serve.answer import answer
+def stream_answer(settings, body, cache, *, source: str) -> StreamingResponse:
+    """Run the answer path in a thread and stream it; raises its error when it fails before generating.
+    ``source`` (serve, plugin) tags the answer's trace."""
+    from tandem.serve import tracing
 
     items: "queue.Queue[tuple[str, Any] | None]" = queue.Queue()
     begun = threading.Event()
@@ -43,8 +44,9 @@ def stream_answer(settings, body, cache) -> StreamingResponse:
 
     def work() -> None:
         try:
-            out = answer(settings, body.question, k=body.k, adapter=body.adapter, cache=cache, progress=step,
-                         on_token=lambda text: items.put(("token", {"text": text})))
+            out, _trace_id = tracing.answer(settings, body.question, source=source, k=body.k, adapter=body.adapter,
+                                            cache=cache, progress=step,
+                                            on_token=lambda text: items.put(("token", {"text": text})))
             items.put(("answer", out.to_dict()))
         except BaseException as exc:  # noqa: BLE001 - reported to the client, before or in the stream
             state["error"] = exc
