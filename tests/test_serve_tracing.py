@@ -30,6 +30,7 @@ class Relay:
         self.server = socket.create_server(("127.0.0.1", 0))
         self.port = self.server.getsockname()[1]
         self.sockets: list[socket.socket] = []
+        self.closed = False
         threading.Thread(target=self._accept, daemon=True).start()
 
     def _accept(self) -> None:
@@ -37,6 +38,9 @@ class Relay:
             try:
                 client, _ = self.server.accept()
             except OSError:
+                return
+            if self.closed:  # accepted as the relay was being cut: refuse it
+                client.close()
                 return
             upstream = socket.create_connection(self.target)
             self.sockets += [client, upstream]
@@ -58,6 +62,11 @@ class Relay:
                     pass
 
     def cut(self) -> None:
+        self.closed = True
+        try:
+            self.server.shutdown(socket.SHUT_RDWR)  # wakes the accept() under way: close() alone does not
+        except OSError:
+            pass
         self.server.close()
         for s in self.sockets:
             s.close()
@@ -248,6 +257,11 @@ def test_answers_go_on_when_mlflow_stops_and_the_lost_traces_are_counted(serve_s
             assert time.monotonic() < deadline, f"the lost trace was never counted: {state}"
             time.sleep(1)
         assert state["recorded"] >= 1 and state["last_drop"]
+        from tandem.serve.page import render
+        from tandem.serve.status import collect
+
+        page = render(collect(serve_settings.replace(serve_url=url)))  # the status page reads serve's /health
+        assert "Answer traces" in page and f"{state['dropped']} dropped" in page
         assert time.monotonic() - started < 120
     finally:
         relay.cut()

@@ -295,7 +295,9 @@ def links(settings: Settings) -> dict[str, Any]:
 def serving_state(settings: Settings, cache=None) -> dict[str, Any]:
     """The adapter cache that answers: the `tandem serve` process's (TANDEM_SERVE_URL), else this process's."""
     if not settings.serve_url:
-        return cache.state() if cache is not None else {}
+        from tandem.serve import tracing
+
+        return {**(cache.state() if cache is not None else {}), "tracing": tracing.tracer_for(settings).state()}
     import httpx
 
     url = settings.serve_url.rstrip("/")
