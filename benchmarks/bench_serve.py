@@ -304,6 +304,37 @@ def bench_answers(settings, questions: list[str], runs: int) -> dict:
             "contract_valid_rate": round(sum(valid) / len(valid), 3), "example_output": first.raw_output}
 
 
+def bench_tracing(settings, questions: list[str], runs: int) -> dict:
+    """The same answers with tracing off and on, interleaved (off, on, off, on, ...) so drift hits both alike:
+    each answer's wall time from the request to its return, which with tracing on includes building the trace
+    (its export to MLflow runs in MLflow's background threads, as in `tandem serve`)."""
+    from tandem.serve import tracing
+    from tandem.serve.adapter_cache import AdapterCache
+
+    forced = settings.replace(refusal_min_similarity=0.0)  # always generate: every answer has all its spans
+    modes = {"off": forced.replace(trace_answers=False), "on": forced.replace(trace_answers=True,
+                                                                              trace_experiment="tandem-serving-bench")}
+    cache = AdapterCache(forced)
+    tracing.answer(modes["on"], questions[0], source="bench", adapter="base", cache=cache, wait=True)  # warm both
+    walls: dict[str, list[float]] = {"off": [], "on": []}
+    seconds = {"off": 0.0, "on": 0.0}
+    for run in range(runs):
+        for q in questions:
+            for mode in (("off", "on") if run % 2 == 0 else ("on", "off")):
+                t0 = time.perf_counter()
+                result, trace_id = tracing.answer(modes[mode], q, source="bench", adapter="base", cache=cache)
+                walls[mode].append((time.perf_counter() - t0) * 1000)
+                seconds[mode] += walls[mode][-1] / 1000
+                assert (trace_id is not None) == (mode == "on"), (mode, trace_id)
+    tracing.tracer_for(modes["on"]).flush()
+    state = tracing.tracer_for(modes["on"]).state()
+    out = {mode: {"answer_ms": summary(w), "answers_per_s": round(len(w) / seconds[mode], 4)}
+           for mode, w in walls.items()}
+    out["traces"] = {"recorded": state["recorded"], "dropped": state["dropped"]}
+    out["p50_overhead"] = round(out["on"]["answer_ms"]["p50"] / out["off"]["answer_ms"]["p50"] - 1, 4)
+    return out
+
+
 def register_two_adapters(settings, work: Path) -> list[str]:
     """Two real LoRA adapters (random init, so they change the logits), registered as MLflow pyfunc versions."""
     import mlflow
@@ -511,6 +542,8 @@ def main(argv=None) -> int:
     p.add_argument("--max-new-tokens", type=int, default=None, help="override the spec's generation budget")
     p.add_argument("--skip-generation", action="store_true")
     p.add_argument("--skip-swap", action="store_true")
+    p.add_argument("--tracing", action="store_true",
+                   help="also answers with tracing off and on, interleaved, against a real MLflow server")
     p.add_argument("--load", action="store_true",
                    help="also the load mode: `tandem serve` with 8 clients for 60 s while the champion flips every 5 s")
     p.add_argument("--load-clients", type=int, default=8)
@@ -584,13 +617,18 @@ def main(argv=None) -> int:
             process.wait_healthy(mlflow_service, settings.run_dir, settings.logs_dir, timeout=180)
             log(f"champion swaps: {args.runs} alias moves between two real LoRA adapters")
             results["swap"] = bench_swap(settings, golden[0], args.runs, home)
-        if args.load:
+        if args.tracing or args.load:
             if mlflow_service is None:
                 settings = settings.replace(mlflow_port=process.free_port())
                 settings = settings.replace(mlflow_uri=f"http://{settings.bind_host}:{settings.mlflow_port}")
                 mlflow_service = services.mlflow_service(settings)
                 process.start(mlflow_service, settings.run_dir, settings.logs_dir)
                 process.wait_healthy(mlflow_service, settings.run_dir, settings.logs_dir, timeout=180)
+        if args.tracing:
+            questions = golden[:args.gen_questions]
+            log(f"tracing: {len(questions)} questions x {args.runs} runs, off and on (base model, CPU)")
+            results["tracing"] = bench_tracing(settings, questions, args.runs)
+        if args.load:
             # before and after in one run: one answer at a time (batch 1, as before batching), then batched
             before = bench_load(settings, golden, home, clients=args.load_clients, seconds=args.load_seconds,
                                 batch_max=1, window_ms=0)
@@ -641,6 +679,13 @@ def report(r: dict) -> str:
         row("  of which: adapter load (base + LoRA, merged)", s["adapter_load_s"], "s")
         row("steady request (same champion)", s["steady_request_ms"])
         row("alias re-check (MLflow round trip)", s["alias_check_ms"])
+    if "tracing" in r:
+        t = r["tracing"]
+        row("answer, tracing off", t["off"]["answer_ms"])
+        row("answer, tracing on (trace built, exported async)", t["on"]["answer_ms"])
+        lines.append(f"  tracing cost at p50: {100 * t['p50_overhead']:+.2f} % (target <= +5 %); answers/s "
+                     f"{t['off']['answers_per_s']} off, {t['on']['answers_per_s']} on; traces recorded "
+                     f"{t['traces']['recorded']}, dropped {t['traces']['dropped']}")
     for name, ld in (r.get("load") or {}).items():
         lines.append(f"load, {name} (batch max {ld['batch_max']}, window {ld['batch_window_ms']} ms): "
                      f"{ld['clients']} clients for {ld['seconds']} s, champion flipped {ld['flips']} times "

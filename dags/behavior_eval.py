@@ -19,6 +19,11 @@ Daily (`TANDEM_EVAL_CRON`, its own cadence, separate from the nightly reindex) *
    fault and anti-flap allows; **trigger_knowledge_reindex** when knowledge failures dominate and
    `TANDEM_TRIGGER_REINDEX_ON_KNOWLEDGE_FAILURE` is set; otherwise **no_action**.
 
+**What it scores** (param `source`, default: the spec's `traffic.source`): `eval_set`, `traffic` (the answers
+users actually got: **evaluate_traffic** samples the window's MLflow traces of the live adapter version and
+scores them without gold data, see `tandem.behavior.traffic`), or `both` (the more severe decision wins).
+Too few traces in the window is "not enough traffic": no decision, no action.
+
 The same eval from a shell: `tandem eval [--adapter VERSION|base] [--limit N] [--json]`.
 """
 
@@ -28,7 +33,7 @@ from datetime import timedelta
 
 from airflow.providers.standard.operators.empty import EmptyOperator
 from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
-from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, dag, task
+from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, Param, dag, task
 
 from tandem.airflow.assets import BEHAVIOR_ADAPTER
 from tandem.airflow.defaults import DEFAULT_ARGS, TAG, WAIT_FOR_NEXT_SLOT
@@ -50,52 +55,73 @@ ROUTES = {"retrain": "trigger_lora_retrain", "reindex": "trigger_knowledge_reind
     default_args=DEFAULT_ARGS,
     tags=[TAG, "behavior"],
     doc_md=__doc__,
+    params={"source": Param("spec", enum=["spec", "eval_set", "traffic", "both"], title="What to score",
+                            description="eval_set: the spec's fixed eval set; traffic: the answers users got (their "
+                                        "MLflow traces); both; spec: the spec's traffic.source")},
 )
 def behavior_eval():
     @task
-    def resolve_model() -> dict:
+    def resolve_model(params=None) -> dict:
         from airflow.sdk.exceptions import AirflowFailException
 
         from tandem.airflow.settings import task_settings
-        from tandem.behavior import eval_run
+        from tandem.behavior import eval_run, traffic
         from tandem.errors import UserError
 
         try:
             p = eval_run.prepare(task_settings(), adapter="champion")
-        except UserError as exc:  # a bad spec, eval set or adapter: retrying changes nothing
+            source = traffic.resolve_source(p.spec, (params or {}).get("source"))
+        except UserError as exc:  # a bad spec, eval set, adapter or source: retrying changes nothing
             raise AirflowFailException(str(exc)) from None
         print(f"live model: adapter {p.adapter_label} on base {p.base_model} (sha256 {p.base_sha256[:12]}); "
               f"index {p.index_version}; spec {p.spec.version}; {len(p.examples)} examples "
               f"(eval set sha256 {p.eval_set_digest[:12]})")
         # the version, not "champion": a promotion during the run must not change what is evaluated
-        return {"adapter": p.adapter_version or "base", "index_version": p.index_version}
+        print(f"scoring: {source}")
+        return {"adapter": p.adapter_version or "base", "index_version": p.index_version, "source": source}
 
     @task(execution_timeout=timedelta(hours=2))
-    def evaluate(live: dict) -> dict:
+    def evaluate(live: dict) -> dict | None:
         from tandem.airflow.settings import task_settings
         from tandem.behavior import eval_run
 
+        if live["source"] == "traffic":
+            print("source traffic: the eval set is not scored in this run")
+            return None
         summary = eval_run.run_eval(task_settings(), adapter=live["adapter"], source="airflow")
         print(f"eval run {summary['run_id']}: {summary['n']} examples in {summary['wall_s']}s "
               f"({summary['examples_per_s']} examples/s generating); {summary['run_url']}")
         return summary
 
-    @task(multiple_outputs=True)
-    def decide(summary: dict) -> dict:
+    @task(execution_timeout=timedelta(minutes=30))
+    def evaluate_traffic(live: dict) -> dict | None:
         from tandem.airflow.settings import task_settings
-        from tandem.behavior import eval_run
-        from tandem.behavior.report import scorecard
+        from tandem.behavior import traffic
 
-        decision = eval_run.decide_and_record(task_settings(), summary)
-        print(scorecard(summary, decision))
+        if live["source"] == "eval_set":
+            print("source eval_set: traffic is not scored in this run")
+            return None
+        summary = traffic.run(task_settings(), adapter=live["adapter"], source="airflow")
+        print(f"traffic eval run {summary['run_id']}: {summary['n']} of {summary['n_in_window']} trace(s) of "
+              f"adapter {summary['adapter']} in the last {summary['window_hours']:g} h; {summary['run_url']}")
+        return summary
+
+    @task(multiple_outputs=True)
+    def decide(summary: dict | None, traffic_summary: dict | None) -> dict:
+        from tandem.airflow.settings import task_settings
+        from tandem.behavior import traffic
+
+        decision, chosen, report = traffic.decide_sources(task_settings(), summary, traffic_summary)
+        print(report)
         return {"action": decision.action, "kind": decision.kind, "reason": decision.reason,
-                "conf": decision.trigger_conf(summary["run_id"])}
+                "conf": decision.trigger_conf(chosen["run_id"])}
 
     @task.branch
     def route(action: str) -> str:
         return ROUTES.get(action, "no_action")
 
-    decision = decide(evaluate(resolve_model()))
+    live = resolve_model()
+    decision = decide(evaluate(live), evaluate_traffic(live))
     retrain = TriggerDagRunOperator(task_id="trigger_lora_retrain", trigger_dag_id="lora_retrain",
                                     conf=decision["conf"], wait_for_completion=False)
     reindex = TriggerDagRunOperator(task_id="trigger_knowledge_reindex", trigger_dag_id="knowledge_reindex",

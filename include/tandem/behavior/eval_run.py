@@ -158,12 +158,15 @@ def run_eval(settings: Settings, *, adapter: str = "champion", limit: int | None
                   device=generator.device, limit=limit, source=source, wall=time.monotonic() - started)
 
 
-def decide_and_record(settings: Settings, summary: dict[str, Any], *, now: dt.datetime | None = None) -> Decision:
-    """Decide (with the anti-flap history from MLflow) and record the decision on the eval run."""
+def decide_and_record(settings: Settings, summary: dict[str, Any], *, now: dt.datetime | None = None,
+                      spec: Spec | None = None, card: Callable[[dict, Decision], str] | None = None) -> Decision:
+    """Decide (with the anti-flap history from MLflow) and record the decision on the eval run. ``spec`` and
+    ``card`` (the run's markdown description) default to the behavior spec's and the eval-set scorecard."""
 
     from tandem.behavior.report import scorecard
 
-    spec = load_spec(settings.spec_path)
+    spec = spec or load_spec(settings.spec_path)
+    card = card or (lambda summ, dec: scorecard(summ, dec, markdown=True))
     client = tracking.client(settings)
     history = antiflap.history(client, adapter_version=summary["adapter"], eval_set_digest=summary["eval_set_digest"],
                                exclude_run_id=summary["run_id"])
@@ -176,7 +179,7 @@ def decide_and_record(settings: Settings, summary: dict[str, Any], *, now: dt.da
                          failing_metrics=",".join(decision.failing_metrics) or "none", decided_at=decided_at)
     for key, value in tags.items():
         client.set_tag(summary["run_id"], key, value)
-    client.set_tag(summary["run_id"], "mlflow.note.content", scorecard(summary, decision, markdown=True))
+    client.set_tag(summary["run_id"], "mlflow.note.content", card(summary, decision))
     client.log_dict(summary["run_id"], {"decision": decision.as_dict(), "decided_at": decided_at,
                          "anti_flap_history": {"failing_streak": history.failing_streak,
                                                "streak_run_ids": list(history.streak_run_ids),

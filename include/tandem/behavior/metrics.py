@@ -41,6 +41,17 @@ PROBE_METRICS: dict[str, tuple[str, str]] = {
 METRIC_GROUPS: dict[str, str] = {**{name: group for name, (group, _) in VERDICTS.items()}, PASS_RATE: OVERALL,
                                  **{name: group for name, (group, _) in PROBE_METRICS.items()}}
 THRESHOLD_METRICS = tuple(METRIC_GROUPS)  # what a spec may set a threshold on
+
+# The traffic eval (tandem.behavior.traffic): served answers have no gold data, so they are scored on the
+# verdicts that need none, plus two rates of their own.
+REFERENCE_FREE = ("json_valid", "schema_valid", "citations_valid", "style_max_words", "style_forbidden_phrases",
+                  "values_grounded")
+TRAFFIC_METRICS: dict[str, tuple[str, str]] = {
+    "answered": (RETRIEVAL, "served questions answered, not refused for lack of a close enough document"),
+    "not_down_rated": (OVERALL, "rated answers the user did not rate down"),
+}
+METRIC_GROUPS.update({name: group for name, (group, _) in TRAFFIC_METRICS.items()})
+TRAFFIC_THRESHOLD_METRICS = REFERENCE_FREE + tuple(TRAFFIC_METRICS)
 BEHAVIOR_VERDICTS = tuple(name for name, (group, _) in VERDICTS.items() if group == BEHAVIOR)
 
 # Content metrics a candidate adapter may not lose against the base model (the gate's base check), thresholds

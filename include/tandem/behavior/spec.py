@@ -14,7 +14,7 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
-from tandem.behavior.metrics import PASS_RATE, THRESHOLD_METRICS
+from tandem.behavior.metrics import PASS_RATE, THRESHOLD_METRICS, TRAFFIC_THRESHOLD_METRICS
 from tandem.errors import UserError
 
 DEFAULT_SYSTEM = (
@@ -26,7 +26,8 @@ DEFAULT_SYSTEM = (
 )
 
 _TOP_KEYS = {"version", "description", "output_contract", "style", "thresholds", "primary_metric", "anti_flap",
-             "decision", "prompt", "retrieval", "generation", "faithfulness", "gate"}
+             "decision", "prompt", "retrieval", "generation", "faithfulness", "gate", "traffic"}
+TRAFFIC_SOURCES = ("eval_set", "traffic", "both")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,6 +42,19 @@ class AntiFlap:
     consecutive_failures: int = 2  # failing evals in a row (this one included) before a retrain
     min_hours_between_retrains: float = 24.0
     max_retrains_per_week: int = 2
+
+
+@dataclasses.dataclass(frozen=True)
+class Traffic:
+    """How ``behavior_eval`` scores served answers (``tandem.behavior.traffic``)."""
+
+    source: str = "eval_set"  # what behavior_eval scores when its run does not say: eval_set, traffic, both
+    window_hours: float = 24.0
+    sample: int = 200  # traces scored per window (a seeded sample when more were served)
+    seed: int = 0
+    min_traces: int = 20  # fewer in the window: "not enough traffic", no decision
+    thresholds: tuple[tuple[str, float], ...] = (("answered", 0.5), ("citations_valid", 0.85),
+                                                  ("json_valid", 0.9), ("schema_valid", 0.9))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,6 +76,7 @@ class Spec:
     probes: int = 20  # counterfactual probes per eval (0: no `faithful` metric)
     probe_seed: int = 0
     base_tolerance: float = 0.05  # how far a candidate may fall below the base model on BASE_GUARDED metrics
+    traffic: Traffic = Traffic()
 
     @property
     def refusal(self) -> str:
@@ -151,6 +166,7 @@ def load_spec(path: str | Path) -> Spec:
         probes=faith.get("probes", int, 20, minimum=0, maximum=1000),
         probe_seed=faith.get("seed", int, 0, minimum=0, maximum=2**31 - 1),
         base_tolerance=gate.get("base_tolerance", float, 0.05, minimum=0.0, maximum=1.0),
+        traffic=_traffic(top.section("traffic", required=False)),
     )
 
 
@@ -219,6 +235,25 @@ def _thresholds(top: "_Fields") -> tuple[dict[str, float], str]:
     if primary not in THRESHOLD_METRICS:
         raise top.error("primary_metric", f"unknown metric {primary!r}", f"use one of: {', '.join(THRESHOLD_METRICS)}")
     return thresholds, primary
+
+
+def _traffic(tr: "_Fields") -> Traffic:
+    tr.unknown({"source", "window_hours", "sample", "seed", "min_traces", "thresholds"})
+    source = tr.get("source", str, Traffic.source)
+    if source not in TRAFFIC_SOURCES:
+        raise tr.error("source", f"must be one of {', '.join(TRAFFIC_SOURCES)}, got {source!r}",
+                       "set `traffic.source` to eval_set, traffic or both")
+    th_f = tr.section("thresholds", required=False)
+    thresholds = dict(Traffic.thresholds) if not th_f.data else {}
+    for name in sorted(th_f.data):
+        if name not in TRAFFIC_THRESHOLD_METRICS:
+            raise th_f.error(str(name), f"unknown traffic metric {name!r}",
+                             f"use one of: {', '.join(TRAFFIC_THRESHOLD_METRICS)}")
+        thresholds[name] = th_f.get(name, float, minimum=0.0, maximum=1.0)
+    return Traffic(source=source, window_hours=tr.get("window_hours", float, 24.0, minimum=0.1, maximum=24 * 90),
+                   sample=tr.get("sample", int, 200, minimum=1, maximum=100_000),
+                   seed=tr.get("seed", int, 0, minimum=0, maximum=2**31 - 1),
+                   min_traces=tr.get("min_traces", int, 20, minimum=1), thresholds=tuple(sorted(thresholds.items())))
 
 
 def _system_prompt(pr: "_Fields", style: Style) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
+from tandem.behavior.metrics import REFERENCE_FREE
 from tandem.config import Settings
 
 TRACE_NAME = "tandem.answer"
@@ -26,11 +27,22 @@ def _wall_ns(ans, started_ns: int, perf: float) -> int:
     return started_ns + int((perf - ans.marks["start"]) * 1e9)
 
 
+VERDICTS = REFERENCE_FREE  # what a served answer is judged on without gold data (``tandem.failed``)
+
+
+def failed_verdicts(ans) -> list[str]:
+    """The reference-free verdicts ``ans`` failed, from its violations (``ungrounded`` is values_grounded)."""
+    names = {v.split(":", 1)[0].strip() for v in ans.violations}
+    names = {"values_grounded" if n == "ungrounded" else n for n in names}
+    return [v for v in VERDICTS if v in names]
+
+
 def trace_tags(ans, *, requested: str | None, source: str) -> dict[str, str]:
-    """The tags a reviewer filters on in the MLflow UI."""
+    """The tags a reviewer filters on in the MLflow UI (and the traffic eval scores: ``tandem.failed``)."""
     values = {"index_release": ans.index_version, "adapter": ans.adapter, "adapter_ref": requested,
               "spec_version": ans.spec_version, "latency_ms": ans.timings.get("total_ms"),
-              "valid": str(ans.valid).lower(), "refused": str(ans.refused).lower(), "source": source}
+              "valid": str(ans.valid).lower(), "refused": str(ans.refused).lower(), "source": source,
+              "failed": ",".join(failed_verdicts(ans)) or "none"}
     return {f"tandem.{k}": str(v) for k, v in values.items() if v is not None}
 
 
