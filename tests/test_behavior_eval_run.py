@@ -83,7 +83,7 @@ def test_cli_eval_holds_then_dag_triggers_lora_retrain(behavior_settings, behavi
     tags = run.data.tags
     assert tags["tandem.decision"] == "hold" and tags["tandem.behavior_failing"] == "true"
     assert tags["tandem.adapter_version"] == live_adapter and tags["tandem.eval_source"] == "cli"
-    assert tags["tandem.spec_version"] == "2026.2" and len(tags["tandem.base_model_sha256"]) == 64
+    assert tags["tandem.spec_version"] == "2026.3" and len(tags["tandem.base_model_sha256"]) == 64
     assert "Decision: hold" in tags["mlflow.note.content"]
     assert run.data.metrics["json_valid"] == pytest.approx(summary["metrics"]["json_valid"], abs=1e-4)
     assert run.data.metrics["class_behavior"] == pytest.approx(2 / 3) and run.data.metrics["n_examples"] == 3

@@ -27,7 +27,7 @@ def _write(tmp_path: Path, data: dict) -> Path:
 
 def test_demo_spec_loads():
     spec = load_spec(DEMO_SPEC)
-    assert spec.version == "2026.2"
+    assert spec.version == "2026.3"
     assert spec.primary_metric == "schema_valid"  # the demo gates the output contract
     assert spec.thresholds["json_valid"] == 0.90 and "answer_correct" not in spec.thresholds
     assert spec.anti_flap.consecutive_failures == 1  # the demo: one failing eval triggers the retrain
