@@ -58,6 +58,9 @@ SCHEMA: dict[str, tuple[Any, dict, str]] = {
                                 "that get the value changed in both context and target, so the adapter learns to "
                                 "copy facts from its context instead of reciting them (demo: 1.0 alters 38% of the "
                                 "training rows; 0.5, 19%)."),
+    "reviewed_answers": (False, {"type": "boolean"},
+                         "Add the answers reviewers corrected (answer traces with a `corrected_answer`, kept in the "
+                         "MLflow evaluation dataset tandem-reviewed-answers) to the training split; never held out."),
     "holdout_fraction": (0.15, {"type": "number", "minimum": 0.05, "maximum": 0.5},
                          "Fraction of examples held out for the three-way evaluation (split by a hash of the id)."),
     "promotion_margin": (0.02, {"type": "number", "minimum": 0, "maximum": 1},
@@ -98,6 +101,7 @@ class RetrainParams:
     no_oracle_fraction: float
     unanswerable_fraction: float
     counterfactual_fraction: float
+    reviewed_answers: bool
     holdout_fraction: float
     promotion_margin: float
     regression_tolerance: float

@@ -59,6 +59,7 @@ def prepare(settings: Settings, values: dict | None, *, progress: Callable[[int]
                               seed=p.seed, counterfactual_fraction=p.counterfactual_fraction,
                               distractor_chars=p.distractor_chars, unanswerable_fraction=p.unanswerable_fraction,
                               progress=progress)
+    rows, reviewed_info = _with_reviewed(settings, p, rows, source)
     digest = dataset.digest(rows)
     counts = dataset.counts(rows)
     if not counts.get("train") or not counts.get("holdout"):
@@ -72,7 +73,7 @@ def prepare(settings: Settings, values: dict | None, *, progress: Callable[[int]
         **tracking.tags(status="running", dataset_digest=digest, base_model=base, base_model_sha256=base_sha,
                         spec_version=spec_version, index_version=index_version, trigger_reason=p.reason,
                         eval_run_id=p.eval_run_id or None,
-                        failing_metrics=",".join(p.failing_metrics) or None),
+                        failing_metrics=",".join(p.failing_metrics) or None, **reviewed_info),
         **tracking.airflow_context_tags(settings),
     }
     with mlflow.start_run(run_name=f"retrain-{time.strftime('%Y%m%d-%H%M%S')}", tags=run_tags) as run:
@@ -96,6 +97,22 @@ def prepare(settings: Settings, values: dict | None, *, progress: Callable[[int]
     return {"run_id": run_id, "params": p.as_dict(), "base_model": base, "base_sha256": base_sha,
             "dataset_digest": digest, "counts": counts, "index_version": index_version,
             "spec_version": spec_version, "airflow": tracking.airflow_context_tags(settings)}
+
+
+def _with_reviewed(settings: Settings, p, rows: list[dict], source) -> tuple[list[dict], dict[str, str]]:
+    """The curated rows plus, with ``reviewed_answers``, the corrected answers as training rows; and the tags
+    that name the MLflow evaluation dataset they came from (``tandem.adapters.reviewed``)."""
+    if not p.reviewed_answers:
+        return rows, {}
+    from tandem.adapters import reviewed
+
+    records, seen = reviewed.collect(settings)
+    ds = reviewed.sync(settings, records)
+    extra = reviewed.rows(records, source, distractors=p.distractors)
+    log.info("reviewed answers: %d training row(s) from %s (digest %s; %d redacted, not usable)", len(extra),
+             reviewed.DATASET_NAME, ds.digest, seen["redacted"])
+    return reviewed.merge(rows, extra), {"reviewed_dataset": reviewed.DATASET_NAME,
+                                         "reviewed_dataset_digest": ds.digest, "reviewed_rows": len(extra)}
 
 
 def train(settings: Settings, state: dict, *, on_step: Callable[[int, int, float], None] | None = None) -> dict:
