@@ -53,6 +53,11 @@ def test_json_is_the_contract_plus_timings(serve_settings, serve_index):
     assert body["confidence"] == "low" and body["refused"] is True
     assert {"retrieval_ms", "generation_ms", "total_ms"} <= set(body["timings"])
     assert len(body["retrieved"]) == 2 and body["index_version"] == serve_index["index_version"]
+    from tandem import tracking  # the answer's trace reached MLflow before the command exited
+
+    trace = tracking.client(serve_settings).get_trace(body["trace_id"], display=False)
+    assert trace.info.tags["tandem.source"] == "cli" and trace.info.tags["tandem.refused"] == "true"
+    assert {span.name for span in trace.data.spans} == {"tandem.answer", "retrieval"}  # refused: nothing generated
 
 
 @pytest.mark.slow

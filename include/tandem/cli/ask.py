@@ -34,6 +34,7 @@ def run(args) -> int:
     from tandem.serve import tracing
 
     settings = load()
+    tracing.tracer_for(settings).experiment_id()  # looked up while the answer is made: MLflow down never holds it
     with tqdm(total=len(STAGES), desc="ask", unit="step", file=sys.stderr, leave=False,
               disable=None, bar_format="{desc}: {n}/{total} {postfix}") as bar:
         done: list[str] = []
@@ -45,8 +46,8 @@ def run(args) -> int:
             bar.set_postfix_str(stage)
 
         result, _trace_id = tracing.answer(settings, args.question, source="cli", k=args.k, adapter=args.adapter,
-                                           progress=progress, wait=True)
+                                           progress=progress)
         bar.update(bar.total - bar.n)
     emit(result.to_dict(), args.json, result.text())
-    tracing.tracer_for(settings).flush()  # the answer is out; the trace reaches MLflow before the process ends
+    tracing.tracer_for(settings).flush(timeout=10)  # the answer is out; give its trace a moment to reach MLflow
     return 0

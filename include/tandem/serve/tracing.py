@@ -161,12 +161,23 @@ class Tracer:
         with self._lock:
             return trace_id in self._recent
 
-    def flush(self) -> None:
-        """Wait for the queued traces to reach MLflow (the CLI, before it exits)."""
-        if self.enabled and self._experiment_id is not None:
-            import mlflow
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait (at most ``timeout`` seconds) for the queued traces to reach MLflow; False if they had not."""
+        if not self.enabled or self._experiment_id is None:
+            return True
+        import mlflow
 
+        done = threading.Event()
+
+        def _flush() -> None:
             mlflow.flush_trace_async_logging(terminate=False)
+            done.set()
+
+        threading.Thread(target=_flush, name="tandem-trace-flush", daemon=True).start()
+        if not done.wait(timeout):
+            log.warning("answer traces still on their way to MLflow after %ss", timeout)
+            return False
+        return True
 
 
 _tracers: dict[tuple, Tracer] = {}
