@@ -89,6 +89,16 @@ def start_serve(settings):
             time.sleep(0.3)
     proc.kill()
     pytest.fail("tandem serve did not become healthy: " + (proc.stdout.read() or "")[-3000:])
+@pytest.fixture(scope="module")
+def serve_process(serve_settings, serve_index):
+    """A `tandem serve` process for one test module, with a token of its own: (settings, url)."""
+    settings = serve_settings.replace(serve_token="test-token-" + os.urandom(4).hex())
+    proc, url = start_serve(settings)
+    yield settings.replace(serve_port=int(url.rsplit(":", 1)[1])), url
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
 OFF_TOPIC = "Which medieval king signed the Magna Carta in 1215?"
 
 

@@ -90,6 +90,13 @@ def test_release2_verdicts_on_hand_written_answers():
     assert refused["refused"] and not refused["cites_changed_doc"] and not refused["new_without_old"]
 
 
+# Alone on 2 cores the fast demo takes 8-9 minutes; in `make test` the suite's other process computes beside
+# it, and it took past 30 (torch on all cores in both). One thread a process instead trains a different
+# 20-step adapter, which the gate then refused (faithful 0.00 against the base model's 0.25), so the demo
+# keeps the threads a user's `make demo` gets, and this bound.
+DEMO_TIMEOUT_S = 2700
+
+
 @pytest.mark.slow
 def test_fast_demo_end_to_end_on_celery_workers(base_model_path):
     from conftest import short_tmp
@@ -102,8 +109,12 @@ def test_fast_demo_end_to_end_on_celery_workers(base_model_path):
     env = {**_env(home, ports), "TANDEM_EXECUTOR": "celery", "TANDEM_WORKERS": "2", "TANDEM_REINDEX_BATCH_DOCS": "8"}
     report_path = home / "report.json"
     try:
-        proc = subprocess.run([sys.executable, "-m", "tandem.demo.run", "--fast", "--report", str(report_path)],
-                              env=env, capture_output=True, text=True, timeout=1800, cwd=str(REPO))
+        try:
+            proc = subprocess.run([sys.executable, "-m", "tandem.demo.run", "--fast", "--report", str(report_path)],
+                                  env=env, capture_output=True, text=True, timeout=DEMO_TIMEOUT_S, cwd=str(REPO))
+        except subprocess.TimeoutExpired as exc:  # say which step it was in
+            out = (exc.stdout or b"").decode(errors="replace") if isinstance(exc.stdout, bytes) else exc.stdout or ""
+            pytest.fail(f"the fast demo ran past {DEMO_TIMEOUT_S} s; its output ends:\n{out[-6000:]}")
         out = proc.stdout + proc.stderr
         assert proc.returncode == 0, out[-6000:]
         report = json.loads(report_path.read_text())

@@ -2,26 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import time
-from pathlib import Path
-
 import httpx
 import pytest
 
-from serve_fixtures import ANSWERABLE, clean_registry, start_serve, tandem_subapp  # noqa: F401 - fixtures
+from serve_fixtures import ANSWERABLE, serve_process, tandem_subapp  # noqa: F401 - fixtures
 from tandem.stack import process
-
-
-@pytest.fixture(scope="module")
-def serve_process(serve_settings, serve_index):
-    settings = serve_settings.replace(serve_token="test-token-" + os.urandom(4).hex())
-    proc, url = start_serve(settings)
-    yield settings.replace(serve_port=int(url.rsplit(":", 1)[1])), url
-    proc.terminate()
-    proc.wait(timeout=30)
 
 
 def test_the_serve_process_answers_with_its_token_only(serve_process):

@@ -17,7 +17,7 @@ import time
 import httpx
 import pytest
 
-from serve_fixtures import ANSWERABLE, start_serve, tandem_subapp  # noqa: F401 - fixtures
+from serve_fixtures import ANSWERABLE, serve_process, start_serve, tandem_subapp  # noqa: F401 - fixtures
 
 SPANS = {"tandem.answer", "retrieval", "prompt", "generation", "validation"}
 
@@ -92,25 +92,16 @@ def _auth(settings) -> dict:
 
 
 @pytest.fixture(scope="module")
-def traced_serve(serve_settings, serve_index):
-    settings = serve_settings.replace(serve_token="test-token-" + os.urandom(4).hex())
-    proc, url = start_serve(settings)
-    yield settings.replace(serve_port=int(url.rsplit(":", 1)[1])), url
-    proc.terminate()
-    proc.wait(timeout=30)
-
-
-@pytest.fixture(scope="module")
-def traced_answer(traced_serve) -> tuple[dict, str]:
-    settings, url = traced_serve
+def traced_answer(serve_process) -> tuple[dict, str]:
+    settings, url = serve_process
     resp = httpx.post(f"{url}/api/ask", json={"question": ANSWERABLE, "adapter": "base", "k": 2},
                       headers=_auth(settings), timeout=300)
     assert resp.status_code == 200, resp.text
     return resp.json(), resp.headers.get("X-Tandem-Trace")
 
 
-def test_an_answer_is_one_trace_with_its_stages_and_tags(traced_serve, traced_answer):
-    settings, url = traced_serve
+def test_an_answer_is_one_trace_with_its_stages_and_tags(serve_process, traced_answer):
+    settings, url = serve_process
     data, header = traced_answer
     assert data["trace_id"] and data["trace_id"] == header
     trace = _trace(settings, data["trace_id"])
@@ -161,8 +152,8 @@ def test_a_field_over_the_cap_is_cut_and_says_so(serve_settings):
     assert text_field(settings, "x" * 25) == "x" * 10 + "... [cut: 15 more characters]"
 
 
-def test_feedback_lands_on_the_trace_and_bad_feedback_gets_4xx(traced_serve, traced_answer):
-    settings, url = traced_serve
+def test_feedback_lands_on_the_trace_and_bad_feedback_gets_4xx(serve_process, traced_answer):
+    settings, url = serve_process
     trace_id = traced_answer[0]["trace_id"]
     ok = httpx.post(f"{url}/api/feedback", headers=_auth(settings), timeout=60, json={
         "trace_id": trace_id, "rating": "down", "comment": "wrong price",
@@ -195,10 +186,10 @@ def test_feedback_lands_on_the_trace_and_bad_feedback_gets_4xx(traced_serve, tra
     assert httpx.post(f"{url}/api/feedback", json={"trace_id": trace_id, "rating": "up"}, timeout=10).status_code == 401
 
 
-def test_the_plugin_forwards_feedback_and_records_it_in_process(traced_serve, traced_answer, airflow_app):
+def test_the_plugin_forwards_feedback_and_records_it_in_process(serve_process, traced_answer, airflow_app):
     from tandem.serve.api import configure
 
-    settings, url = traced_serve
+    settings, url = serve_process
     trace_id = traced_answer[0]["trace_id"]
     sub = tandem_subapp(airflow_app.client.app)
     configure(sub, settings=settings.replace(serve_url=url))
