@@ -74,7 +74,9 @@ def _stages(settings: Settings, ans) -> list[tuple[str, str, str, dict, dict, di
 def write(client, settings: Settings, ans, *, experiment_id: str, started_ns: int, requested: str | None,
           source: str) -> str:
     """Start and end the trace of ``ans`` (MLflow exports it in the background); returns its id."""
-    end_ns = _wall_ns(ans, started_ns, ans.marks["start"]) + int(ans.timings.get("total_ms", 0.0) * 1e6)
+    ends = [end for key, value in ans.marks.items() if key != "start" for _start, end in [value]]
+    end_ns = max([started_ns + int(ans.timings.get("total_ms", 0.0) * 1e6)]
+                 + [_wall_ns(ans, started_ns, end) for end in ends])  # total_ms is rounded: never before a stage
     contract = {**ans.contract, "answer": text_field(settings, ans.contract["answer"])}
     root = client.start_trace(TRACE_NAME, span_type="CHAIN", inputs={"question": text_field(settings, ans.question)},
                               tags=trace_tags(ans, requested=requested, source=source),
