@@ -18,6 +18,8 @@ EXPERIMENT_TRAINING = "tandem-lora-training"
 REGISTERED_MODEL = "tandem-adapter"
 ALIAS_CHAMPION, ALIAS_CHALLENGER, ALIAS_PREVIOUS = "champion", "challenger", "previous"
 TAG_PREFIX = "tandem."
+ASSESSMENT_RATING = "user_rating"  # feedback on an answer trace: true up, false down (POST /api/feedback)
+ASSESSMENT_CORRECTION = "corrected_answer"  # expectation on an answer trace: what it should have said
 
 
 def tag(name: str) -> str:

@@ -27,7 +27,7 @@ from tandem.config import Settings
 log = logging.getLogger(__name__)
 
 DATASET_NAME = "tandem-reviewed-answers"
-EXPECTATION = "corrected_answer"
+EXPECTATION = tracking.ASSESSMENT_CORRECTION
 MAX_FETCH = 5000
 ROW_PREFIX = "reviewed:"  # row ids never collide with the curated examples' ids
 

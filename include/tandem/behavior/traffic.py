@@ -42,7 +42,7 @@ TABLE_FILE = "traffic_table.json"
 SKIP = "skip"
 NOT_ENOUGH = "not_enough_traffic"
 MAX_FETCH = 5000  # traces read from one window at most (newest first) before sampling
-FEEDBACK_NAME = "user_rating"
+FEEDBACK_NAME = tracking.ASSESSMENT_RATING
 _LABEL = re.compile(r"^(base|v[0-9]{1,9})$")
 
 

@@ -13,20 +13,19 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from tandem import tracking
 from tandem.config import Settings
 from tandem.errors import NotFound, ServiceUnavailable
 from tandem.serve.trace_spans import text_field
 
-FEEDBACK_NAME = "user_rating"
-EXPECTATION_NAME = "corrected_answer"
+FEEDBACK_NAME = tracking.ASSESSMENT_RATING
+EXPECTATION_NAME = tracking.ASSESSMENT_CORRECTION
 PENDING_WAIT_SECONDS = 10  # a trace this process just recorded may still be on its way to MLflow
 
 
 def _find_trace(settings: Settings, trace_id: str, *, pending: bool) -> None:
     """Raise NotFound unless MLflow holds ``trace_id`` (waiting a little for one still being exported)."""
     from mlflow.exceptions import MlflowException
-
-    from tandem import tracking
 
     client = tracking.client(settings)
     deadline = time.monotonic() + (PENDING_WAIT_SECONDS if pending else 0)
