@@ -8,6 +8,8 @@ page to render, and writes PNGs to ``docs/images/``:
 - ``airflow-grid.png``: the grid of ``lora_retrain`` (or ``--dag``);
 - ``mlflow-registry.png``: the registered model ``tandem-adapter`` with its aliases;
 - ``mlflow-run.png``: the newest ``tandem-lora-training`` run;
+- ``mlflow-trace.png``: the trace of one answer (the newest of ``tandem serve`` given by an adapter, in
+  ``tandem-serving``) with its spans;
 - ``status-page.png``: the Tandem status page at ``/tandem/``.
 
     python docs/screenshots.py [--out docs/images] [--dag lora_retrain] [--timeout 30]
@@ -29,6 +31,7 @@ RENDERED = {
     "airflow-grid.png": "lora_retrain",
     "mlflow-registry.png": "tandem-adapter",
     "mlflow-run.png": "Metrics",
+    "mlflow-trace.png": "generation",
     "status-page.png": "Knowledge",
 }
 
@@ -94,6 +97,22 @@ def newest_training_run_url(settings) -> str:
     return f"{settings.mlflow_ui_url}/#/experiments/{exp.experiment_id}/runs/{runs[0].info.run_id}"
 
 
+def newest_trace_url(settings) -> str:
+    """One answer's trace: the newest given by an adapter version (else the newest at all)."""
+    from tandem import tracking
+
+    client = tracking.client(settings)
+    exp = client.get_experiment_by_name(settings.trace_experiment)
+    if exp is None:
+        return f"{settings.mlflow_ui_url}/#/experiments"
+    for where in ("tags.`tandem.adapter` != 'base'", None):
+        found = client.search_traces(locations=[exp.experiment_id], filter_string=where, max_results=1,
+                                     order_by=["timestamp_ms DESC"], include_spans=False)
+        if found:
+            return tracking.trace_url(settings, exp.experiment_id, found[0].info.trace_id)
+    return f"{settings.mlflow_ui_url}/#/experiments/{exp.experiment_id}/traces"
+
+
 def main(argv: list[str] | None = None) -> int:
     from tandem.config import Settings
 
@@ -122,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         pages = [(f"{settings.airflow_url}/dags/{args.dag}", "airflow-grid.png", 900),
                  (f"{settings.mlflow_ui_url}/#/models/tandem-adapter", "mlflow-registry.png", 900),
                  (newest_training_run_url(settings), "mlflow-run.png", 900),
+                 (newest_trace_url(settings), "mlflow-trace.png", 1000),
                  (f"{settings.airflow_url}/tandem/", "status-page.png", 1700)]
         for url, name, height in pages:
             text = args.dag if name == "airflow-grid.png" else RENDERED[name]

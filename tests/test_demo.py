@@ -153,7 +153,17 @@ def test_fast_demo_end_to_end_on_celery_workers(base_model_path):
                                                                                   for r in check["rows"])
         assert "release-2 questions answered with the new value and without the old one" in proc.stdout
 
-        for needle in ("== 7. Where to look", "/dags/lora_retrain", "#/models/tandem-adapter", "/tandem/"):
+        # step 7: the base model serves; the traffic eval finds the drop in its answers and triggers the retrain
+        traffic = o["traffic"]
+        assert traffic["before"]["adapter"] == "v1" and traffic["before"]["n"] >= check["n"], traffic["before"]
+        assert traffic["after"]["adapter"] == "base" and traffic["after"]["n"] == check["n"], traffic["after"]
+        assert traffic["adapter"] == "base" and traffic["n"] == traffic["n_in_window"] == check["n"], traffic
+        assert (traffic["decision"], traffic["kind"]) == ("retrain", "behavior"), traffic
+        assert traffic["metrics"]["json_valid"] < traffic["before"]["metrics"]["json_valid"], traffic
+        assert "json_valid" in traffic["lora_retrain"]["conf"]["failing_metrics"], traffic["lora_retrain"]
+        assert traffic["lora_retrain"]["conf"]["eval_run_id"] == traffic["eval_run_id"], traffic["lora_retrain"]
+
+        for needle in ("== 8. Where to look", "/dags/lora_retrain", "#/models/tandem-adapter", "/tandem/"):
             assert needle in proc.stdout
         _assert_ran_on_workers(report["hosts"])
         # the stack's own schedules work after the demo: the index remembers the sources it was published from

@@ -73,3 +73,12 @@ def airflow_context_tags(settings: Settings) -> dict[str, str]:
 def run_url(settings: Settings, experiment_id: str, run_id: str) -> str:
     base = settings.mlflow_ui_url.rstrip("/")
     return f"{base}/#/experiments/{experiment_id}/runs/{run_id}" if base else run_id
+
+
+def trace_url(settings: Settings, experiment_id: str, trace_id: str) -> str:
+    """The MLflow UI's view of one trace (its experiment's Traces tab with the trace open)."""
+    from urllib.parse import urlencode
+
+    base = settings.mlflow_ui_url.rstrip("/")
+    query = urlencode({"selectedEvaluationId": trace_id})
+    return f"{base}/#/experiments/{experiment_id}/traces?{query}" if base else trace_id

@@ -11,7 +11,8 @@ the demo for them to apply):
   held-out questions);
 - the spec: the demo spec with a shorter context per chunk, fewer new tokens, fewer counterfactual probes, and
   lower contract thresholds and a wider base-model tolerance (a few steps, and rates over a handful of rows);
-- ``lora_retrain`` trains ``MAX_STEPS`` steps (``TANDEM_RETRAIN_MAX_STEPS``).
+- ``lora_retrain`` trains ``MAX_STEPS`` steps (``TANDEM_RETRAIN_MAX_STEPS``);
+- ``tandem serve`` re-reads the champion alias every ``CHAMPION_CHECK_SECONDS`` (step 7 waits for it).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ EVAL_ANSWERABLE = 5
 EVAL_UNANSWERABLE = 1
 TRAIN_ROWS = 56
 MAX_STEPS = 20
+CHAMPION_CHECK_SECONDS = 2
 SPEC_OVERRIDES = {"prompt": {"max_context_chars": 400}, "generation": {"max_new_tokens": 64, "batch_size": 8},
                   # ~8 held-out rows and 6 eval examples: one miss moves a rate by 0.12-0.17, and 20 steps are
                   # not 40 (measured after 20 steps: schema_valid 0.875, citations_valid 0.75 on 8 rows)
@@ -67,4 +69,6 @@ def prepare(folder: Path) -> dict[str, str]:
         "TANDEM_TRAIN_SET_PATH": str(_write_jsonl(folder / "train_set.jsonl", train)),
         "TANDEM_SPEC_PATH": str(folder / "behavior_spec.yaml"),
         "TANDEM_RETRAIN_MAX_STEPS": str(MAX_STEPS),
+        # step 7 waits for `tandem serve` to re-read the champion alias after `promote base`: 3 s, not 31
+        "TANDEM_CHAMPION_CHECK_SECONDS": str(CHAMPION_CHECK_SECONDS),
     }

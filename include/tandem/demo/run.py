@@ -8,9 +8,13 @@
 4. ``behavior_eval`` re-runs on the new champion (triggered by the ``behavior_adapter`` asset).
 5. Release 2 is applied to the source folder and ``knowledge_reindex`` runs: only changed docs re-embed.
 6. ``tandem ask`` asks about a fact release 2 changed, and answers with the new value; then every release-2
-   question goes through the same answer path, and the demo counts the answers that give the new value and
-   not the old one (the knowledge cadence's end-to-end measure: the index has the fact, does the model use it?).
-7. Where to look: Airflow grids, MLflow experiments and registry, the Tandem status page.
+   question goes through ``tandem serve`` (each answer an MLflow trace), and the demo counts the answers that
+   give the new value and not the old one (the knowledge cadence's end-to-end measure: the index has the
+   fact, does the model use it?).
+7. Live traffic (``tandem.demo.traffic``): the base model serves (``promote base``), the same questions go
+   through ``tandem serve`` again, and ``behavior_eval`` on ``source: traffic`` finds the behavior drop in the
+   answers users got and triggers ``lora_retrain``.
+8. Where to look: Airflow grids, MLflow experiments, traces and registry, the Tandem status page.
 
 The demo owns ``$TANDEM_HOME/demo/`` (its source folder and a state file). A second run continues an
 unfinished demo from its next step, or resets a finished one (``--reset`` forces a reset); it says which.
@@ -31,6 +35,7 @@ from tandem import tracking
 from tandem.airflow.rest import AirflowClient, DagRun
 from tandem.config import Settings
 from tandem.demo import data, fast
+from tandem.demo.traffic import TrafficStep, ask_serve
 from tandem.errors import JobFailed, TandemError, UserError
 
 # The release-2 question step 6 asks: the per-file limit of incident attachments, 25 MB in release 1, 50 MB in
@@ -40,7 +45,7 @@ from tandem.errors import JobFailed, TandemError, UserError
 # see tandem.demo.fast.ASK_QUESTION.
 ASK_QUESTION = "r009"
 
-STEPS = ("reindex_release1", "eval_base", "retrain", "eval_champion", "reindex_release2", "ask")
+STEPS = ("reindex_release1", "eval_base", "retrain", "eval_champion", "reindex_release2", "ask", "traffic")
 
 
 class Demo:
@@ -271,20 +276,20 @@ class Demo:
                 "release2": check}
 
     def release2_check(self) -> dict:
-        """Every release-2 question through the answer path (one model load): how many get the new value?"""
-        from tandem.serve.adapter_cache import AdapterCache
-        from tandem.serve.answer import answer, load_spec
+        """Every release-2 question through ``tandem serve`` at once (it batches them): how many get the new
+        value? The answers are live traffic too: step 7 reads their traces back."""
+        import datetime as dt
+
+        from tandem.serve.answer import load_spec
 
         questions = [q for q in data.read_jsonl(data.RELEASE2_QUESTIONS_PATH) if q["answerable"]]
-        cache = AdapterCache(self.settings)
         refusal = load_spec(self.settings).style.refusal_text
-        rows, started = [], time.monotonic()
-        for i, q in enumerate(questions, 1):
-            a = answer(self.settings, q["question"], cache=cache)
-            rows.append(release2_verdict(q, a.to_dict(), refusal))
-            if i % 5 == 0 or i == len(questions):
-                self.say(f"    release-2 questions: {i}/{len(questions)} answered "
-                         f"({i / (time.monotonic() - started):.2f}/s)")
+        since = dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=1)
+        answers = ask_serve(self.settings, [q["question"] for q in questions], self.say)
+        rows = [release2_verdict(q, a, refusal) for q, a in zip(questions, answers)]
+        self.state["traffic"] = {"questions": [q["question"] for q in questions], "since": since.isoformat(),
+                                 "adapter": answers[0]["adapter"] if answers else "base",
+                                 "trace_ids": sorted(a["trace_id"] for a in answers if a.get("trace_id"))}
         summary = {key: sum(1 for r in rows if r[key]) for key in
                    ("new_value", "new_without_old", "old_value", "refused", "cites_changed_doc", "valid",
                     "ungrounded")}
@@ -299,11 +304,11 @@ class Demo:
 
     def where_to_look(self) -> None:
         s = self.settings
-        self.say("\n== 7. Where to look")
+        self.say(f"\n== {len(STEPS) + 1}. Where to look")
         for dag_id in ("knowledge_reindex", "behavior_eval", "lora_retrain"):
             self.say(f"   Airflow grid   {s.airflow_url}/dags/{dag_id}")
         self.say(f"   MLflow         {s.mlflow_ui_url}/#/experiments  (tandem-knowledge, tandem-behavior-eval, "
-                 "tandem-lora-training)")
+                 f"tandem-lora-training; the answer traces in {s.trace_experiment})")
         self.say(f"   Registry       {s.mlflow_ui_url}/#/models/tandem-adapter  (aliases champion / previous)")
         self.say(f"   Tandem page    {s.airflow_url}/tandem/")
 
@@ -316,6 +321,7 @@ class Demo:
             "eval_champion": self.eval_champion,
             "reindex_release2": lambda: self.reindex(2),
             "ask": self.ask,
+            "traffic": TrafficStep(self).run,
         }
         for name in todo:
             self._step(name, actions[name])
