@@ -69,6 +69,13 @@ def _nonneg_int(text: str) -> int:
     return value
 
 
+def _pos_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise ValueError(f"must be > 0, got {value}")
+    return value
+
+
 def _fraction(text: str) -> float:
     value = float(text)
     if not 0.0 <= value <= 1.0:
@@ -185,7 +192,8 @@ SETTINGS: tuple[Setting, ...] = (
     # --- knowledge cadence
     Setting("sources", lambda s: str(s["home"] / "knowledge"), _list,
             "Comma-separated source roots (paths or s3://, gs:// URIs) for the knowledge index."),
-    Setting("include_globs", "**/*.md,**/*.markdown,**/*.txt,**/*.rst,**/*.html,**/*.htm", _list,
+    Setting("include_globs", "**/*.md,**/*.markdown,**/*.txt,**/*.rst,**/*.html,**/*.htm,**/*.csv,**/*.pdf,"
+                             "**/*.docx,**/*.pptx,**/*.xlsx", _list,
             "Comma-separated globs of files to index, relative to each source root (`**` spans folders; `!glob` excludes)."),
     Setting("exclude_globs", "**/.*/**,**/.*", _list, "Comma-separated globs to skip."),
     Setting("index_name", "default", str, "Name of the knowledge index (tables are prefixed with it)."),
@@ -195,7 +203,16 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("chunk_overlap", 32, _nonneg_int, "Overlap between consecutive chunks, in tokens."),
     Setting("embed_batch_size", 64, _pos_int, "Chunks per embedding batch."),
     Setting("reindex_batch_docs", 200, _pos_int, "Documents per mapped Airflow batch task."),
-    Setting("max_file_bytes", 5_000_000, _pos_int, "Files larger than this are rejected with a per-document error."),
+    Setting("max_file_bytes", 50_000_000, _pos_int, "Files larger than this are rejected with a per-document error."),
+    Setting("extract_timeout_seconds", 60.0, _pos_float,
+            "Longest one PDF or Office file may take to extract (in a worker process, stopped past it: the file "
+            "fails with this reason, the batch goes on)."),
+    Setting("extract_max_memory_mb", 1024, _pos_int,
+            "Address space of the worker process that extracts PDF and Office files (a file needing more fails "
+            "alone)."),
+    Setting("extract_max_unzipped_bytes", 200_000_000, _pos_int,
+            "Most bytes an Office file (a zip) may unzip to; more is refused as a zip bomb before any parser "
+            "opens it."),
     Setting("max_attempts", 3, _pos_int, "A document failing this many runs in a row is quarantined."),
     Setting("mass_delete_fraction", 0.2, _fraction,
             "A run that would delete more than this fraction of documents fails unless allow_mass_delete is set."),

@@ -111,6 +111,8 @@ def format_context(contexts: Sequence[Any], max_chars: int = 700, question: str 
         text = _cut(field(ctx, "text"), max_chars, question)
         title = field(ctx, "title")
         header = f"[{i}] doc_id: {field(ctx, 'doc_id')}" + (f" | title: {title}" if title else "")
+        location = field(ctx, "location")  # a PDF page, a slide, a sheet; none for text formats
+        header += f" | location: {location}" if location else ""
         blocks.append(f"{header}\n{text}")
     return "\n\n".join(blocks)
 

@@ -17,6 +17,7 @@ from tandem.config import Settings
 from tandem.db import ident
 from tandem.errors import JobFailed
 from tandem.knowledge import fingerprint, lock, store
+from tandem.knowledge.formats.bounded import BoundedExtractor
 from tandem.knowledge.plan import ReindexPlan
 from tandem.knowledge.progress import Progress
 from tandem.knowledge.summary import rounded
@@ -93,11 +94,18 @@ class _Batch:
                                      max_seq_length=min(chunk_cfg.max_seq_length, self.embedder.max_seq_length),
                                      model_ref=info.ref)
         self.reader = src.Reader()
+        self.extractor = BoundedExtractor.from_settings(settings)  # PDF, Office: a worker starts at the first
         self.group_chunks = max(settings.embed_batch_size * 16, 256)  # length-sorted in a group: big groups pad less
         self.lease = lock.Lease(settings.db_url, self.n, owner, None)
         self.conn = None
 
     def run(self, conn) -> None:
+        try:
+            self._run(conn)
+        finally:
+            self.extractor.close()
+
+    def _run(self, conn) -> None:
         self.conn = conn
         docs = self._documents()
         self.stats["docs"] = len(docs)
@@ -142,7 +150,7 @@ class _Batch:
         from tandem.knowledge.chunking import chunk_document
 
         t0 = time.monotonic()
-        doc, marker, error = scan.load(self.reader, doc_id, uri, self.settings.max_file_bytes)
+        doc, marker, error = scan.load(self.reader, doc_id, uri, self.settings.max_file_bytes, self.extractor)
         self.times["read"] += time.monotonic() - t0
         if error is None and planned_hash is not None and marker != planned_hash:  # the file changed since the plan
             writer.record_changed_during_run(self.conn, self.n, owner=self.owner, run_id=self.plan.run_id,

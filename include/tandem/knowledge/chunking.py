@@ -50,6 +50,7 @@ class Chunk:
     title: str
     heading_path: str
     text: str
+    location: str = ""  # the part it came from: "p. 12", "slide 3", "sheet Prices" ("" for text formats)
 
     @property
     def context(self) -> str:
@@ -74,15 +75,15 @@ def _splitter(budget: int, overlap: int, model_ref: str):
                             tokenizer=token_counter(model_ref), paragraph_separator="\n\n")
 
 
-def _sections(doc: Extracted) -> list[tuple[list[str], str]]:
-    """[(heading path parts, section body)] in document order."""
+def _sections(doc: Extracted, text: str) -> list[tuple[list[str], str]]:
+    """[(heading path parts, section body)] of ``text`` (the document or one of its parts), in order."""
     if doc.fmt != "markdown":
-        return [([], doc.text)]
+        return [([], text)]
     from llama_index.core.node_parser import MarkdownNodeParser
     from llama_index.core.schema import Document
 
     nodes = MarkdownNodeParser(include_metadata=True, include_prev_next_rel=False) \
-        .get_nodes_from_documents([Document(text=doc.text)])
+        .get_nodes_from_documents([Document(text=text)])
     out = []
     for node in nodes:
         text = node.get_content()
@@ -143,17 +144,18 @@ def chunk_document(doc_id: str, doc: Extracted, config: ChunkConfig) -> list[Chu
     limit = min(config.chunk_size, config.max_seq_length - 2)
     doc_hash = doc.content_hash
     chunks: list[Chunk] = []
-    sections = _sections(doc) or [([], doc.text)]  # only headings: index the headings' text itself
-    for parts, body in sections:
-        body = tables_as_records(body)
-        heading_path = HEADING_SEP.join(parts)
-        context = f"{doc.title}{HEADING_SEP}{heading_path}" if heading_path else doc.title
-        budget = max(MIN_BUDGET, limit - len(count(context + "\n\n")))
-        for piece in _splitter(budget, config.chunk_overlap, config.model_ref).split_text(body):
-            piece = piece.strip()
-            if not piece:
-                continue
-            ordinal = len(chunks)
-            chunks.append(Chunk(chunk_id=chunk_id(doc_id, doc_hash, ordinal), doc_id=doc_id, ordinal=ordinal,
-                                title=doc.title, heading_path=heading_path, text=piece))
+    for part in doc.located_parts:  # a page, slide or sheet is chunked alone: a chunk has one location
+        sections = _sections(doc, part.text) or [([], part.text)]  # only headings: index the headings' text
+        for parts, body in sections:
+            body = tables_as_records(body)
+            heading_path = HEADING_SEP.join(parts)
+            context = f"{doc.title}{HEADING_SEP}{heading_path}" if heading_path else doc.title
+            budget = max(MIN_BUDGET, limit - len(count(context + "\n\n")))
+            for piece in _splitter(budget, config.chunk_overlap, config.model_ref).split_text(body):
+                piece = piece.strip()
+                if not piece:
+                    continue
+                ordinal = len(chunks)
+                chunks.append(Chunk(chunk_id=chunk_id(doc_id, doc_hash, ordinal), doc_id=doc_id, ordinal=ordinal,
+                                    title=doc.title, heading_path=heading_path, text=piece, location=part.location))
     return chunks

@@ -1,8 +1,9 @@
 """Bytes -> normalised text and title, and the content hash.
 
 Formats: Markdown (.md, .markdown), plain text (.txt and anything else selected), reStructuredText (.rst,
-section titles become Markdown headings) and HTML (.html, .htm: text extracted, h1..h6 become Markdown
-headings). Everything is normalised the same way (``NORMALISATION``, part of the embedding-space
+section titles become Markdown headings), HTML (.html, .htm: text extracted, h1..h6 become Markdown
+headings) and CSV (.csv: a Markdown table, its first row the header). PDF, Word, PowerPoint and Excel are
+``tandem.knowledge.formats`` (extracted in a bounded worker process, in parts that keep their location). Everything is normalised the same way (``NORMALISATION``, part of the embedding-space
 fingerprint): NFC, ``\\n`` newlines, no trailing spaces, at most one blank line in a row.
 
 The content hash is sha256 over the title and the normalised text only: never mtime, size or crawl time.
@@ -23,14 +24,28 @@ class ExtractError(Exception):
 
 
 @dataclasses.dataclass(frozen=True)
+class Part:
+    """A piece of a document that has a location of its own: a PDF page (``p. 12``), a slide, a sheet."""
+
+    location: str  # "" when the heading path is the only location (text formats, Word)
+    text: str
+
+
+@dataclasses.dataclass(frozen=True)
 class Extracted:
     title: str
-    text: str  # normalised; Markdown headings mark the structure (md, rst, html)
+    text: str  # normalised; Markdown headings mark the structure (md, rst, html, csv, the binary formats)
     fmt: str  # "markdown" or "text"
+    parts: tuple[Part, ...] = ()  # the binary formats: the text in located parts (empty: one part, no location)
+    doc_hash: str | None = None  # the binary formats: the hash of the bytes and the extractor (formats)
 
     @property
     def content_hash(self) -> str:
-        return content_hash(self.title, self.text)
+        return self.doc_hash or content_hash(self.title, self.text)
+
+    @property
+    def located_parts(self) -> tuple[Part, ...]:
+        return self.parts or (Part("", self.text),)
 
 
 def content_hash(title: str, text: str) -> str:
@@ -49,6 +64,8 @@ def format_of(path: str) -> str:
         return "rst"
     if low.endswith((".html", ".htm")):
         return "html"
+    if low.endswith(".csv"):
+        return "csv"
     return "txt"
 
 
@@ -74,7 +91,7 @@ def decode(data: bytes) -> str:
                            "re-save the file as UTF-8") from None
 
 
-def _stem_title(path: str) -> str:
+def stem_title(path: str) -> str:
     stem = path.rsplit("/", 1)[-1].rsplit(".", 1)[0]
     return re.sub(r"[-_]+", " ", stem).strip() or stem
 
@@ -159,8 +176,32 @@ def html_to_markdown(data: str) -> tuple[str | None, str]:
     return title, text
 
 
+def csv_to_markdown(raw: str) -> str:
+    """A CSV file as one Markdown table (its dialect sniffed; the first row is the header)."""
+    import csv
+    import io
+
+    from tandem.knowledge.formats.tables import markdown_table
+
+    try:
+        dialect = csv.Sniffer().sniff(raw[:8192], delimiters=",;\t|")
+    except csv.Error:
+        dialect = csv.excel
+    try:
+        return markdown_table(csv.reader(io.StringIO(raw), dialect))
+    except csv.Error as exc:
+        raise ExtractError(f"not a readable CSV ({exc}): check its quoting") from None
+
+
 def extract(path: str, data: bytes) -> Extracted:
-    """Extract one document. ``path`` is its relative path (for the format and a fallback title)."""
+    """Extract one text document. ``path`` is its relative path (for the format and a fallback title).
+
+    PDF and Office files are not text: ``tandem.knowledge.formats`` extracts them, in a bounded process."""
+    from tandem.knowledge.formats import binary_format
+
+    if binary_format(path) is not None:
+        raise ExtractError(f"{path} is a {binary_format(path).upper()} file: extract it with "
+                           "tandem.knowledge.formats.bounded (the reindex does)")
     fmt = format_of(path)
     raw = decode(data)
     title: str | None
@@ -170,6 +211,9 @@ def extract(path: str, data: bytes) -> Extracted:
     elif fmt == "rst":
         text, out_fmt = normalise(rst_to_markdown(raw)), "markdown"
         title = markdown_title(text)
+    elif fmt == "csv":
+        text, out_fmt = normalise(csv_to_markdown(raw)), "markdown"
+        title = None
     elif fmt == "md":
         text, out_fmt = normalise(raw), "markdown"
         title = markdown_title(text)
@@ -178,5 +222,5 @@ def extract(path: str, data: bytes) -> Extracted:
         title = None
     if not text:
         raise ExtractError("no text after extraction" if fmt == "html" else "empty file (only whitespace)")
-    title = normalise(title or "") or _stem_title(path)
+    title = normalise(title or "") or stem_title(path)
     return Extracted(title=title[:500], text=text, fmt=out_fmt)

@@ -35,7 +35,7 @@ class TandemRetriever(BaseRetriever):
         for h in hits:
             node = TextNode(id_=h.chunk_id, text=h.text, metadata={
                 "doc_id": h.doc_id, "title": h.title, "uri": h.uri, "heading_path": h.heading_path,
-                "vector_similarity": h.vector_similarity})
+                "location": h.location, "vector_similarity": h.vector_similarity})
             node.excluded_embed_metadata_keys = list(node.metadata)
             out.append(NodeWithScore(node=node, score=h.score))
         return out

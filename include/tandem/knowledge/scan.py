@@ -1,5 +1,7 @@
 """The scan: every selected file of every source, read and extracted, as (doc id, uri, hash or error).
 
+A binary document (PDF, Office) is only read and hashed here (``load``); the batch extracts it.
+
 A file that cannot be a document (broken symlink, not a regular file, unreadable, too large, empty,
 undecodable, binary) becomes a row with the reason. Its ``content_hash`` is then a marker of the failing
 content, so the same failure repeated counts towards quarantine, and a fixed file is retried at once.
@@ -7,10 +9,12 @@ content, so the same failure repeated counts towards quarantine, and a fixed fil
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 from typing import Iterable, Iterator
 
+from tandem.knowledge import formats
 from tandem.knowledge import sources as src
 from tandem.knowledge.diff import ScanRow
 from tandem.knowledge.extract import ExtractError, Extracted, extract
@@ -22,8 +26,14 @@ def _marker(kind: str, payload: bytes) -> str:
     return f"error:{kind}:" + hashlib.sha256(payload).hexdigest()[:32]
 
 
-def load(reader: src.Reader, doc_id: str, uri: str, max_bytes: int) -> tuple[Extracted | None, str, str | None]:
-    """(extracted or None, content hash or failure marker, error reason or None)."""
+def load(reader: src.Reader, doc_id: str, uri: str, max_bytes: int, extractor=None,
+         ) -> tuple[Extracted | None, str, str | None]:
+    """(extracted or None, content hash or failure marker, error reason or None).
+
+    A binary document (PDF, Office: ``tandem.knowledge.formats``) is hashed from its bytes and extractor; it
+    is extracted only with an ``extractor`` (a ``BoundedExtractor``: the batch), never in the plan's scan. Its
+    failure keeps that hash, so the same file failing again counts towards quarantine.
+    """
     rel = doc_id.split("/", 1)[1] if "/" in doc_id else doc_id
     try:
         data = reader.read(uri, max_bytes)
@@ -37,6 +47,15 @@ def load(reader: src.Reader, doc_id: str, uri: str, max_bytes: int) -> tuple[Ext
         return None, _marker("unreadable", uri.encode()), f"unreadable: permission denied ({exc.strerror or exc})"
     except OSError as exc:
         return None, _marker("unreadable", uri.encode()), f"unreadable: {exc.strerror or exc}"
+    fmt = formats.binary_format(rel)
+    if fmt is not None:
+        digest = formats.document_hash(fmt, data)
+        if extractor is None:
+            return None, digest, None
+        try:  # the hash is this process's (the plan's): the worker's extractor id can only be the same or stale
+            return dataclasses.replace(extractor.extract(fmt, rel, data), doc_hash=digest), digest, None
+        except ExtractError as exc:
+            return None, digest, str(exc)
     try:
         doc = extract(rel, data)
     except ExtractError as exc:

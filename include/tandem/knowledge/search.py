@@ -57,6 +57,12 @@ class Hit:
     text: str
     score: float  # the fused score (RRF in hybrid mode; cosine similarity in vector mode; ts_rank in keyword mode)
     vector_similarity: float | None = None
+    location: str = ""  # where in the document: "p. 12", "slide 3", "sheet Prices" ("" for text formats)
+
+    @property
+    def cited_as(self) -> str:
+        """``manual.pdf p. 12``: the document's file name and the location, or the doc id alone."""
+        return f"{self.doc_id.rsplit('/', 1)[-1]} {self.location}" if self.location else self.doc_id
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -221,7 +227,8 @@ def search_space(conn: psycopg.Connection, table: str, query: str, vector, *, re
         return []
     visible, vparams = store.visible(release)
     rows = conn.execute(sql.SQL("""
-        SELECT chunk_id, doc_id, title, uri, heading_path, text, 1 - (embedding <=> %s) FROM {t}
+        SELECT chunk_id, doc_id, title, uri, heading_path, text, 1 - (embedding <=> %s),
+               coalesce(metadata->>'location', '') FROM {t}
         WHERE chunk_id = ANY(%s) AND {v}""").format(t=t, v=visible),
         [vector, [cid for cid, _ in top], *vparams]).fetchall()
     by_id = {r[0]: r for r in rows}
@@ -231,7 +238,7 @@ def search_space(conn: psycopg.Connection, table: str, query: str, vector, *, re
         if r is None:
             continue
         hits.append(Hit(doc_id=r[1], chunk_id=cid, title=r[2], uri=r[3], heading_path=r[4], text=r[5],
-                        score=float(score), vector_similarity=float(r[6])))
+                        score=float(score), vector_similarity=float(r[6]), location=r[7]))
     return hits
 
 

@@ -51,7 +51,7 @@ def write_document(conn: psycopg.Connection, n: Names, *, table: str, space_no: 
     with conn.transaction():
         lock.check(conn, n, owner)
         rel = doc.doc_id.split("/", 1)[1] if "/" in doc.doc_id else doc.doc_id
-        metadata = json.dumps({"format": doc.fmt, "path": rel})
+        metadata = {"format": doc.fmt, "path": rel}
         # a retried batch of the same run rewrites the document's candidate rows
         conn.execute(sql.SQL("DELETE FROM {t} WHERE doc_id = %s AND rel_from = %s").format(t=t), (doc.doc_id, release))
         with conn.cursor() as cur:
@@ -60,7 +60,8 @@ def write_document(conn: psycopg.Connection, n: Names, *, table: str, space_no: 
                                  text, metadata, fingerprint, embedding)
                 VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)""").format(t=t),
                 [(c.chunk_id, release, doc.doc_id, c.ordinal, doc.content_hash, doc.source, doc.uri, c.title,
-                  c.heading_path, c.text, metadata, fingerprint, vec)
+                  c.heading_path, c.text, json.dumps({**metadata, "location": c.location} if c.location else metadata),
+                  fingerprint, vec)
                  for c, vec in zip(doc.chunks, doc.vectors)])
         faults.point("doc_write", doc_id=doc.doc_id)
         conn.execute(sql.SQL("UPDATE {t} SET rel_to = %s WHERE doc_id = %s AND rel_to IS NULL AND rel_from < %s")

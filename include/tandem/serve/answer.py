@@ -51,7 +51,7 @@ class Answer:
 
     question: str
     contract: dict[str, Any]  # {"answer": str, "citations": [doc_id], "confidence": "high"|"medium"|"low"}
-    sources: list[dict[str, str]]  # the cited documents: doc_id, title, uri (in citation order)
+    sources: list[dict[str, Any]]  # the cited documents: doc_id, title, uri, locations (in citation order)
     adapter: str  # "base" or "v<version>"
     index_version: str | None
     refused: bool  # answered with the spec's refusal without generating (similarity under the threshold)
@@ -81,7 +81,7 @@ class Answer:
         if self.sources:
             lines.append("Citations:")
             for i, src in enumerate(self.sources, 1):
-                lines.append(f"  [{i}] {src['title'] or src['doc_id']} ({src['doc_id']})")
+                lines.append(f"  [{i}] {src['title'] or src['doc_id']} ({cited_as(src)})")
                 lines.append(f"      {src['uri']}")
         else:
             lines.append("Citations: none")
@@ -247,17 +247,30 @@ def _doc_texts(hits) -> dict[str, list[str]]:
     return texts
 
 
-def _sources(hits, citations: list[str]) -> list[dict[str, str]]:
-    """The cited documents with title and URI, in citation order."""
+def _sources(hits, citations: list[str]) -> list[dict[str, Any]]:
+    """The cited documents with title, URI and the locations of their retrieved chunks, in citation order."""
     first_hit: dict[str, Any] = {}
+    locations: dict[str, list[str]] = {}
     for h in hits:
         first_hit.setdefault(h.doc_id, h)
-    return [{"doc_id": cid, "title": first_hit[cid].title, "uri": first_hit[cid].uri} for cid in citations]
+        where = getattr(h, "location", "")
+        if where and where not in locations.setdefault(h.doc_id, []):
+            locations[h.doc_id].append(where)
+    return [{"doc_id": cid, "title": first_hit[cid].title, "uri": first_hit[cid].uri,
+             "locations": locations.get(cid, [])} for cid in citations]
+
+
+def cited_as(source: dict[str, Any]) -> str:
+    """``manual.pdf p. 12, p. 14``: a cited document's file name and locations (its doc id when it has none)."""
+    if not source.get("locations"):
+        return source["doc_id"]
+    return f"{source['doc_id'].rsplit('/', 1)[-1]} {', '.join(source['locations'])}"
 
 
 def _retrieved_rows(hits) -> list[dict[str, Any]]:
     return [{"doc_id": h.doc_id, "chunk_id": h.chunk_id, "title": h.title, "uri": h.uri, "score": round(h.score, 6),
-             "vector_similarity": None if h.vector_similarity is None else round(h.vector_similarity, 4)}
+             "vector_similarity": None if h.vector_similarity is None else round(h.vector_similarity, 4),
+             "location": getattr(h, "location", "")}
             for h in hits]
 
 

@@ -65,6 +65,9 @@ class Source(BaseModel):
     doc_id: str
     title: str
     uri: str
+    locations: list[str] = Field([], description="Where in the document its retrieved chunks are: PDF pages "
+                                                 "('p. 12'), slides ('slide 3'), sheets ('sheet Prices'); "
+                                                 "empty for text formats.")
 
 
 class Retrieved(BaseModel):
@@ -74,6 +77,7 @@ class Retrieved(BaseModel):
     uri: str
     score: float
     vector_similarity: float | None
+    location: str = Field("", description="The chunk's page, slide or sheet ('' for text formats).")
 
 
 class AskResponse(BaseModel):
