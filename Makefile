@@ -59,8 +59,9 @@ test: setup redis
 	$(BIN)/python -m pytest -q --durations=30 -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder $(PYTEST_ARGS)
 
 # The peers the benchmarks run beside Tandem (LlamaIndex's PGVectorStore and HuggingFaceEmbedding).
-$(VENV)/.bench-installed: benchmarks/requirements.txt $(VENV)/.installed
+$(VENV)/.bench-installed: benchmarks/requirements.txt benchmarks/requirements-readers.txt $(VENV)/.installed
 	$(BIN)/pip install -q -r benchmarks/requirements.txt
+	$(BIN)/pip install -q --no-deps -r benchmarks/requirements-readers.txt
 	touch $@
 
 bench-knowledge: setup $(VENV)/.bench-installed

@@ -27,6 +27,9 @@
           PGVectorStore, UPSERTS_AND_DELETE; same model, chunk size and Postgres), each run a fresh process, on
           the ``--docs`` corpus and on ``--peer-real-docs`` (150) real-text files (a spread of /usr/share/doc, or
           ``--peer-folder``): cold, no change, 1% of the files changed (target: Tandem ahead in every phase).
+11. extraction  PDF, Word, PowerPoint and Excel files to chunks, Tandem's bounded extraction beside LlamaIndex's
+          SimpleDirectoryReader default readers on the same ``--extract-files`` files per format
+          (benchmarks/bench_extraction.py; target: at least as fast, with locations).
 10. folder (``--folder PATH``) Cold index of any folder of real text (for example /usr/share/doc).
 
 Every figure is the median of ``--runs`` (>= 3) runs. The benchmark starts its own embedded Postgres under
@@ -37,7 +40,7 @@ The 10,000-document index of the no-change figure is seeded through the real pip
 stand-in for the model (the run being measured embeds nothing, and embedding ~5M tokens takes ~20+ minutes
 on 2 cores); ``--real-seed`` seeds it with the real model instead.
 
-Usage: python benchmarks/bench_knowledge.py [--only cold,coldreal,incr,nochange,fixed,verify,publish,query,backends,backendsreal,canary,diff,peer] [--docs 2000]
+Usage: python benchmarks/bench_knowledge.py [--only cold,coldreal,incr,nochange,fixed,verify,publish,query,backends,backendsreal,canary,diff,peer,extraction] [--docs 2000]
        [--nochange-docs 10000] [--publish-docs 40000] [--query-chunks 100000] [--queries 200] [--runs 3]
        [--threads 2]
        [--folder PATH] [--db-url URL] [--quick] [--json]
@@ -971,6 +974,10 @@ def report(out: dict) -> str:
             f"{fx[b]['one_doc_seconds_median']:.2f}s (target <= 5 s)" for b in ("torch", "onnx") if b in fx]
     if out.get("peer"):
         lines += _peer_lines(out["peer"])
+    if out.get("extraction"):
+        from bench_extraction import lines as extraction_lines
+
+        lines += extraction_lines(out["extraction"])
     f = out.get("folder")
     if f:
         lines += [f"folder {f['folder']}: {f['docs']} docs ({f['failed']} failed), {f['chunks']} chunks, "
@@ -981,7 +988,7 @@ def report(out: dict) -> str:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--only", default="cold,coldreal,incr,nochange,fixed,verify,publish,query,backends,backendsreal,canary,"
-                                     "fusion,diff,peer")
+                                     "fusion,diff,peer,extraction")
     p.add_argument("--backend-texts", type=int, default=2000, help="chunk texts of the backend comparison")
     p.add_argument("--baseline-rev", default="7cdacfe",
                    help="git revision whose search (before releases) is timed beside today's on the same table")
@@ -1005,6 +1012,7 @@ def main(argv=None) -> int:
     p.add_argument("--peer-corpora", default="synthetic,realtext", help="corpora of the peer comparison")
     p.add_argument("--peer-cold-runs-synthetic", type=int, default=1,
                    help="cold builds of the synthetic corpus per tool in the peer comparison (~8 min each)")
+    p.add_argument("--extract-files", type=int, default=20, help="files per format of the extraction benchmark")
     p.add_argument("--db-url", default=None)
     p.add_argument("--home", default="/tmp/tandem-bench-knowledge")
     p.add_argument("--mlflow-uri", default="http://127.0.0.1:9")
@@ -1015,6 +1023,7 @@ def main(argv=None) -> int:
     if args.quick:
         args.docs, args.nochange_docs, args.query_chunks, args.queries, args.diff_docs = 100, 500, 5000, 50, 20000
         args.publish_docs, args.backend_texts, args.peer_real_docs = 400, 200, 20
+        args.extract_files = 3
     if args.runs < 3:
         log("note: fewer than 3 runs: medians are not the reported standard")
     args.full_runs = args.runs if args.full_runs is None else args.full_runs
@@ -1063,6 +1072,10 @@ def main(argv=None) -> int:
             bench_fixed(args, settings, out)
         if "peer" in only:
             bench_peer(args, settings, out)
+        if "extraction" in only:
+            from bench_extraction import bench_extraction
+
+            bench_extraction(args, settings, out)
         if args.folder:
             bench_folder(args, settings, out)
     finally:
