@@ -12,7 +12,7 @@ page to render, and writes PNGs to ``docs/images/``:
   ``tandem-serving``) with its spans;
 - ``status-page.png``: the Tandem status page at ``/tandem/``.
 
-    python docs/screenshots.py [--out docs/images] [--dag lora_retrain] [--timeout 30]
+    python docs/screenshots.py [--out docs/images] [--dag lora_retrain] [--timeout 30] [--only mlflow-trace.png]
 """
 
 from __future__ import annotations
@@ -120,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=REPO / "docs" / "images")
     ap.add_argument("--dag", default="lora_retrain", help="the DAG whose grid is shot")
     ap.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for each page to render")
+    ap.add_argument("--only", default="", help="comma-separated file names to take (default: all)")
     args = ap.parse_args(argv)
     for path, package in ((CHROMIUM, "chromium"), (CHROMEDRIVER, "chromium-driver")):
         if not Path(path).exists():
@@ -143,7 +144,10 @@ def main(argv: list[str] | None = None) -> int:
                  (newest_training_run_url(settings), "mlflow-run.png", 900),
                  (newest_trace_url(settings), "mlflow-trace.png", 1000),
                  (f"{settings.airflow_url}/tandem/", "status-page.png", 1700)]
+        wanted = {n.strip() for n in args.only.split(",") if n.strip()}
         for url, name, height in pages:
+            if wanted and name not in wanted:
+                continue
             text = args.dag if name == "airflow-grid.png" else RENDERED[name]
             browser.shot(url, args.out / name, text, height=height)
     finally:

@@ -75,6 +75,16 @@ def test_recent_retrain_holds():
     assert d.anti_flap["retrain_allowed_after"] == (NOW + dt.timedelta(hours=19)).isoformat(timespec="seconds")
 
 
+def test_a_retrain_stamped_after_now_is_just_now_not_negative():
+    # another worker's clock a second ahead: with no spacing required the retrain is allowed, with 24 h it holds
+    hist = antiflap.History(3, (NOW + dt.timedelta(seconds=2),))
+    policy = dataclasses.replace(SPEC.anti_flap, min_hours_between_retrains=0)
+    verdict = antiflap.check(policy, hist, current_failing=True, now=NOW)
+    assert verdict.allowed and verdict.hours_since_last_retrain == 0.0
+    held = antiflap.check(SPEC.anti_flap, hist, current_failing=True, now=NOW)
+    assert not held.allowed and "last retrain 0.0 h ago" in held.reasons[0]
+
+
 def test_weekly_budget_holds():
     times = (NOW - dt.timedelta(days=2), NOW - dt.timedelta(days=5), NOW - dt.timedelta(days=9))
     d = decide(SPEC, metrics(schema_valid=0.1), counts(behavior=8), missing_docs={},

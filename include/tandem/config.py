@@ -218,7 +218,7 @@ SETTINGS: tuple[Setting, ...] = (
             "A run that would delete more than this fraction of documents fails unless allow_mass_delete is set."),
     Setting("retrieval_fusion", "weighted-rrf", _fusion,
             "How hybrid search fuses its vector and keyword lists: rrf, or weighted-rrf (the keyword list counts "
-            "half and the best vector match also counts as the keyword list's first, so a close match without "
+            "0.4 and the best vector match also counts as the keyword list's first, so a close match without "
             "the question's words stays in the top k). A change is measured by the next release's canary."),
     Setting("hnsw_ef_search", 128, _pos_int,
             "pgvector hnsw.ef_search for queries (128: recall@10 ~0.96 at 100k chunks, see bench-knowledge)."),

@@ -69,7 +69,9 @@ def check(policy, history: History, *, current_failing: bool, now: dt.datetime |
     streak = history.failing_streak + (1 if current_failing else 0)
     recent = [t for t in history.retrain_times if now - _utc(t) < WEEK]
     last = history.last_retrain_at
-    hours = None if last is None else (now - _utc(last)).total_seconds() / 3600
+    # a retrain stamped a moment after ``now`` (another worker's clock, or a trigger queued while this eval ran)
+    # happened just now: 0 h, never negative (with min_hours_between_retrains 0, -0.0 < 0 held a retrain)
+    hours = None if last is None else max(0.0, (now - _utc(last)).total_seconds() / 3600)
     reasons = []
     if streak < policy.consecutive_failures:
         reasons.append(f"{streak} failing eval(s) in a row, the policy needs {policy.consecutive_failures}")

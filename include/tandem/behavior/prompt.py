@@ -97,23 +97,31 @@ def window(text: str, max_chars: int, question: str = "") -> str:
     return _cut(text, max_chars, question)
 
 
+def shown_text(ctx: Any, max_chars: int = 700, question: str = "") -> str:
+    """One chunk as the model sees it: its section (the heading path, when it has one: a changelog bullet's
+    version is in its heading) on a line of its own, then its text windowed to ``max_chars``."""
+    text = _cut(field(ctx, "text"), max_chars, question)
+    section = field(ctx, "heading_path")
+    return f"section: {section}\n{text}" if section else text
+
+
 def context_text(contexts: Sequence[Any], max_chars: int = 700, question: str = "") -> str:
-    """The chunk texts exactly as the model sees them (windowed to ``max_chars``), for checking what it was shown."""
-    return "\n".join(_cut(field(ctx, "text"), max_chars, question) for ctx in contexts)
+    """The chunks exactly as the model sees them (sections and windowed texts), for checking what it was shown."""
+    return "\n".join(shown_text(ctx, max_chars, question) for ctx in contexts)
 
 
 def format_context(contexts: Sequence[Any], max_chars: int = 700, question: str = "") -> str:
-    """Each chunk under a header naming its doc id (and title), its text windowed to ``max_chars`` characters."""
+    """Each chunk under a header naming its doc id (and title, location), then its section and its text
+    windowed to ``max_chars`` characters."""
     if not contexts:
         return "(no documents)"
     blocks = []
     for i, ctx in enumerate(contexts, start=1):
-        text = _cut(field(ctx, "text"), max_chars, question)
         title = field(ctx, "title")
         header = f"[{i}] doc_id: {field(ctx, 'doc_id')}" + (f" | title: {title}" if title else "")
         location = field(ctx, "location")  # a PDF page, a slide, a sheet; none for text formats
         header += f" | location: {location}" if location else ""
-        blocks.append(f"{header}\n{text}")
+        blocks.append(f"{header}\n{shown_text(ctx, max_chars, question)}")
     return "\n\n".join(blocks)
 
 
