@@ -51,6 +51,16 @@ class Browser:
         self.driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
         self.timeout = timeout
 
+    def basic_auth(self, user: str | None, password: str | None) -> None:
+        """Send HTTP basic auth with every request from now on (None: stop sending it)."""
+        import base64
+
+        self.driver.execute_cdp_cmd("Network.enable", {})
+        headers = {}
+        if user:
+            headers["Authorization"] = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+        self.driver.execute_cdp_cmd("Network.setExtraHTTPHeaders", {"headers": headers})
+
     def cookie(self, name: str, value: str) -> None:
         self.driver.add_cookie({"name": name, "value": value, "path": "/"})
 
@@ -82,11 +92,9 @@ def airflow_token(settings) -> str:
 
 
 def newest_training_run_url(settings) -> str:
-    from mlflow.tracking import MlflowClient
-
     from tandem import tracking
 
-    client = MlflowClient(settings.mlflow_uri)
+    client = tracking.client(settings)  # signed in: the local server asks for basic auth
     exp = client.get_experiment_by_name(tracking.EXPERIMENT_TRAINING)
     if exp is None:
         return f"{settings.mlflow_ui_url}/#/experiments"
@@ -134,6 +142,9 @@ def main(argv: list[str] | None = None) -> int:
     except TandemError as exc:
         print(f"screenshots: {exc}; run `make up` and `make demo` first", file=sys.stderr)
         return 2
+    from tandem import mlflow_auth
+
+    mlflow_env = mlflow_auth.client_env(settings)
     args.out.mkdir(parents=True, exist_ok=True)
     browser = Browser(timeout=args.timeout)
     try:
@@ -149,6 +160,10 @@ def main(argv: list[str] | None = None) -> int:
             if wanted and name not in wanted:
                 continue
             text = args.dag if name == "airflow-grid.png" else RENDERED[name]
+            if url.startswith(settings.mlflow_ui_url):  # the local MLflow server asks for basic auth
+                browser.basic_auth(mlflow_env.get(mlflow_auth.USERNAME_VAR), mlflow_env.get(mlflow_auth.PASSWORD_VAR))
+            else:
+                browser.basic_auth(None, None)
             browser.shot(url, args.out / name, text, height=height)
     finally:
         browser.close()

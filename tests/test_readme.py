@@ -26,3 +26,15 @@ def test_readme_make_targets_exist():
 def test_ci_runs_the_readme_test_command():
     assert "make test" in README
     assert re.search(r"^make test$", (REPO / ".ci/run").read_text(), flags=re.M)
+
+
+def test_every_image_and_local_link_of_the_docs_exists():
+    missing = []
+    for doc in [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]:
+        for target in re.findall(r"\]\(([^)\s]+)\)", doc.read_text()):
+            path = target.split("#", 1)[0]
+            if not path or re.match(r"[a-z]+:", path):  # an anchor in the same file, or a URL
+                continue
+            if not (doc.parent / path).exists():
+                missing.append(f"{doc.relative_to(REPO)} -> {target}")
+    assert not missing, f"links to files that do not exist (make them, or fix the link): {missing}"
