@@ -8,6 +8,7 @@ prepared once into it if missing.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -202,3 +203,16 @@ def pytest_xdist_make_scheduler(config, log):
 def pytest_collection_modifyitems(session, config, items):
     rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A failing test that talked to `tandem serve` processes shows the tail of each one's log: a 500 from a
+    process is otherwise only "Internal Server Error", its traceback in a log nobody sees."""
+    report = yield
+    if report.failed and "serve_fixtures" in sys.modules:
+        from serve_fixtures import SERVE_LOGS, log_tail
+
+        for path in SERVE_LOGS[-3:]:
+            report.sections.append((f"tandem serve log {path.name} (tail)", log_tail(path)))
+    return report

@@ -64,8 +64,13 @@ def flip_champion(settings, flips: list, versions: tuple[str, str], times: int, 
         flips.append((before, time.monotonic(), target))
 
 
+SERVE_LOGS: list[Path] = []  # the logs of the serve processes started this session (a failure shows their tails)
+
+
 def start_serve(settings):
-    """A real `tandem serve` process on a free port with ``settings``; returns (Popen, url) once healthy."""
+    """A real `tandem serve` process on a free port with ``settings``; returns (Popen, url) once healthy. Its
+    output goes to a log file under the home (a pipe nobody reads would block it once full); a failing test
+    shows that log's tail (``pytest_runtest_makereport`` in conftest.py)."""
     import subprocess
     import sys
     import time
@@ -77,18 +82,33 @@ def start_serve(settings):
     port = process.free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("TANDEM_")}
     env.update(settings.replace(serve_port=port).as_env())
-    proc = subprocess.Popen([str(Path(sys.executable).parent / "tandem"), "serve"], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    log_path = settings.logs_dir / f"test-serve-{port}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("wb") as out:
+        proc = subprocess.Popen([str(Path(sys.executable).parent / "tandem"), "serve"], env=env, stdout=out,
+                                stderr=subprocess.STDOUT)
+    SERVE_LOGS.append(log_path)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and proc.poll() is None:
         try:
             if httpx.get(f"{url}/health", timeout=2).status_code == 200:
                 return proc, url
         except httpx.HTTPError:
             time.sleep(0.3)
     proc.kill()
-    pytest.fail("tandem serve did not become healthy: " + (proc.stdout.read() or "")[-3000:])
+    proc.wait(timeout=30)
+    pytest.fail("tandem serve did not become healthy: " + log_tail(log_path))
+
+
+def log_tail(path: Path, chars: int = 6000) -> str:
+    """The last ``chars`` characters of a log file ("" when it is gone)."""
+    try:
+        return path.read_bytes()[-chars:].decode("utf-8", "replace")
+    except OSError:
+        return ""
+
+
 @pytest.fixture(scope="module")
 def serve_process(serve_settings, serve_index):
     """A `tandem serve` process for one test module, with a token of its own: (settings, url)."""

@@ -137,6 +137,30 @@ def test_missing_index_and_missing_champion_are_503_with_what_to_run(airflow_app
         configure(sub, settings=serve_settings, cache=serve_cache)
 
 
+def test_an_unforeseen_failure_is_a_json_500_that_says_where_to_look(serve_settings, serve_cache, serve_index,
+                                                                     monkeypatch):
+    """Not a user's mistake and no known outage (a bug, a broken disk): JSON with the error and a fix, from
+    the serve process (the plugin passes a JSON reply on as it is), never bare "Internal Server Error" text."""
+    from fastapi.testclient import TestClient
+
+    from tandem.serve import answer
+    from tandem.serve.server import create_serve_app
+
+    def broken(*_args, **_kwargs):
+        raise OSError("[Errno 5] Input/output error: 'model.safetensors'")  # what a failing disk raises
+
+    monkeypatch.setattr(answer, "_retrieve", broken)
+    app = create_serve_app(serve_settings.replace(serve_token="t-unforeseen", trace_answers=False),
+                           cache=serve_cache, warm=False)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        resp = client.post("/api/ask", json={"question": ANSWERABLE, "adapter": "base"},
+                           headers={"Authorization": "Bearer t-unforeseen"})
+        assert resp.status_code == 500 and resp.headers["content-type"] == "application/json"
+        assert "OSError" in resp.json()["error"] and "Input/output error" in resp.json()["error"]
+        assert "log" in resp.json()["fix"]
+        assert client.get("/health").status_code == 200  # the process goes on
+
+
 def test_valid_question_refused_under_threshold(airflow_app, serve_index):
     resp = airflow_app.client.post("/tandem/api/ask", json={"question": OFF_TOPIC, "k": 2, "adapter": "base"},
                                    headers=airflow_app.headers())

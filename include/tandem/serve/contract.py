@@ -170,6 +170,14 @@ def install_error_handlers(app: FastAPI, login_fix: str = AIRFLOW_LOGIN_FIX) -> 
         log.error("tandem error: %s", exc)
         return _error(500, exc.message, exc.fix)
 
+    @app.exception_handler(Exception)  # a bug or an unforeseen failure: JSON that says where to look, not bare text
+    async def _unexpected(request: Request, exc: Exception):
+        log.error("unexpected %s on %s %s: %s (the traceback follows from the server)", type(exc).__name__,
+                  request.method, request.url.path, exc)
+        return _error(500, f"an unexpected error answering {request.url.path}: {type(exc).__name__}: {exc}"[:500],
+                      "this is not your request's fault: the process's log has the traceback; retry, and report "
+                      "it if it repeats")
+
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError):
         problems = []
