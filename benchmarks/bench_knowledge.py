@@ -374,7 +374,7 @@ def bench_fusion(args, settings, out: dict) -> None:
             f = s.replace(retrieval_fusion=fusion)
             with db.connection(f.db_url) as conn:
                 g = canary.evaluate(conn, pinned.table, search.embedder_for(f, pinned), golden, f.canary_k,
-                                    f.hnsw_ef_search, release=pinned.release_no, fusion=fusion)
+                                    f.hnsw_ef_search, release=pinned.index_version, fusion=fusion)
             held = [all(contains(context_text(search.search(f, e.question, k=spec.retrieval_k, at=pinned),
                                               spec.max_context_chars, e.question), fact) for fact in e.gold_facts)
                     for e in examples]
@@ -697,7 +697,7 @@ def bench_diff(args, settings, out: dict) -> None:
                                             " status, index_version) FROM STDIN").format(sql.Identifier(n.manifest))) as cp:
                 for i in range(total):
                     cp.write_row((1, f"acme/d/{i:07d}.md", "acme", f"file:///kb/d/{i:07d}.md", "t", h(i), 3,
-                                  "indexed", "1.1"))
+                                  "indexed", 1))
             conn.commit()
             conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(n.manifest)))
             conn.commit()

@@ -212,8 +212,8 @@ def load_index(settings, rows: list[dict], vecs) -> str:
             first = conn.execute(sql.SQL("SELECT text FROM {t} WHERE chunk_id = %s").format(t=db.ident(live.table)),
                                  (rows[0]["chunk_id"],)).fetchone()
             if count == len(rows) and first and first[0] == rows[0]["text"]:
-                log(f"index {settings.index_name} already holds the {count} chunks (version {live.version})")
-                return live.version
+                log(f"index {settings.index_name} already holds the {count} chunks (version {live.index_version})")
+                return live.index_version
             raise SystemExit(f"index {settings.index_name} in {settings.home} holds another corpus ({count} chunks): "
                              f"delete {settings.home} or pass another --home")
         space, _mode = spaces.target(conn, n, fp, spec, info.dim, full=True)
@@ -240,7 +240,7 @@ def load_index(settings, rows: list[dict], vecs) -> str:
         conn.commit()
         spaces.drop_tables(conn, drop)
         log(f"HNSW built in {time.monotonic() - started:.1f}s; release {release} published")
-        return spaces.version(release)
+        return release
 
 
 # --- the figures
@@ -267,12 +267,12 @@ def bench_retrieval(settings, queries: list[str], runs: int) -> dict:
             vec = embedder.encode([q])[0]
             embed.append((time.perf_counter() - t0) * 1000)
             t0 = time.perf_counter()
-            search_space(conn, space.table, q, vec, release=space.release_no, k=5, ef_search=settings.hnsw_ef_search)
+            search_space(conn, space.table, q, vec, release=space.index_version, k=5, ef_search=settings.hnsw_ef_search)
             sql_only.append((time.perf_counter() - t0) * 1000)
             conn.rollback()
             for mode, times in by_mode.items():  # where the SQL time goes
                 t0 = time.perf_counter()
-                search_space(conn, space.table, q, vec, release=space.release_no, k=5, mode=mode, ef_search=settings.hnsw_ef_search)
+                search_space(conn, space.table, q, vec, release=space.index_version, k=5, mode=mode, ef_search=settings.hnsw_ef_search)
                 times.append((time.perf_counter() - t0) * 1000)
                 conn.rollback()
     conn.close()

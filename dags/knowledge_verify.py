@@ -54,7 +54,7 @@ def knowledge_verify():
             raise AirflowFailException(f"the index drifted from its sources ({len(report['drifted_documents'])} "
                                        "documents); trigger knowledge_verify with repair=true or run "
                                        "`tandem index verify --repair`")
-        return {"ok": report["ok"], "release": report["release"], "check_id": report["check_id"]}
+        return {"ok": report["ok"], "index_version": report["index_version"], "check_id": report["check_id"]}
 
     @task(outlets=[KNOWLEDGE_INDEX])
     def repair(checked: dict, params=None, **context) -> dict:
@@ -72,7 +72,7 @@ def knowledge_verify():
         run = (report.get("repaired") or {}).get("run") or {}
         context["outlet_events"][KNOWLEDGE_INDEX].extra = {"index_version": report["index_version"],
                                                            "action": "verify_repair", "summary": run}
-        return {"ok": True, "release": report["release"]}
+        return {"ok": True, "index_version": report["index_version"]}
 
     repair(verify())
 

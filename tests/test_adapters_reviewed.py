@@ -17,7 +17,7 @@ def _answer(question: str, citations: list[str]):
     now = time.perf_counter()
     return Answer(question=question, contract={"answer": "The Pro plan costs $15.", "citations": citations,
                                                "confidence": "high"},
-                  sources=[], adapter="v1", index_version="1", refused=False, best_similarity=0.8, threshold=0.3,
+                  sources=[], adapter="v1", index_version=1, refused=False, best_similarity=0.8, threshold=0.3,
                   valid=True, violations=[], retrieved=[], raw_output="{}", spec_version="t",
                   timings={"retrieval_ms": 1.0, "generation_ms": 1.0, "adapter_load_ms": 0.0, "total_ms": 3.0},
                   marks={"start": now, "retrieval": (now, now), "generation": (now, now), "validation": (now, now)})

@@ -67,7 +67,7 @@ def test_cli_eval_holds_then_dag_triggers_lora_retrain(behavior_settings, behavi
     summary, decision = out["summary"], out["decision"]
     live_adapter = summary["adapter"]  # "base", or the champion's version
     assert summary["n"] == 3 and live_adapter and not summary["partial"]
-    assert summary["index_version"] == str(behavior_index["index_version"])
+    assert summary["index_version"] == behavior_index["index_version"]
     # the off-topic question is refused by the answer path's similarity gate, without generating; no
     # contract-valid answer to the two others fits in 16 tokens
     assert summary["refused_by_similarity"] == 1

@@ -28,7 +28,7 @@ def _answer(i: int, *, violations: list[str], refused: bool = False, adapter: st
         marks |= {"generation": (now + 0.01, now + 0.5), "validation": (now + 0.5, now + 0.51)}
     return Answer(question=f"question {i}", contract={"answer": f"answer {i}", "citations": [] if refused else ["d"],
                                                       "confidence": "low" if refused else "high"},
-                  sources=[], adapter=adapter, index_version="7", refused=refused, best_similarity=0.1 if refused else 0.8,
+                  sources=[], adapter=adapter, index_version=7, refused=refused, best_similarity=0.1 if refused else 0.8,
                   threshold=0.3, valid=not violations, violations=violations,
                   retrieved=[{"doc_id": "d", "chunk_id": f"d#{i}", "title": "D", "uri": "file:///d", "score": 0.5,
                               "vector_similarity": 0.8}],
@@ -157,7 +157,7 @@ def test_sampling_and_scoring_are_deterministic():
     from tandem.behavior.traffic import Row, sample, score
 
     rows = [Row(f"tr-{i:032x}", refused=i % 5 == 0, failed=["json_valid"] if i % 3 == 0 else [], rating=None,
-                index_release="1") for i in range(40)]
+                index_version=1) for i in range(40)]
     assert sample(rows, 10, seed=1) == sample(list(reversed(rows)), 10, seed=1)
     assert sample(rows, 10, seed=1) != sample(rows, 10, seed=2)
     metrics, counts = score(rows)

@@ -81,7 +81,7 @@ def test_airflow_dags_test_end_to_end(kn, corpus, airflow):
     assert_consistent(state)
     assert {d: r["hash"] for d, r in state["manifest"].items()} == expected_hashes(corpus)
     events = _asset_events(airflow)
-    assert len(events) == 1 and events[0]["index_version"] == "1"
+    assert len(events) == 1 and events[0]["index_version"] == 1
     assert events[0]["summary"]["new"] == 5 and events[0]["summary"]["status"] == "succeeded"
 
     from tandem.knowledge.status import index_status
@@ -99,7 +99,7 @@ def test_airflow_dags_test_end_to_end(kn, corpus, airflow):
     state = index_state(settings)
     assert_consistent(state)
     assert {d: r["hash"] for d, r in state["manifest"].items()} == expected_hashes(corpus)
-    assert _asset_events(airflow)[-1]["index_version"] == "2"
+    assert _asset_events(airflow)[-1]["index_version"] == 2
 
 
 @pytest.mark.airflow
@@ -125,6 +125,6 @@ def test_knowledge_verify_dag_fails_on_drift_and_repairs(kn, corpus, airflow):
     assert rc == 0 and states == {"verify": "success", "repair": "success"}, out[-3000:]
     assert index_status(kn)["last_verify"]["ok"] is True
     events = _asset_events(airflow)
-    assert len(events) == events_before + 1 and events[-1]["index_version"] == "2"
+    assert len(events) == events_before + 1 and events[-1]["index_version"] == 2
     assert events[-1]["action"] == "verify_repair"
     assert_consistent(index_state(kn))

@@ -74,13 +74,13 @@ def test_switching_a_live_index_from_torch_to_onnx_int8_and_back(kn, corpus, tmp
     first = reindex.run(settings, progress=False)
     assert first["canary"]["status"] == "baseline" and first["space"]["backend"] == "torch"
     switched = reindex.run(settings.replace(embed_backend="onnx-int8"), progress=False)
-    assert switched["mode"] == "build" and switched["space"]["switched"] and switched["index_version"] == "2"
+    assert switched["mode"] == "build" and switched["space"]["switched"] and switched["index_version"] == 2
     assert switched["space"]["backend"] == "onnx-int8"
     assert switched["canary"]["status"] == "passed"  # validated against the torch release before the switch
     # queries are embedded with the live space's backend, whatever this process is configured with
     hits = search.search(settings, "How much does the Pro plan cost per month?", k=3)
     assert hits[0].doc_id == "acme/pricing/plans.md"
     back = reindex.rollback(settings)
-    assert back["index_version"] == "1" and back["space_changed"]
+    assert back["index_version"] == 1 and back["space_changed"]
     assert search.search(settings, "Can I get a refund within 30 days?", k=1)[0].doc_id == "acme/policies/refunds.txt"
     assert os.path.exists(onnx_backend.export_dir(settings.models_dir, model_info(embedding_model_path("")).weights_sha256))

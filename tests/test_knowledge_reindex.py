@@ -23,7 +23,7 @@ TANDEM = str(Path(sys.executable).parent / "tandem")
 def test_add_change_delete_unchanged_exact_rows(kn, corpus):
     first = reindex.run(kn, progress=False)
     assert (first["new"], first["changed"], first["unchanged"], first["deleted"], first["failed"]) == (5, 0, 0, 0, 0)
-    assert first["status"] == "succeeded" and first["index_version"] == "1" and first["space"]["switched"]
+    assert first["status"] == "succeeded" and first["index_version"] == 1 and first["space"]["switched"]
     state = index_state(kn)
     assert_consistent(state)
     assert {d: r["hash"] for d, r in state["manifest"].items()} == expected_hashes(corpus)
@@ -36,7 +36,7 @@ def test_add_change_delete_unchanged_exact_rows(kn, corpus):
     (corpus / "security/sso.md").unlink()
     second = reindex.run(kn, progress=False)
     assert (second["new"], second["changed"], second["unchanged"], second["deleted"]) == (1, 1, 3, 1)
-    assert second["index_version"] == "2"
+    assert second["index_version"] == 2
     state = index_state(kn)
     assert_consistent(state)
     assert {d: r["hash"] for d, r in state["manifest"].items()} == expected_hashes(corpus)
@@ -50,7 +50,7 @@ def test_add_change_delete_unchanged_exact_rows(kn, corpus):
 
     # a rerun embeds nothing and keeps the version
     third = reindex.run(kn, progress=False)
-    assert third["chunks_embedded"] == 0 and third["unchanged"] == 5 and third["index_version"] == "2"
+    assert third["chunks_embedded"] == 0 and third["unchanged"] == 5 and third["index_version"] == 2
     assert (third["new"], third["changed"], third["deleted"]) == (0, 0, 0)
     assert index_state(kn)["chunks"] == state["chunks"]
 
@@ -63,7 +63,7 @@ def test_summary_is_logged_to_mlflow(kn):
     client = mlflow.MlflowClient(tracking_uri=kn.mlflow_uri)  # the run was logged over REST, not through mlflow
     run = client.get_run(summary["mlflow_run_id"])
     assert run.info.status == "FINISHED" and run.info.run_name == f"reindex {summary['run_id']}"
-    assert run.data.tags["tandem.index_version"] == summary["index_version"]
+    assert run.data.tags["tandem.index_version"] == str(summary["index_version"])
     assert run.data.tags["tandem.status"] == "succeeded" and run.data.params["embed_backend"] == "onnx"
     assert run.data.metrics["new"] == 5 and run.data.metrics["chunks_embedded"] == summary["chunks_embedded"]
     assert client.get_experiment(run.info.experiment_id).name == "tandem-knowledge"
@@ -184,9 +184,9 @@ def test_crash_after_k_documents_then_rerun_converges(kn, corpus):
     assert proc.returncode == 70, proc.stderr[-2000:]
     crashed = index_state(kn)
     assert crashed == before  # two documents were written into the candidate release: none of it is served
-    assert search.live_index_version(kn) == "1"
+    assert search.live_index_version(kn) == 1
     summary = reindex.run(settings, progress=False)  # takes over the dead run's lease at once
-    assert summary["changed"] + summary["new"] == 6 and summary["index_version"] == "3"  # release 2 failed
+    assert summary["changed"] + summary["new"] == 6 and summary["index_version"] == 3  # release 2 failed
     want = expected_hashes(corpus)
     final = index_state(kn)
     assert_consistent(final)

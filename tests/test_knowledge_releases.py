@@ -39,7 +39,7 @@ class Reader(threading.Thread):
         while not self.stop.is_set():
             try:
                 at = search.pin(self.settings)
-                self.seen.append((at.release_no, _results(self.settings, at)))
+                self.seen.append((at.index_version, _results(self.settings, at)))
             except Exception as exc:  # noqa: BLE001 - recorded and asserted on
                 self.errors.append(repr(exc))
 
@@ -63,7 +63,7 @@ def _change(corpus_root: Path) -> None:
 def test_a_fault_at_any_phase_leaves_the_published_release_exact(kn, corpus, tmp_path, fault):
     settings = kn.replace(canary_path=str(write_golden(tmp_path / "golden.jsonl", GOLDEN)), canary_k=3,
                           reindex_batch_docs=100)
-    assert reindex.run(settings, progress=False)["index_version"] == "1"
+    assert reindex.run(settings, progress=False)["index_version"] == 1
     old_results, old_state = _results(settings), index_state(settings)
     _change(corpus)
 
@@ -74,14 +74,14 @@ def test_a_fault_at_any_phase_leaves_the_published_release_exact(kn, corpus, tmp
     seen = reader.finish()
     assert proc.returncode == 70, proc.stderr[-2000:]
     assert seen and all(rel == 1 and res == old_results for rel, res in seen)  # only ever the old release
-    assert index_state(settings) == old_state and search.live_index_version(settings) == "1"
+    assert index_state(settings) == old_state and search.live_index_version(settings) == 1
 
     reader = Reader(settings)
     reader.start()
     summary = reindex.run(settings, progress=False)  # converges: the dead run's candidate is discarded first
     seen = reader.finish()
     new_results = _results(settings)
-    assert summary["status"] == "succeeded" and summary["index_version"] == "3"  # release 2 died
+    assert summary["status"] == "succeeded" and summary["index_version"] == 3  # release 2 died
     assert new_results != old_results
     assert {rel for rel, _ in seen} <= {1, 3}
     assert all(res == (old_results if rel == 1 else new_results) for rel, res in seen)  # never a mix
@@ -89,7 +89,7 @@ def test_a_fault_at_any_phase_leaves_the_published_release_exact(kn, corpus, tmp
     assert_consistent(state)
     assert {d: r["hash"] for d, r in state["manifest"].items()} == expected_hashes(corpus)
     with db.connection(settings.db_url) as conn:
-        statuses = {r["release"]: r["status"] for r in releases.listing(conn, store.names(settings.index_name))}
+        statuses = {r["index_version"]: r["status"] for r in releases.listing(conn, store.names(settings.index_name))}
     assert statuses == {1: "published", 2: "failed", 3: "published"}
 
 
@@ -102,11 +102,11 @@ def test_a_canary_failure_leaves_every_result_identical(kn, corpus, tmp_path):
                           "security/sso.md": "# Recipes\n\nBake the bread for forty minutes.\n"})
     with pytest.raises(JobFailed, match="release 2 was NOT published") as err:
         reindex.run(settings, progress=False)
-    assert err.value.summary["index_version"] == "1" and not err.value.summary["release"]["published"]
+    assert err.value.summary["index_version"] == 1 and not err.value.summary["release"]["published"]
     assert _results(settings) == before and index_state(settings) == state
     with db.connection(settings.db_url) as conn:
         failed = releases.listing(conn, store.names(settings.index_name))[0]
-    assert failed["release"] == 2 and failed["status"] == "failed" and failed["canary"]["status"] == "failed"
+    assert failed["index_version"] == 2 and failed["status"] == "failed" and failed["canary"]["status"] == "failed"
 
 
 def test_releases_rollback_steps_back_and_old_rows_are_collected(kn, corpus):
@@ -116,11 +116,11 @@ def test_releases_rollback_steps_back_and_old_rows_are_collected(kn, corpus):
     snapshots[1] = index_state(settings)
     for i in (2, 3, 4):
         (corpus / "pricing/plans.md").write_text(CORPUS["pricing/plans.md"] + f"\nRevision {i}.\n")
-        assert reindex.run(settings, progress=False)["index_version"] == str(i)
+        assert reindex.run(settings, progress=False)["index_version"] == i
         snapshots[i] = index_state(settings)
     n = store.names(settings.index_name)
     with db.connection(settings.db_url) as conn:
-        listed = {r["release"]: r["status"] for r in releases.listing(conn, n)}
+        listed = {r["index_version"]: r["status"] for r in releases.listing(conn, n)}
         table = search.pin(settings).table
         # rows only releases 1 and 2 could see were collected: the kept releases are 3 and 4
         stale = conn.execute(sql.SQL("SELECT count(*) FROM {t} WHERE rel_to <= 3").format(t=sql.Identifier(table)))
@@ -131,14 +131,14 @@ def test_releases_rollback_steps_back_and_old_rows_are_collected(kn, corpus):
                           env=cli_env(settings))
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
-    assert out["index_version"] == "3" and out["rolled_back_version"] == "4" and not out["space_changed"]
+    assert out["index_version"] == 3 and out["rolled_back_index_version"] == 4 and not out["space_changed"]
     assert out["asset_event"].startswith("not recorded")  # no Airflow in this test: said, not hidden
     assert index_state(settings) == snapshots[3]
     with pytest.raises(UserError, match="keeps no release before 3"):
         reindex.rollback(settings)
     # the next run starts from release 3: release 4's rows are discarded, and the sources win again
     summary = reindex.run(settings, progress=False)
-    assert summary["index_version"] == "5" and summary["changed"] == 1
+    assert summary["index_version"] == 5 and summary["changed"] == 1
     assert index_state(settings) == snapshots[4]
     proc = subprocess.run([TANDEM, "index", "releases"], capture_output=True, text=True, timeout=300,
                           env=cli_env(settings))
@@ -211,15 +211,53 @@ def test_an_index_built_before_releases_is_migrated_in_place(kn, corpus):
         conn.execute(sql.SQL("ALTER TABLE {t} DROP COLUMN rel_from, DROP COLUMN rel_to").format(t=i(table)))
         conn.execute(sql.SQL("ALTER TABLE {t} ADD PRIMARY KEY (chunk_id)").format(t=i(table)))
         conn.execute(sql.SQL("CREATE VIEW {v} AS SELECT * FROM {t}").format(v=i(n.live_view), t=i(table)))
-        conn.execute(sql.SQL("ALTER TABLE {s} DROP COLUMN release_no, ADD COLUMN rev integer NOT NULL DEFAULT 1")
+        conn.execute(sql.SQL("ALTER TABLE {s} DROP COLUMN index_version, ADD COLUMN rev integer NOT NULL DEFAULT 1")
                      .format(s=i(n.spaces)))
         conn.execute(sql.SQL("DELETE FROM {r}").format(r=i(n.releases)))
         conn.commit()
         store.ensure_schema(conn, n)
-    assert search.live_index_version(kn) == "1" and index_state(kn) == before
+    assert search.live_index_version(kn) == 1 and index_state(kn) == before
     assert verify.verify(kn)["ok"]
     (corpus / "pricing/plans.md").write_text(CORPUS["pricing/plans.md"] + "\nAfter the migration.\n")
     summary = reindex.run(kn, progress=False)
-    assert summary["index_version"] == "2" and summary["changed"] == 1
+    assert summary["index_version"] == 2 and summary["changed"] == 1
     assert_consistent(index_state(kn))
-    assert reindex.rollback(kn)["index_version"] == "1" and index_state(kn) == before
+    assert reindex.rollback(kn)["index_version"] == 1 and index_state(kn) == before
+
+
+def test_an_index_of_the_previous_round_gets_one_name_for_its_release_number(kn, corpus):
+    """The previous round named the release number ``release_no`` in four tables (``repair_release`` in the
+    checks) and stored it as text in the manifest; the next run or read renames it ``index_version``, an
+    integer everywhere, and the index serves, lists, verifies and rolls back as before."""
+    reindex.run(kn, progress=False)
+    (corpus / "pricing/plans.md").write_text(CORPUS["pricing/plans.md"] + "\nBefore the rename.\n")
+    reindex.run(kn, progress=False)
+    assert verify.verify(kn)["ok"]
+    before = index_state(kn)
+    n = store.names(kn.index_name)
+    i = sql.Identifier
+    with db.connection(kn.db_url) as conn:  # back to the previous round's shape, as it is on disk
+        for table in (n.spaces, n.runs, n.releases, n.checks):
+            conn.execute(sql.SQL("ALTER TABLE {t} RENAME COLUMN index_version TO release_no").format(t=i(table)))
+        conn.execute(sql.SQL("ALTER TABLE {c} RENAME COLUMN repair_index_version TO repair_release").format(
+            c=i(n.checks)))
+        conn.execute(sql.SQL("ALTER TABLE {m} ALTER COLUMN index_version TYPE text").format(m=i(n.manifest)))
+        conn.commit()
+        store.ensure_schema(conn, n)
+        kinds = {(table, name): kind for table, name, kind in conn.execute(
+            "SELECT attrelid::regclass::text, attname, format_type(atttypid, atttypmod) FROM pg_attribute "
+            "WHERE attrelid = ANY(%s::regclass[]) AND attnum > 0 AND NOT attisdropped",
+            ([n.spaces, n.runs, n.releases, n.checks, n.manifest],))}
+        listed = [(r["index_version"], r["status"]) for r in releases.listing(conn, n)]
+        last = verify.last_check(conn, n)
+    named = {key: kind for key, kind in kinds.items() if "release" in key[1] or "version" in key[1]}
+    assert named == {(t, "index_version"): "integer" for t in (n.spaces, n.runs, n.releases, n.checks, n.manifest)} | {
+        (n.checks, "repair_index_version"): "integer"}
+    assert listed == [(2, "published"), (1, "published")] and last["index_version"] == 2 and last["ok"]
+    assert search.live_index_version(kn) == 2 and index_state(kn) == before
+    with db.connection(kn.db_url) as conn:
+        versions = dict(conn.execute(sql.SQL("SELECT doc_id, index_version FROM {m}").format(m=i(n.manifest))))
+    assert versions["acme/pricing/plans.md"] == 2 and set(versions.values()) == {1, 2}
+    (corpus / "pricing/plans.md").write_text(CORPUS["pricing/plans.md"] + "\nAfter the rename.\n")
+    assert reindex.run(kn, progress=False)["index_version"] == 3
+    assert reindex.rollback(kn)["index_version"] == 2 and index_state(kn) == before

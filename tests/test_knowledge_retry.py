@@ -34,13 +34,13 @@ def _tasks_until_finalize(settings):
 
 def _release_rows(settings):
     with db.connection(settings.db_url) as conn:
-        return {r["release"]: r["status"] for r in releases.listing(conn, store.names(settings.index_name))}
+        return {r["index_version"]: r["status"] for r in releases.listing(conn, store.names(settings.index_name))}
 
 
 @pytest.mark.parametrize("switch", [False, True], ids=["same-space", "space-switch"])
 def test_a_finalize_retried_after_publish_publishes_once(kn, corpus, monkeypatch, switch):
     first = reindex.run(kn, progress=False)
-    assert first["index_version"] == "1"
+    assert first["index_version"] == 1
     before = index_state(kn)
     if switch:
         settings = kn.replace(chunk_size=64)  # a new embedding space: the publish switches it in
@@ -53,23 +53,23 @@ def test_a_finalize_retried_after_publish_publishes_once(kn, corpus, monkeypatch
         monkeypatch.setattr(faults, "hook", _die_at("after_publish"))
         with pytest.raises(_Died):
             publish.finalize(settings, the_plan, stats, owner=owner, log_mlflow=False)
-        assert search.live_index_version(kn) == "2"  # the publish committed before the worker died
+        assert search.live_index_version(kn) == 2  # the publish committed before the worker died
         monkeypatch.setattr(faults, "hook", faults._no_fault)
         retried = publish.finalize(settings, the_plan, stats, owner=owner, log_mlflow=False)  # Airflow's retry
     finally:
         lease.release()
 
-    assert retried["status"] == "succeeded" and retried["index_version"] == "2"
+    assert retried["status"] == "succeeded" and retried["index_version"] == 2
     assert retried["release"]["published"] and retried["space"]["switched"] is switch
     assert _release_rows(kn) == {1: "published", 2: "published"}
     assert_consistent(index_state(settings))
     assert {d: r["hash"] for d, r in index_state(settings)["manifest"].items()} == expected_hashes(corpus)
     # a third try (the retry's report was lost too) returns the recorded summary, still one publish
     again = publish.finalize(settings, the_plan, stats, owner=owner, log_mlflow=False)
-    assert again["run_id"] == retried["run_id"] and again["index_version"] == "2"
+    assert again["run_id"] == retried["run_id"] and again["index_version"] == 2
     assert _release_rows(kn) == {1: "published", 2: "published"}
     if switch:
         st = index_status(kn)
         assert st["previous"]["no"] == 1 and st["live"]["no"] == 2  # the rollback target survived the retry
         reindex.rollback(kn)
-        assert search.live_index_version(kn) == "1" and index_state(kn)["table"] == before["table"]
+        assert search.live_index_version(kn) == 1 and index_state(kn)["table"] == before["table"]

@@ -121,5 +121,5 @@ def test_cli_search_and_status(indexed):
     assert proc.returncode == 2 and "FIELD=VALUE" in proc.stderr and "Traceback" not in proc.stderr
     proc = subprocess.run([TANDEM, "index", "status", "--json"], capture_output=True, text=True, env=env, timeout=300)
     status = json.loads(proc.stdout)
-    assert status["index_version"] == "1" and status["documents"] == 5 and status["chunks"] > 5
+    assert status["index_version"] == 1 and status["documents"] == 5 and status["chunks"] > 5
     assert status["last_run"]["status"] == "succeeded" and status["running"] is None

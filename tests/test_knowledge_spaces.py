@@ -30,7 +30,7 @@ def _view_table(settings) -> str:
 
 def test_fingerprint_change_builds_a_shadow_switches_and_rolls_back(kn, corpus):
     first = reindex.run(kn, progress=False)
-    assert first["index_version"] == "1"
+    assert first["index_version"] == 1
     old = index_state(kn)
     fp_old = first["space"]["fingerprint"]
 
@@ -39,14 +39,14 @@ def test_fingerprint_change_builds_a_shadow_switches_and_rolls_back(kn, corpus):
     proc = subprocess.run([TANDEM, "reindex"], capture_output=True, text=True, timeout=600,
                           env=fault_env(changed, {"crash_after_docs": 2}))
     assert proc.returncode == 70, proc.stderr[-2000:]
-    assert search.live_index_version(kn) == "1"
+    assert search.live_index_version(kn) == 1
     hits = search.search(kn, "Pro plan price", k=5)
     assert {h.chunk_id for h in hits} <= {c for c in _chunk_ids(kn, old["table"])}
     st = index_status(kn)
     assert st["building"]["no"] == 2 and st["live"]["no"] == 1
 
     second = reindex.run(changed, progress=False)  # resumes the shadow build, then switches
-    assert second["mode"] == "build" and second["space"]["switched"] and second["index_version"] == "3"  # release 2 was the crashed build
+    assert second["mode"] == "build" and second["space"]["switched"] and second["index_version"] == 3  # release 2 was the crashed build
     assert second["new"] == 3  # only what the crashed run had not written
     new = index_state(changed)
     assert_consistent(new)
@@ -61,7 +61,7 @@ def test_fingerprint_change_builds_a_shadow_switches_and_rolls_back(kn, corpus):
     proc = subprocess.run([TANDEM, "index", "rollback", "--json"], capture_output=True, text=True, timeout=300,
                           env=cli_env(kn))
     assert proc.returncode == 0, proc.stderr
-    assert search.live_index_version(kn) == "1" and _view_table(kn) == old["table"]
+    assert search.live_index_version(kn) == 1 and _view_table(kn) == old["table"]
     assert index_state(kn)["chunks"] == old["chunks"]
     # the rolled-back space is not rebuilt behind the user's back
     with pytest.raises(UserError, match="rolled back"):
@@ -114,7 +114,7 @@ def test_canary_blocks_the_switch_of_a_regressed_space(kn, corpus, tmp_path):
                           "security/sso.md": "# Recipes\n\nBake the bread for forty minutes.\n"})
     with pytest.raises(JobFailed, match="NOT switched"):
         reindex.run(settings.replace(chunk_size=64), progress=False)
-    assert search.live_index_version(settings) == "1"  # queries still read the validated space
+    assert search.live_index_version(settings) == 1  # queries still read the validated space
     n = store.names(settings.index_name)
     with db.connection(settings.db_url) as conn:
         assert spaces.by_status(conn, n, "building").space_no == 2

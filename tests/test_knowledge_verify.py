@@ -63,7 +63,7 @@ def test_verify_names_each_planted_drift_and_repair_fixes_exactly_those(kn, corp
         verify.verify(kn)
     reindex.run(kn, progress=False)
     rc, report, _ = _verify_cli(kn)
-    assert rc == 0 and report["ok"] and report["scanned"] == 5 and report["release"] == 1
+    assert rc == 0 and report["ok"] and report["scanned"] == 5 and report["index_version"] == 1
     assert all(report["drift"][k]["count"] == 0 for k in verify.KINDS)
 
     _plant(kn)
@@ -94,7 +94,7 @@ def test_verify_names_each_planted_drift_and_repair_fixes_exactly_those(kn, corp
     rc, report, _ = _verify_cli(kn, "--repair")
     assert rc == 0 and report["ok"], report["drift"]
     run = report["repaired"]["run"]
-    assert run["index_version"] == "2" and report["release"] == 2
+    assert run["index_version"] == 2 and report["index_version"] == 2
     assert run["new"] == 1 and run["changed"] == 4 and run["unchanged"] == 1  # exactly the drifted documents
     state = index_state(kn)
     assert_consistent(state)
@@ -131,7 +131,7 @@ def test_an_index_remembers_its_sources(kn, corpus):
     assert unset.is_default("sources") and not kn.is_default("sources")
     assert not Path(unset.sources[0]).exists()
     first = reindex.run(unset, sources=[f"acme={corpus}"], progress=False)
-    assert first["sources_from"] == "given" and first["index_version"] == "1"
+    assert first["sources_from"] == "given" and first["index_version"] == 1
     assert known_sources.resolve(unset) == ([f"acme={corpus.as_uri()}"], "index")
 
     report = verify.check(unset)
@@ -139,7 +139,7 @@ def test_an_index_remembers_its_sources(kn, corpus):
     assert "the index's last published run" in verify.text(report)
     again = reindex.run(unset, progress=False)  # the scheduled run: nothing named, nothing changed
     assert again["sources_from"] == "index"
-    assert (again["new"], again["changed"], again["deleted"]) == (0, 0, 0) and again["index_version"] == "1"
+    assert (again["new"], again["changed"], again["deleted"]) == (0, 0, 0) and again["index_version"] == 1
     planned = reindex.run(unset, dry_run=True, progress=False)  # what `tandem reindex --dry-run` prints
     assert planned["sources_from"] == "index" and (planned["new"], planned["changed"], planned["deleted"]) == (0, 0, 0)
     # a configured TANDEM_SOURCES wins over the index's memory

@@ -76,12 +76,12 @@ def page_html(page_app) -> str:
 def test_status_page_shows_both_cadences(page_html, serve_index, small_run):
     html = page_html
     # knowledge: version, counts, last run summary, canary chart
-    assert serve_index["index_version"] in html
+    assert str(serve_index["index_version"]) in html
     assert re.search(r"Documents</dt><dd>4\b", html)
     assert re.search(r"<b>4</b>new", html), re.search(r"What changed.*?</div>", html, re.S).group(0)  # the last reindex
     assert 'aria-label="canary hit@5"' in html and "<polyline" in html
     # releases: the live one marked, with its canary; verification never run yet, and said so
-    assert re.search(r"<code>" + re.escape(serve_index["index_version"]) + r'</code> <span class="badge ok">live</span>',
+    assert re.search(r"<code>" + re.escape(str(serve_index["index_version"])) + r'</code> <span class="badge ok">live</span>',
                      html)
     assert "Last verify</dt><dd>" in html and "never (knowledge_verify DAG" in html
     # behavior: champion and challenger with the gate reason, last eval with its decision and links

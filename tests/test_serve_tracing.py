@@ -102,13 +102,13 @@ def test_an_answer_is_one_trace_with_its_stages_and_tags(serve_process, traced_a
     spans = {span.name: span for span in trace.data.spans}
     assert set(spans) == SPANS
     tags = trace.info.tags
-    assert tags["tandem.index_release"] == data["index_version"]
+    assert tags["tandem.index_version"] == str(data["index_version"])
     assert tags["tandem.adapter"] == "base" and tags["tandem.adapter_ref"] == "base"
     assert tags["tandem.source"] == "serve" and tags["tandem.valid"] == str(data["valid"]).lower()
     assert tags["tandem.spec_version"] and float(tags["tandem.latency_ms"]) == data["timings"]["total_ms"]
     retrieval = spans["retrieval"]
     assert [c["chunk_id"] for c in retrieval.outputs["chunks"]] == [r["chunk_id"] for r in data["retrieved"]]
-    assert retrieval.attributes["tandem.index_release"] == data["index_version"]
+    assert retrieval.attributes["tandem.index_version"] == data["index_version"]
     generation = spans["generation"]
     assert generation.attributes["output_tokens"] > 0 and generation.outputs["raw_output"] == data["raw_output"]
     assert spans["validation"].outputs["valid"] == data["valid"]

@@ -109,9 +109,9 @@ def test_up_status_down_leaves_no_process(base_model_path):
         events = client.assets.get_asset_events(asset_id=client.asset_id(ASSET_URI)).asset_events
         assert [e.extra.get("tandem.test") for e in events] == ["lifecycle"]
         client.wait_for_dag("knowledge_reindex")  # `tandem index rollback` posts its event the same way
-        assert emit_knowledge_event(settings, {"index_version": "7", "action": "rollback"}) is None
+        assert emit_knowledge_event(settings, {"index_version": 7, "action": "rollback"}) is None
         events = client.assets.get_asset_events(asset_id=client.asset_id(KNOWLEDGE_URI)).asset_events
-        assert [(e.extra.get("index_version"), e.extra.get("action")) for e in events] == [("7", "rollback")]
+        assert [(e.extra.get("index_version"), e.extra.get("action")) for e in events] == [(7, "rollback")]
 
         again = _stack(home, "up", ports)
         assert again.returncode == 0 and "already running" in again.stdout, again.stdout + again.stderr

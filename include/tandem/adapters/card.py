@@ -30,7 +30,7 @@ def render(*, version_hint: str = "", base_model: str, base_sha256: str, params:
         "## Training data (RAFT)",
         f"- digest: `{dataset.get('digest', '')}`",
         f"- rows: {dataset.get('counts', {})}",
-        f"- source: `{dataset.get('source', '')}`, index version `{dataset.get('index_version', '')}`",
+        f"- source: `{dataset.get('source', '')}`, index version `{dataset.get('index_version') or '-'}`",
         "",
         "## Training",
         f"- LoRA r={params.get('lora_r')} alpha={params.get('lora_alpha')} dropout={params.get('lora_dropout')} "

@@ -67,7 +67,7 @@ class ChunkSource(Protocol):
         """The chunks of ``doc_id`` most relevant to ``query`` (at most ORACLE_CHUNKS_PER_DOC)."""
         ...
 
-    def version(self) -> str: ...
+    def index_version(self) -> int | None: ...
 
 
 @dataclasses.dataclass(frozen=True)
@@ -309,6 +309,6 @@ class IndexSource:
         hits = search(self.settings, query, ORACLE_CHUNKS_PER_DOC, filters={"doc_id": doc_id}, at=self._at())
         return [Chunk.from_hit(h) for h in hits]
 
-    def version(self) -> str:
+    def index_version(self) -> int | None:
         at = self._at()
-        return str(at.version) if at is not None else ""
+        return at.index_version if at is not None else None

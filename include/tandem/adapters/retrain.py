@@ -52,7 +52,7 @@ def prepare(settings: Settings, values: dict | None, *, progress: Callable[[int]
     spec = load_spec(settings.spec_path)
     examples = dataset.load_examples(settings.train_set_path)
     source = dataset.IndexSource(settings)
-    index_version = source.version()
+    index_version = source.index_version()
     started = time.monotonic()
     rows = dataset.build_rows(examples, source, spec, distractors=p.distractors,
                               no_oracle_fraction=p.no_oracle_fraction, holdout_fraction=p.holdout_fraction,

@@ -49,7 +49,7 @@ def _record(trace) -> dict[str, Any] | None:
     return {"inputs": {"question": question},
             "expectations": {EXPECTATION: latest.value, "cited_doc_ids": cited},
             "tags": {"trace_id": trace.info.trace_id, "adapter": tags.get("tandem.adapter", ""),
-                     "index_release": tags.get("tandem.index_release", "")}}
+                     "index_version": tags.get("tandem.index_version", tags.get("tandem.index_release", ""))}}
 
 
 def collect(settings: Settings) -> tuple[list[dict[str, Any]], dict[str, int]]:

@@ -48,7 +48,7 @@ class Prepared:
     adapter_path: str | None
     base_model: str
     base_sha256: str
-    index_version: str
+    index_version: int
 
     @property
     def adapter_label(self) -> str:
@@ -75,7 +75,7 @@ def prepare(settings: Settings, *, adapter: str = "champion", limit: int | None 
     return Prepared(spec=spec, examples=examples, eval_set_digest=file_digest(settings.eval_set_path),
                     partial=partial, adapter_ref=adapter, adapter_version=resolved.version,
                     adapter_path=str(resolved.path) if resolved.path else None, base_model=base_model,
-                    base_sha256=base_sha, index_version=str(index_version))
+                    base_sha256=base_sha, index_version=index_version)
 
 
 def retrieve(settings: Settings, spec: Spec, examples: list[Example],
@@ -96,8 +96,8 @@ def retrieve(settings: Settings, spec: Spec, examples: list[Example],
             progress("retrieve", 1, len(examples))
     seconds = time.monotonic() - started
     log.info("retrieved context for %d questions from index release %s in %.1fs (%.1f questions/s)", len(items),
-             pinned.version, seconds, len(items) / seconds if seconds else 0.0)
-    return items, pinned.version
+             pinned.index_version, seconds, len(items) / seconds if seconds else 0.0)
+    return items, pinned.index_version
 
 
 def _table(rows: list[dict]) -> dict[str, list]:

@@ -52,7 +52,7 @@ class Row:
     refused: bool
     failed: list[str]
     rating: bool | None  # True up, False down, None not rated
-    index_release: str | None
+    index_version: int | None
 
     @property
     def diagnosis(self) -> str:
@@ -80,6 +80,13 @@ def _rating(info) -> bool | None:
     return bool(latest.value)
 
 
+def _index_version(tags: dict) -> int | None:
+    """The release an answer was served from (``tandem.index_version``; ``tandem.index_release`` on traces
+    recorded before the one name); None when a trace has none."""
+    value = tags.get("tandem.index_version", tags.get("tandem.index_release"))
+    return int(value) if value is not None and str(value).isdigit() else None
+
+
 def fetch(settings: Settings, adapter_version: str, *, since: dt.datetime) -> list[Row]:
     """The traces answered by ``adapter_version`` since ``since`` (newest first, at most MAX_FETCH)."""
     client = tracking.client(settings)
@@ -98,7 +105,7 @@ def fetch(settings: Settings, adapter_version: str, *, since: dt.datetime) -> li
             tags = trace.info.tags
             failed = [v for v in tags.get("tandem.failed", "").split(",") if v in REFERENCE_FREE]
             rows.append(Row(trace.info.trace_id, tags.get("tandem.refused") == "true", failed, _rating(trace.info),
-                            tags.get("tandem.index_release")))
+                            _index_version(tags)))
         token = page.token
         if not token:
             break
@@ -236,7 +243,7 @@ def run(settings: Settings, *, adapter: str, source: str = "cli", now: dt.dateti
             "window_start": start.isoformat(timespec="seconds"), "window_end": end.isoformat(timespec="seconds"),
             "seed": tr.seed, "metrics": metrics, "counts": counts, "thresholds": dict(tr.thresholds),
             "missing_docs": {r.trace_id: ["no document close enough to the question"] for r in rows if r.refused},
-            "index_releases": sorted({r.index_release for r in rows if r.index_release})}
+            "index_versions": sorted({r.index_version for r in rows if r.index_version is not None})}
 
 
 def decide_and_record(settings: Settings, summary: dict[str, Any], *, now: dt.datetime | None = None) -> Decision:

@@ -131,7 +131,7 @@ def cmd_rollback(args) -> int:
     settings = _settings()
     result = reindex.rollback(settings)
     problem = events.emit_knowledge_event(settings, {"index_version": result["index_version"], "action": "rollback",
-                                                     "rolled_back_version": result["rolled_back_version"]})
+                                                     "rolled_back_index_version": result["rolled_back_index_version"]})
     result["asset_event"] = "recorded" if problem is None else f"not recorded: {problem}"
     if problem is not None:
         print(f"warning: the index was rolled back, but the knowledge_index asset event was not recorded: {problem}",
@@ -139,7 +139,7 @@ def cmd_rollback(args) -> int:
     where = (f" in the previous embedding space {result['space']} (fingerprint {result['fingerprint']})"
              if result["space_changed"] else "")
     emit(result, args.json, f"rolled back: release {result['index_version']} is live{where}; release "
-                            f"{result['rolled_back_version']} was rolled back")
+                            f"{result['rolled_back_index_version']} was rolled back")
     return 0
 
 
@@ -161,7 +161,7 @@ def cmd_releases(args) -> int:
     table = [["release", "status", "space", "run", "new", "changed", "deleted", "canary", "hit@k", "MRR", "published"]]
     for r in rows:
         c, k = r["canary"], r["counts"]
-        table.append([f"{r['release']}{' *' if r['live'] else ''}", r["status"], r["space"], r["run_id"],
+        table.append([f"{r['index_version']}{' *' if r['live'] else ''}", r["status"], r["space"], r["run_id"],
                       k.get("new", "-"), k.get("changed", "-"), k.get("deleted", "-"), c.get("status", "-"),
                       c.get("hit_at_k", "-"), c.get("mrr", "-"), (r["published_at"] or "-")[:19]])
     widths = [max(len(str(row[i])) for row in table) for i in range(len(table[0]))]
@@ -209,7 +209,7 @@ def cmd_status(args) -> int:
     v = st["last_verify"]
     if v:
         drift = ", ".join(f"{k} {c}" for k, c in v["drift"].items() if c) or "no drift"
-        lines.append(f"  last verify (release {v['release']}, {v['finished_at'][:19]}): "
+        lines.append(f"  last verify (release {v['index_version']}, {v['finished_at'][:19]}): "
                      f"{'consistent' if v['ok'] else 'DRIFT'} ({drift})")
     else:
         lines.append("  last verify: never (`tandem index verify`)")

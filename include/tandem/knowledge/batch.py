@@ -221,7 +221,7 @@ class _Batch:
         p = self.plan
         try:
             writer.write_document(self.conn, self.n, table=p.table, space_no=p.space_no, owner=self.owner,
-                                  run_id=p.run_id, doc=w, fingerprint=p.fingerprint, release=p.release,
+                                  run_id=p.run_id, doc=w, fingerprint=p.fingerprint, release=p.candidate_index_version,
                                   manifest_now=p.manifest_now)
             self.stats["written"] += 1
             self.stats["chunks_embedded"] += len(w.chunks)

@@ -102,10 +102,10 @@ def reference(conn: psycopg.Connection, n: Names, golden_sha: str, k: int, floor
         return None
     newest = history[0]
     best = {m: max(float(h[m]) for h in history) for m in METRICS}
-    return {"release": newest["release"], "run_id": newest.get("run_id"),
+    return {"index_version": newest["index_version"], "run_id": newest.get("run_id"),
             **{m: float(newest[m]) for m in METRICS},
             "floor": {**{m: round(best[m] - floor_tolerance, 4) for m in METRICS}, "best": best,
-                      "releases": [h["release"] for h in history], "tolerance": floor_tolerance}}
+                      "index_versions": [h["index_version"] for h in history], "tolerance": floor_tolerance}}
 
 
 def last_measured_is_good(conn: psycopg.Connection, n: Names, golden_sha: str, k: int) -> bool:
@@ -129,13 +129,13 @@ def judge(result: dict, ref: dict | None, max_drop: float) -> dict:
                                                           "recorded as baseline"}
     drops = {m: round(ref[m] - result[m], 4) for m in METRICS}
     floor = ref.get("floor") or {}
-    out = {**result, "baseline": {"release": ref.get("release"), "run_id": ref.get("run_id"),
+    out = {**result, "baseline": {"index_version": ref.get("index_version"), "run_id": ref.get("run_id"),
                                   **{m: ref[m] for m in METRICS}},
            "drop": drops, "max_drop": max_drop, "floor": {m: floor[m] for m in METRICS if m in floor}}
     reasons = [f"{m} {ref[m]:.3f} -> {result[m]:.3f} (drop {drops[m]:.3f} > {max_drop})"
                for m in METRICS if drops[m] > max_drop + 1e-9]
     reasons += [f"{m} {result[m]:.3f} is under the floor {floor[m]:.3f} (best {floor['best'][m]:.3f} of releases "
-                f"{', '.join(map(str, floor['releases']))} minus {floor['tolerance']})"
+                f"{', '.join(map(str, floor['index_versions']))} minus {floor['tolerance']})"
                 for m in METRICS if m in floor and result[m] < floor[m] - 1e-9]
     if reasons:
         return {**out, "status": "failed", "reason": "; ".join(reasons)}

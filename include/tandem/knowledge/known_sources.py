@@ -28,7 +28,7 @@ def published_sources(settings: Settings) -> list[str] | None:
             return None
         row = conn.execute(sql.SQL("""
             SELECT r.params -> 'sources' FROM {rel} rel JOIN {runs} r ON r.run_id = rel.run_id
-            WHERE rel.status = 'published' ORDER BY rel.release_no DESC LIMIT 1""")
+            WHERE rel.status = 'published' ORDER BY rel.index_version DESC LIMIT 1""")
                            .format(rel=ident(n.releases), runs=ident(n.runs))).fetchone()
         conn.commit()
     return list(row[0]) if row and row[0] else None

@@ -34,7 +34,7 @@ class ReindexPlan:
     """What ``make`` decided, read by the batch tasks and ``finalize``.
 
     ``index_version`` is the release that was live when the plan was made (None: nothing published yet);
-    ``release`` is the candidate release this run writes (None for a dry run or a braked plan).
+    ``candidate_index_version`` is the release this run writes (None for a dry run or a braked plan).
     """
 
     run_id: str
@@ -44,7 +44,7 @@ class ReindexPlan:
     space_no: int | None
     table: str | None
     manifest_now: bool  # the space is unpublished: the manifest is written with each document
-    index_version: str | None
+    index_version: int | None
     new: int
     changed: int
     unchanged: int
@@ -59,7 +59,7 @@ class ReindexPlan:
     sources_from: str = "given"
     phases: dict = dataclasses.field(default_factory=dict)
     errors: list[dict] = dataclasses.field(default_factory=list)
-    release: int | None = None
+    candidate_index_version: int | None = None
     batches: list[int] = dataclasses.field(default_factory=list)
     discarded: Any = None
     owner: str | None = None  # the lease's owner (the DAG run), set by the plan task
@@ -130,7 +130,7 @@ def make(settings: Settings, *, run_id: str, owner: str | None, sources=None, fu
                 result = {
                     **base, "mode": mode, "space_no": space_no, "table": space.table if space else None,
                     "manifest_now": bool(space is not None and not space.published),
-                    "index_version": live.version if live else None,
+                    "index_version": live.index_version if live else None,
                     **{c: counts[c] for c in diff.CLASSES}, "scanned": staged, "delete_brake": brake,
                     "errors": [{"doc_id": d, "reason": e} for d, e in diff.failures(conn)[:MAX_LISTED_ERRORS]],
                     "phases": {"scan": rounded(scan_s)},
@@ -154,7 +154,7 @@ def make(settings: Settings, *, run_id: str, owner: str | None, sources=None, fu
             return ReindexPlan.from_xcom(result)
     log.info("plan %s: %s new, %s changed, %s unchanged, %s deleted, %s failed, %s quarantined; %d batches (%s, "
              "candidate release %s)", run_id, result["new"], result["changed"], result["unchanged"], result["deleted"],
-             result["failed"], result["quarantined"], len(result["batches"]), mode, result["release"])
+             result["failed"], result["quarantined"], len(result["batches"]), mode, result["candidate_index_version"])
     faults.point("after_plan")
     return ReindexPlan.from_xcom(result)
 
@@ -178,7 +178,7 @@ def _record(conn, n, space, run_id, mode, owner, full, settings, result) -> None
     conn.execute(sql.SQL("UPDATE {r} SET status = 'abandoned', finished_at = now() WHERE status = 'running'")
                  .format(r=ident(n.runs)))
     result["discarded"] = releases.discard(conn, n, space)
-    result["release"] = releases.allocate(conn, n, space.space_no, run_id)
+    result["candidate_index_version"] = releases.allocate(conn, n, space.space_no, run_id)
     diff.record_plan(conn, n, run_id, space.space_no, settings.reindex_batch_docs, settings.max_attempts)
     result["batches"] = [r[0] for r in conn.execute(sql.SQL("""
         SELECT DISTINCT batch_no FROM {rd} WHERE run_id = %s AND batch_no IS NOT NULL ORDER BY 1""")
@@ -210,9 +210,9 @@ def _brake(settings: Settings, counts: dict, allow: bool) -> dict:
 def _insert_run(conn, n, run_id, space_no, mode, status, owner, plan_dict) -> None:
     plan_small = {k: v for k, v in plan_dict.items() if k not in ("ids", "errors")}
     conn.execute(sql.SQL("""
-        INSERT INTO {r} (run_id, space_no, mode, status, owner, release_no, params, plan)
+        INSERT INTO {r} (run_id, space_no, mode, status, owner, index_version, params, plan)
         VALUES (%s, %s, %s, %s, %s, %s, %s, %s)
         ON CONFLICT (run_id) DO UPDATE SET status = EXCLUDED.status, plan = EXCLUDED.plan, owner = EXCLUDED.owner
         """).format(r=ident(n.runs)),
-        (run_id, space_no, mode, status, owner or "", plan_dict.get("release"),
+        (run_id, space_no, mode, status, owner or "", plan_dict.get("candidate_index_version"),
          dumps({"full": plan_dict.get("full"), "sources": plan_dict.get("sources")}), dumps(plan_small)))

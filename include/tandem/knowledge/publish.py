@@ -39,7 +39,7 @@ def finalize(settings: Settings, the_plan: ReindexPlan, batch_stats: list[dict],
     phases = _batch_phases(the_plan, batch_stats)
     with db.connection(settings.db_url) as conn:
         space = spaces.by_fingerprint(conn, n, the_plan.fingerprint)
-        done = releases.published_by(conn, n, the_plan.release, the_plan.run_id)
+        done = releases.published_by(conn, n, the_plan.candidate_index_version, the_plan.run_id)
         conn.commit()
         if done is not None:
             summary = _finish_published(settings, conn, n, the_plan, space, batch_stats, phases, done,
@@ -84,17 +84,17 @@ def _finish_published(settings: Settings, conn, n, the_plan: ReindexPlan, space,
                        (the_plan.run_id,)).fetchone()
     conn.commit()
     if row and row[0] == "succeeded" and row[1]:
-        log.info("release %s was already published and recorded by an earlier try of %s", done["release"],
+        log.info("release %s was already published and recorded by an earlier try of %s", done["index_version"],
                  the_plan.run_id)
         return row[1]
     log.info("release %s was already published by an earlier try of %s: recording it, publishing nothing again",
-             done["release"], the_plan.run_id)
+             done["index_version"], the_plan.run_id)
     deleted = conn.execute(sql.SQL("SELECT count(*) FROM {rd} WHERE run_id = %s AND outcome = 'deleted'")
                            .format(rd=ident(n.run_docs)), (the_plan.run_id,)).fetchone()[0]
     conn.commit()
     docs = _document_outcomes(conn, n, the_plan)
     canary_result = done["canary"] or {}
-    published = {"release": done["release"], "switched": the_plan.mode == "build", "collected": {"rows": 0}}
+    published = {"index_version": done["index_version"], "switched": the_plan.mode == "build", "collected": {"rows": 0}}
     summary = build_summary(conn, n, the_plan, space, batch_stats, phases, deleted=deleted, docs=docs,
                             canary_result=canary_result, status="succeeded", message=None, published=published)
     record(settings, conn, n, the_plan, summary, canary_result, log_mlflow=log_mlflow)
@@ -114,7 +114,7 @@ def apply_deletes(conn, n, the_plan: ReindexPlan, owner: str, phases: dict) -> i
 
     t0 = time.monotonic()
     deleted = writer.delete_documents(conn, n, table=the_plan.table, space_no=the_plan.space_no, owner=owner,
-                                      run_id=the_plan.run_id, release=the_plan.release,
+                                      run_id=the_plan.run_id, release=the_plan.candidate_index_version,
                                       manifest_now=the_plan.manifest_now)
     phases["delete"] = rounded(time.monotonic() - t0)
     return deleted
@@ -169,11 +169,11 @@ def run_canary(settings: Settings, conn, n, the_plan: ReindexPlan, space, *, wro
         conn.commit()
         if not wrote and the_plan.mode != "build" and ref is not None and carry:
             result = {"hit_at_k": ref["hit_at_k"], "mrr": ref["mrr"], "k": settings.canary_k,
-                      "status": "unchanged", "reason": f"index unchanged since release {ref['release']}: "
+                      "status": "unchanged", "reason": f"index unchanged since release {ref['index_version']}: "
                                                        "metrics carried over"}
         else:
             measured = canary.evaluate(conn, the_plan.table, embedder_for(settings, space), items,
-                                       settings.canary_k, settings.hnsw_ef_search, release=the_plan.release,
+                                       settings.canary_k, settings.hnsw_ef_search, release=the_plan.candidate_index_version,
                                        fusion=settings.retrieval_fusion)
             result = canary.judge(measured, ref, settings.canary_max_drop)
     if golden_sha:
@@ -191,7 +191,7 @@ def _verdict(the_plan: ReindexPlan, docs: dict, canary_result: dict) -> tuple[st
     if canary_result.get("status") == "failed":
         return "failed", ("retrieval canary regressed: " + canary_result.get("reason", "") +
                           ("; the new embedding space was NOT switched in" if switch else
-                           f"; release {the_plan.release} was NOT published (the live index is unchanged)"))
+                           f"; release {the_plan.candidate_index_version} was NOT published (the live index is unchanged)"))
     if switch and docs["changed_during_run"]:
         return "failed", (f"{len(docs['changed_during_run'])} documents changed during the run, so the new embedding "
                           "space lacks them: not switched in (the live index is unchanged); the next run indexes them")
@@ -218,7 +218,7 @@ def publish(settings: Settings, conn, n, the_plan: ReindexPlan, space, owner: st
     conn.commit()  # the publish below must be a transaction of its own, not a savepoint in a read
     with conn.transaction():
         lock.check(conn, n, owner)
-        drop = releases.publish(conn, n, space, the_plan.release, the_plan.run_id, switch=switch,
+        drop = releases.publish(conn, n, space, the_plan.candidate_index_version, the_plan.run_id, switch=switch,
                                 counts=counts, canary=canary_result)
         faults.point("during_publish")
     phases["publish"] = rounded(time.monotonic() - t0)
@@ -229,9 +229,9 @@ def publish(settings: Settings, conn, n, the_plan: ReindexPlan, space, owner: st
         collected = releases.collect(conn, n, spaces.by_fingerprint(conn, n, the_plan.fingerprint),
                                      settings.keep_releases)
     phases["collect"] = rounded(time.monotonic() - t0)
-    log.info("published release %s%s; collected %s superseded rows", the_plan.release,
+    log.info("published release %s%s; collected %s superseded rows", the_plan.candidate_index_version,
              " (embedding space switched)" if switch else "", collected["rows"])
-    return {"release": the_plan.release, "switched": switch, "collected": collected}
+    return {"index_version": the_plan.candidate_index_version, "switched": switch, "collected": collected}
 
 
 def build_summary(conn, n, the_plan: ReindexPlan, space, batch_stats: list[dict], phases: dict, *, deleted: int, docs: dict,
@@ -246,8 +246,8 @@ def build_summary(conn, n, the_plan: ReindexPlan, space, batch_stats: list[dict]
         "run_id": the_plan.run_id, "index": n.index, "status": status, "mode": the_plan.mode, "dry_run": False,
         "full": the_plan.full, "sources": the_plan.sources,
         "sources_from": the_plan.sources_from, **counts,
-        "index_version": live.version if live else None,
-        "release": {"no": the_plan.release, "published": published is not None,
+        "index_version": live.index_version if live else None,
+        "release": {"index_version": the_plan.candidate_index_version, "published": published is not None,
                     "collected_rows": (published or {}).get("collected", {}).get("rows", 0)},
         "space": {"no": space.space_no, "fingerprint": space.fingerprint,
                   "switched": bool(published and published["switched"]), "model": space.spec.get("model_ref", ""),
@@ -283,10 +283,10 @@ def record(settings: Settings, conn, n, the_plan: ReindexPlan, summary: dict, ca
                      .format(r=ident(n.runs)), (summary["status"], dumps(summary), dumps(canary_result),
                                                 the_plan.run_id))
         if summary["status"] == "failed":
-            releases.fail(conn, n, the_plan.release, summary.get("message") or "failed",
+            releases.fail(conn, n, the_plan.candidate_index_version, summary.get("message") or "failed",
                           counts={k: summary[k] for k in ("new", "changed", "deleted", "written")}, canary=canary_result)
         elif not summary["release"]["published"]:
-            releases.forget(conn, n, the_plan.release)
+            releases.forget(conn, n, the_plan.candidate_index_version)
         conn.execute(sql.SQL("""
             DELETE FROM {rd} WHERE run_id NOT IN (SELECT run_id FROM {r} ORDER BY started_at DESC LIMIT 5)""")
                      .format(rd=ident(n.run_docs), r=ident(n.runs)))

@@ -41,20 +41,20 @@ SERVED = ("published", "expired")  # statuses of releases that were served and n
 def live_release(conn: psycopg.Connection, n: Names) -> tuple[spaces.Space, int] | None:
     """(live space, published release), or None when nothing was published yet."""
     live = spaces.live(conn, n)
-    if live is None or live.release_no is None:
+    if live is None or live.index_version is None:
         return None
-    return live, live.release_no
+    return live, live.index_version
 
 
 def discard(conn: psycopg.Connection, n: Names, space: spaces.Space) -> dict:
     """Remove what unpublished releases wrote into a published space (caller's transaction): rows they added
     are deleted, rows they superseded are current again. Readers never saw either change."""
-    if space.release_no is None:
+    if space.index_version is None:
         return {"deleted_rows": 0, "restored_rows": 0}
     t = ident(space.table)
-    deleted = conn.execute(sql.SQL("DELETE FROM {t} WHERE rel_from > %s").format(t=t), (space.release_no,)).rowcount
+    deleted = conn.execute(sql.SQL("DELETE FROM {t} WHERE rel_from > %s").format(t=t), (space.index_version,)).rowcount
     restored = conn.execute(sql.SQL("UPDATE {t} SET rel_to = NULL WHERE rel_to > %s").format(t=t),
-                            (space.release_no,)).rowcount
+                            (space.index_version,)).rowcount
     if deleted or restored:
         log.info("discarded unpublished rows in space %s: %d added rows deleted, %d superseded rows restored",
                  space.space_no, deleted, restored)
@@ -68,8 +68,8 @@ def allocate(conn: psycopg.Connection, n: Names, space_no: int, run_id: str) -> 
     conn.execute(sql.SQL("""UPDATE {r} SET status = 'failed', ended_at = now(),
                             message = coalesce(message, 'the run stopped before publishing (abandoned)')
                             WHERE status = 'candidate'""").format(r=r))
-    release = conn.execute(sql.SQL("SELECT coalesce(max(release_no), 0) + 1 FROM {r}").format(r=r)).fetchone()[0]
-    conn.execute(sql.SQL("INSERT INTO {r} (release_no, space_no, run_id, status) VALUES (%s, %s, %s, 'candidate')")
+    release = conn.execute(sql.SQL("SELECT coalesce(max(index_version), 0) + 1 FROM {r}").format(r=r)).fetchone()[0]
+    conn.execute(sql.SQL("INSERT INTO {r} (index_version, space_no, run_id, status) VALUES (%s, %s, %s, 'candidate')")
                  .format(r=r), (release, space_no, run_id))
     return release
 
@@ -77,23 +77,23 @@ def allocate(conn: psycopg.Connection, n: Names, space_no: int, run_id: str) -> 
 def published_by(conn: psycopg.Connection, n: Names, release: int, run_id: str) -> dict | None:
     """The release row when ``run_id`` already published ``release`` (a retried finalize must not publish
     again); None otherwise."""
-    row = conn.execute(sql.SQL("""SELECT release_no, canary FROM {r}
-                                  WHERE release_no = %s AND run_id = %s AND status = 'published'""")
+    row = conn.execute(sql.SQL("""SELECT index_version, canary FROM {r}
+                                  WHERE index_version = %s AND run_id = %s AND status = 'published'""")
                        .format(r=ident(n.releases)), (release, run_id)).fetchone()
-    return None if row is None else {"release": row[0], "canary": row[1]}
+    return None if row is None else {"index_version": row[0], "canary": row[1]}
 
 
 def fail(conn: psycopg.Connection, n: Names, release: int, message: str, counts: dict | None = None,
          canary: dict | None = None) -> None:
     conn.execute(sql.SQL("""UPDATE {r} SET status = 'failed', ended_at = now(), message = %s,
                             counts = coalesce(%s, counts), canary = coalesce(%s, canary)
-                            WHERE release_no = %s AND status = 'candidate'""").format(r=ident(n.releases)),
+                            WHERE index_version = %s AND status = 'candidate'""").format(r=ident(n.releases)),
                  (message[:2000], _j(counts), _j(canary), release))
 
 
 def forget(conn: psycopg.Connection, n: Names, release: int) -> None:
     """A candidate that wrote nothing is not a release (numbers stay without gaps for no-change runs)."""
-    conn.execute(sql.SQL("DELETE FROM {r} WHERE release_no = %s AND status = 'candidate'")
+    conn.execute(sql.SQL("DELETE FROM {r} WHERE index_version = %s AND status = 'candidate'")
                  .format(r=ident(n.releases)), (release,))
 
 
@@ -108,7 +108,7 @@ def publish(conn: psycopg.Connection, n: Names, space: spaces.Space, release: in
         spaces.set_release(conn, n, space.space_no, release)
     apply_manifest(conn, n, space.space_no, run_id, release)
     conn.execute(sql.SQL("""UPDATE {r} SET status = 'published', published_at = now(), counts = %s, canary = %s
-                            WHERE release_no = %s""").format(r=ident(n.releases)), (_j(counts), _j(canary), release))
+                            WHERE index_version = %s""").format(r=ident(n.releases)), (_j(counts), _j(canary), release))
     return drop
 
 
@@ -128,7 +128,7 @@ def apply_manifest(conn: psycopg.Connection, n: Names, space_no: int, run_id: st
             content_hash = EXCLUDED.content_hash, chunk_count = EXCLUDED.chunk_count, status = 'indexed',
             attempts = 0, last_error = NULL, failed_hash = NULL, index_version = EXCLUDED.index_version,
             updated_at = now(), indexed_at = now()""").format(m=m, rd=rd),
-        {"space": space_no, "release": str(release), "run": run_id, "doc": doc_id})
+        {"space": space_no, "release": release, "run": run_id, "doc": doc_id})
     conn.execute(sql.SQL("""
         DELETE FROM {m} m USING {rd} r
         WHERE r.run_id = %s AND r.outcome = 'deleted' AND m.space_no = %s AND m.doc_id = r.doc_id
@@ -140,15 +140,15 @@ def collect(conn: psycopg.Connection, n: Names, space: spaces.Space, keep: int) 
     of the space become ``expired`` (no longer a rollback target). Caller's transaction."""
     r = ident(n.releases)
     kept = [row[0] for row in conn.execute(sql.SQL("""
-        SELECT release_no FROM {r} WHERE space_no = %s AND status = 'published'
-        ORDER BY release_no DESC LIMIT %s""").format(r=r), (space.space_no, max(1, keep)))]
+        SELECT index_version FROM {r} WHERE space_no = %s AND status = 'published'
+        ORDER BY index_version DESC LIMIT %s""").format(r=r), (space.space_no, max(1, keep)))]
     if not kept:
         return {"rows": 0, "expired": 0}
     oldest = min(kept)
     rows = conn.execute(sql.SQL("DELETE FROM {t} WHERE rel_to IS NOT NULL AND rel_to <= %s")
                         .format(t=ident(space.table)), (oldest,)).rowcount
     expired = conn.execute(sql.SQL("""UPDATE {r} SET status = 'expired', ended_at = now()
-                                      WHERE space_no = %s AND status = 'published' AND release_no < %s""")
+                                      WHERE space_no = %s AND status = 'published' AND index_version < %s""")
                            .format(r=r), (space.space_no, oldest)).rowcount
     return {"rows": rows, "expired": expired, "oldest_kept": oldest}
 
@@ -171,7 +171,7 @@ def rewind_manifest(conn: psycopg.Connection, n: Names, space: spaces.Space, cur
         INSERT INTO {m} (space_no, doc_id, source, uri, title, content_hash, chunk_count, status, index_version,
                          indexed_at)
         SELECT %s, doc_id, min(source), min(uri), min(title), min(doc_hash), count(*), 'indexed',
-               max(rel_from)::text, now()
+               max(rel_from), now()
         FROM {t} WHERE doc_id = ANY(%s) AND {w} GROUP BY doc_id""").format(m=m, t=t, w=where),
         [space.space_no, docs, *params])
     return len(docs)
@@ -191,16 +191,16 @@ def rollback(conn: psycopg.Connection, n: Names) -> dict:
             raise UserError(f"index {n.index!r} has no published release", fix="run `tandem reindex` first")
         space, current = now
         row = conn.execute(sql.SQL("""
-            SELECT r.release_no, r.space_no FROM {r} r JOIN {s} s ON s.space_no = r.space_no
-            WHERE r.status = 'published' AND r.release_no < %s AND s.status IN ('live', 'previous')
-            ORDER BY r.release_no DESC LIMIT 1""").format(r=ident(n.releases), s=ident(n.spaces)),
+            SELECT r.index_version, r.space_no FROM {r} r JOIN {s} s ON s.space_no = r.space_no
+            WHERE r.status = 'published' AND r.index_version < %s AND s.status IN ('live', 'previous')
+            ORDER BY r.index_version DESC LIMIT 1""").format(r=ident(n.releases), s=ident(n.spaces)),
             (current,)).fetchone()
         if row is None:
             raise UserError(f"index {n.index!r} keeps no release before {current} to roll back to",
                             fix="releases older than TANDEM_KEEP_RELEASES (and the space before the previous "
                                 "one) are not kept; see `tandem index releases`")
         target, target_space_no = row
-        conn.execute(sql.SQL("UPDATE {r} SET status = 'rolled_back', ended_at = now() WHERE release_no = %s")
+        conn.execute(sql.SQL("UPDATE {r} SET status = 'rolled_back', ended_at = now() WHERE index_version = %s")
                      .format(r=ident(n.releases)), (current,))
         s = ident(n.spaces)
         if target_space_no == space.space_no:
@@ -211,13 +211,13 @@ def rollback(conn: psycopg.Connection, n: Names) -> dict:
             to_space = spaces.by_status(conn, n, "previous")  # the only other space with a table
             conn.execute(sql.SQL("UPDATE {s} SET status = 'rolled_back' WHERE space_no = %s").format(s=s),
                          (space.space_no,))
-            conn.execute(sql.SQL("UPDATE {s} SET status = 'live', release_no = %s, activated_at = now() "
+            conn.execute(sql.SQL("UPDATE {s} SET status = 'live', index_version = %s, activated_at = now() "
                                  "WHERE space_no = %s").format(s=s), (target, to_space.space_no))
-            if to_space.release_no != target:
-                rewind_manifest(conn, n, to_space, to_space.release_no, target)
+            if to_space.index_version != target:
+                rewind_manifest(conn, n, to_space, to_space.index_version, target)
             store.point_live_view(conn, n, to_space.space_no, to_space.table)
-    return {"index_version": spaces.version(target), "release": target, "space": to_space.space_no,
-            "fingerprint": to_space.fingerprint, "rolled_back_version": spaces.version(current),
+    return {"index_version": target, "space": to_space.space_no,
+            "fingerprint": to_space.fingerprint, "rolled_back_index_version": current,
             "rolled_back_space": space.space_no, "rolled_back_fingerprint": space.fingerprint,
             "space_changed": to_space.space_no != space.space_no}
 
@@ -230,10 +230,10 @@ def listing(conn: psycopg.Connection, n: Names, limit: int = 50) -> list[dict]:
     live_no = now[1] if now else None
     out = []
     for rel, space_no, run_id, status, counts, canary, message, created, published, ended in conn.execute(sql.SQL("""
-            SELECT release_no, space_no, run_id, status, counts, canary, message, created_at, published_at, ended_at
-            FROM {r} ORDER BY release_no DESC LIMIT %s""").format(r=ident(n.releases)), (limit,)):
+            SELECT index_version, space_no, run_id, status, counts, canary, message, created_at, published_at, ended_at
+            FROM {r} ORDER BY index_version DESC LIMIT %s""").format(r=ident(n.releases)), (limit,)):
         canary = canary or {}
-        out.append({"release": rel, "index_version": spaces.version(rel), "space": space_no, "run_id": run_id,
+        out.append({"index_version": rel, "space": space_no, "run_id": run_id,
                     "status": status, "live": rel == live_no, "counts": counts or {},
                     "canary": {k: canary.get(k) for k in ("status", "hit_at_k", "mrr", "k", "reason") if k in canary},
                     "message": message, "created_at": str(created),
@@ -245,11 +245,11 @@ def canary_history(conn: psycopg.Connection, n: Names, golden_sha: str, k: int, 
     """Canary figures of the newest ``limit`` served releases measured with this golden set and k (newest
     first): the canary's baseline and floor."""
     rows = conn.execute(sql.SQL("""
-        SELECT release_no, run_id, canary FROM {r}
+        SELECT index_version, run_id, canary FROM {r}
         WHERE status = ANY(%s) AND canary->>'golden_sha256' = %s AND (canary->>'k')::int = %s
           AND canary ? 'hit_at_k'
-        ORDER BY release_no DESC LIMIT %s""").format(r=ident(n.releases)), (list(SERVED), golden_sha, k, limit))
-    return [{**canary, "release": rel, "run_id": run_id} for rel, run_id, canary in rows]
+        ORDER BY index_version DESC LIMIT %s""").format(r=ident(n.releases)), (list(SERVED), golden_sha, k, limit))
+    return [{**canary, "index_version": rel, "run_id": run_id} for rel, run_id, canary in rows]
 
 
 def _j(value) -> str | None:

@@ -97,13 +97,13 @@ def pin(settings: Settings) -> Space | None:
         space = spaces.live(conn, n)
     finally:
         conn.rollback()
-    return space if space is not None and space.release_no is not None else None
+    return space if space is not None and space.index_version is not None else None
 
 
-def live_index_version(settings: Settings) -> str | None:
+def live_index_version(settings: Settings) -> int | None:
     """The published release number of the live index, or None when nothing is indexed yet."""
     space = pin(settings)
-    return space.version if space else None
+    return space.index_version if space else None
 
 
 def _validate(query: Any, k: Any, mode: Any, filters: Any) -> None:
@@ -255,7 +255,7 @@ def search(settings: Settings, query: str, k: int = 5, filters: dict | None = No
             raise ServiceUnavailable(f"the knowledge index {settings.index_name!r} is empty (nothing indexed yet)",
                                      fix="run `tandem reindex` (or the knowledge_reindex DAG) first")
         vector = embedder_for(settings, space).encode([query])[0]
-        return search_space(conn, space.table, query, vector, release=space.release_no, k=k, mode=mode,
+        return search_space(conn, space.table, query, vector, release=space.index_version, k=k, mode=mode,
                             filters=filters, ef_search=settings.hnsw_ef_search, fusion=settings.retrieval_fusion)
     finally:
         conn.rollback()  # read-only: end the transaction (drops the SET LOCALs)

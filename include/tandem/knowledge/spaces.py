@@ -7,7 +7,7 @@
   spaces rows change status and the ``kn_NAME_live`` view is re-pointed. Queries read one table only.
 - The space that was live becomes ``previous`` and is kept for ``tandem index rollback``; the one before it
   is retired and its table dropped.
-- The index version users see is the published release number of the live space (``release_no``).
+- The index version users see is the published release number of the live space (``index_version``).
 """
 
 from __future__ import annotations
@@ -35,29 +35,20 @@ class Space:
     table: str
     dim: int
     status: str
-    release_no: int | None  # the release this space publishes; None while it was never published
-
-    @property
-    def version(self) -> str | None:
-        return version(self.release_no)
+    index_version: int | None  # the release this space publishes; None while it was never published
 
     @property
     def published(self) -> bool:
-        return self.release_no is not None
+        return self.index_version is not None
 
 
-def version(release_no: int | None) -> str | None:
-    """The index version users see: the release number."""
-    return None if release_no is None else str(int(release_no))
-
-
-_COLS = "space_no, fingerprint, spec, table_name, dim, status, release_no"
+_COLS = "space_no, fingerprint, spec, table_name, dim, status, index_version"
 
 
 def _row(row) -> Space:
     spec = row[2] if isinstance(row[2], dict) else json.loads(row[2])
     return Space(space_no=row[0], fingerprint=row[1], spec=spec, table=row[3], dim=row[4], status=row[5],
-                 release_no=row[6])
+                 index_version=row[6])
 
 
 def by_status(conn: psycopg.Connection, n: Names, status: str) -> Space | None:
@@ -91,7 +82,7 @@ def target(conn: psycopg.Connection, n: Names, fingerprint: str, spec: dict, dim
     if existing is not None and existing.status == "rolled_back" and not full:
         raise UserError(
             f"the configured embedding space {fingerprint} was rolled back "
-            f"(the live index is version {current.version if current else '-'} with fingerprint "
+            f"(the live index is version {current.index_version if current else '-'} with fingerprint "
             f"{current.fingerprint if current else '-'})",
             fix="set the embedding settings (model, chunk size/overlap) back to those of the live space, "
                 "or run with --full (full_rebuild) to rebuild and re-validate the rolled-back space")
@@ -118,8 +109,8 @@ def target(conn: psycopg.Connection, n: Names, fingerprint: str, spec: dict, dim
     return Space(space_no, fingerprint, spec, table, dim, "building", None), "build"
 
 
-def activate(conn: psycopg.Connection, n: Names, space: Space, release_no: int) -> list[str]:
-    """Switch ``space`` live with ``release_no`` published, atomically (caller commits). Returns the tables to
+def activate(conn: psycopg.Connection, n: Names, space: Space, index_version: int) -> list[str]:
+    """Switch ``space`` live with ``index_version`` published, atomically (caller commits). Returns the tables to
     drop after commit (the space before the previous one, and rolled-back spaces)."""
     s = ident(n.spaces)
     old_previous = by_status(conn, n, "previous")
@@ -136,8 +127,8 @@ def activate(conn: psycopg.Connection, n: Names, space: Space, release_no: int) 
     if old_live is not None and old_live.space_no != space.space_no:
         conn.execute(sql.SQL("UPDATE {s} SET status = 'previous' WHERE space_no = %s").format(s=s),
                      (old_live.space_no,))
-    conn.execute(sql.SQL("UPDATE {s} SET status = 'live', release_no = %s, activated_at = now() WHERE space_no = %s")
-                 .format(s=s), (release_no, space.space_no))
+    conn.execute(sql.SQL("UPDATE {s} SET status = 'live', index_version = %s, activated_at = now() WHERE space_no = %s")
+                 .format(s=s), (index_version, space.space_no))
     store.point_live_view(conn, n, space.space_no, space.table)
     return [sp.table for sp in retire]
 
@@ -148,7 +139,7 @@ def drop_tables(conn: psycopg.Connection, tables: list[str]) -> None:
     conn.commit()
 
 
-def set_release(conn: psycopg.Connection, n: Names, space_no: int, release_no: int) -> None:
-    """Publish ``release_no`` in a space that is already live (caller's transaction): one row."""
-    conn.execute(sql.SQL("UPDATE {s} SET release_no = %s WHERE space_no = %s").format(s=ident(n.spaces)),
-                 (release_no, space_no))
+def set_release(conn: psycopg.Connection, n: Names, space_no: int, index_version: int) -> None:
+    """Publish ``index_version`` in a space that is already live (caller's transaction): one row."""
+    conn.execute(sql.SQL("UPDATE {s} SET index_version = %s WHERE space_no = %s").format(s=ident(n.spaces)),
+                 (index_version, space_no))

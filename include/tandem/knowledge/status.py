@@ -14,7 +14,7 @@ from tandem.knowledge import lock, releases, spaces, store, verify
 def _space_dict(space) -> dict | None:
     if space is None:
         return None
-    return {"no": space.space_no, "version": space.version, "release": space.release_no,
+    return {"no": space.space_no, "index_version": space.index_version,
             "fingerprint": space.fingerprint, "table": space.table,
             "dim": space.dim, "status": space.status, "model": space.spec.get("model_ref"),
             "chunker": space.spec.get("chunker")}
@@ -26,7 +26,7 @@ def index_status(settings: Settings, history: int = 20) -> dict:
     ``quarantined`` (doc id, reason, attempts, since), ``canary_history`` (newest first: run, time, status,
     hit@k, MRR, k), ``running`` (the lease holder, if a reindex is running)."""
     n = store.names(settings.index_name)
-    out: dict = {"index": n.index, "index_version": None, "release": None, "documents": 0, "chunks": 0,
+    out: dict = {"index": n.index, "index_version": None, "documents": 0, "chunks": 0,
                  "failed_documents": 0, "live": None, "previous": None, "building": None, "last_run": None,
                  "quarantined": [], "canary_history": [], "running": None, "releases": [], "last_verify": None}
     with db.connection(settings.db_url) as conn:
@@ -37,7 +37,7 @@ def index_status(settings: Settings, history: int = 20) -> dict:
         out["previous"] = _space_dict(spaces.by_status(conn, n, "previous"))
         out["building"] = _space_dict(spaces.by_status(conn, n, "building"))
         if live is not None and live.published:
-            out["index_version"], out["release"] = live.version, live.release_no
+            out["index_version"] = live.index_version
             out["chunks"] = conn.execute(sql.SQL("SELECT count(*) FROM {v}").format(v=ident(n.live_view))).fetchone()[0]
             docs, failed = conn.execute(sql.SQL("""
                 SELECT count(*) FILTER (WHERE content_hash IS NOT NULL), count(*) FILTER (WHERE status = 'failed')

@@ -102,7 +102,7 @@ _TABLES = (
             table_name    text NOT NULL,
             dim           integer NOT NULL,
             status        text NOT NULL CHECK (status IN ('building', 'live', 'previous', 'retired', 'rolled_back')),
-            release_no    integer,
+            index_version integer,
             created_at    timestamptz NOT NULL DEFAULT now(),
             activated_at  timestamptz
     """),
@@ -118,7 +118,7 @@ _TABLES = (
             attempts      integer NOT NULL DEFAULT 0,
             last_error    text,
             failed_hash   text,
-            index_version text,
+            index_version integer,
             first_seen_at timestamptz NOT NULL DEFAULT now(),
             updated_at    timestamptz NOT NULL DEFAULT now(),
             indexed_at    timestamptz,
@@ -130,7 +130,7 @@ _TABLES = (
             mode          text NOT NULL,
             status        text NOT NULL,
             owner         text NOT NULL,
-            release_no    integer,
+            index_version integer,
             params        jsonb NOT NULL DEFAULT '{{}}',
             plan          jsonb NOT NULL DEFAULT '{{}}',
             summary       jsonb,
@@ -153,7 +153,7 @@ _TABLES = (
             PRIMARY KEY (run_id, doc_id)
     """),
     ("releases", """
-            release_no    integer PRIMARY KEY,
+            index_version integer PRIMARY KEY,
             space_no      integer NOT NULL,
             run_id        text NOT NULL,
             status        text NOT NULL
@@ -167,10 +167,10 @@ _TABLES = (
     """),
     ("checks", """
             check_id      serial PRIMARY KEY,
-            release_no    integer,
+            index_version integer,
             ok            boolean NOT NULL,
             report        jsonb NOT NULL,
-            repair_release integer,
+            repair_index_version integer,
             started_at    timestamptz NOT NULL,
             finished_at   timestamptz NOT NULL DEFAULT now()
     """),
@@ -198,6 +198,7 @@ def ensure_schema(conn: psycopg.Connection, n: Names) -> None:
                 """).format(idx=i(n.spaces + "_one_live"), spaces=i(n.spaces)))
     # the hash the plan saw: a batch that reads other bytes (the file changed since) indexes nothing for it
     conn.execute(sql.SQL("ALTER TABLE {rd} ADD COLUMN IF NOT EXISTS planned_hash text").format(rd=i(n.run_docs)))
+    _one_name_for_the_index_version(conn, n)
     _migrate_to_releases(conn, n)
     conn.commit()
 
@@ -208,15 +209,38 @@ def _columns(conn: psycopg.Connection, table: str) -> set[str]:
         (table,))}
 
 
+# Before the release number had one name: (table attribute, old column, new column).
+_RENAMED = (("spaces", "release_no", "index_version"), ("runs", "release_no", "index_version"),
+            ("releases", "release_no", "index_version"), ("checks", "release_no", "index_version"),
+            ("checks", "repair_release", "repair_index_version"))
+
+
+def _one_name_for_the_index_version(conn: psycopg.Connection, n: Names) -> None:
+    """An index made before the release number had one name (``release_no`` in four tables, a text
+    ``index_version`` in the manifest) gets the one name, an integer everywhere, in place. Caller's
+    transaction."""
+    i = n.id
+    for attr, old, new in _RENAMED:
+        columns = _columns(conn, getattr(n, attr))
+        if old in columns and new not in columns:
+            conn.execute(sql.SQL("ALTER TABLE {t} RENAME COLUMN {old} TO {new}").format(
+                t=i(getattr(n, attr)), old=sql.Identifier(old), new=sql.Identifier(new)))
+    kind = conn.execute("SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = to_regclass(%s) "
+                        "AND attname = 'index_version' AND NOT attisdropped", (n.manifest,)).fetchone()
+    if kind and kind[0] != "integer":
+        conn.execute(sql.SQL("ALTER TABLE {m} ALTER COLUMN index_version TYPE integer "
+                             "USING nullif(trim(index_version), '')::integer").format(m=i(n.manifest)))
+
+
 def _migrate_to_releases(conn: psycopg.Connection, n: Names) -> None:
     """An index built before releases (chunk rows without ``rel_from``) becomes release-aware in place: each
     space that was served (live, previous) gets one published release holding all its rows; a shadow build
     keeps its rows as release 0 (visible to any candidate, so it resumes). Caller's transaction."""
-    if "release_no" in _columns(conn, n.spaces):
+    if "index_version" in _columns(conn, n.spaces):
         return
     i = n.id
-    conn.execute(sql.SQL("ALTER TABLE {s} ADD COLUMN release_no integer").format(s=i(n.spaces)))
-    conn.execute(sql.SQL("ALTER TABLE {r} ADD COLUMN IF NOT EXISTS release_no integer").format(r=i(n.runs)))
+    conn.execute(sql.SQL("ALTER TABLE {s} ADD COLUMN index_version integer").format(s=i(n.spaces)))
+    conn.execute(sql.SQL("ALTER TABLE {r} ADD COLUMN IF NOT EXISTS index_version integer").format(r=i(n.runs)))
     for col in ("content_hash text", "title text", "chunk_count integer"):
         conn.execute(sql.SQL("ALTER TABLE {rd} ADD COLUMN IF NOT EXISTS " + col).format(rd=i(n.run_docs)))
     spaces_rows = conn.execute(sql.SQL("SELECT space_no, table_name, status FROM {s} WHERE status <> 'retired' "
@@ -227,11 +251,11 @@ def _migrate_to_releases(conn: psycopg.Connection, n: Names) -> None:
         if status in ("live", "previous", "rolled_back"):
             release += 1
             rel = release
-            conn.execute(sql.SQL("""INSERT INTO {r} (release_no, space_no, run_id, status, published_at, message)
+            conn.execute(sql.SQL("""INSERT INTO {r} (index_version, space_no, run_id, status, published_at, message)
                                     VALUES (%s, %s, 'migrated', %s, now(), 'the index as it was before releases')""")
                          .format(r=i(n.releases)), (rel, space_no, "rolled_back" if status == "rolled_back" else
                                                     "published"))
-            conn.execute(sql.SQL("UPDATE {s} SET release_no = %s WHERE space_no = %s").format(s=i(n.spaces)),
+            conn.execute(sql.SQL("UPDATE {s} SET index_version = %s WHERE space_no = %s").format(s=i(n.spaces)),
                          (rel, space_no))
         if table and exists(conn, table) and "rel_from" not in _columns(conn, table):
             t = ident(table)
@@ -312,6 +336,6 @@ def point_live_view(conn: psycopg.Connection, n: Names, space_no: int, table: st
     release in the same space changes one row and leaves the view alone."""
     conn.execute(sql.SQL("DROP VIEW IF EXISTS {v}").format(v=ident(n.live_view)))
     conn.execute(sql.SQL("""
-        CREATE VIEW {v} AS SELECT c.* FROM {t} c, (SELECT release_no FROM {s} WHERE space_no = {no}) p
-        WHERE c.rel_from <= p.release_no AND (c.rel_to IS NULL OR c.rel_to > p.release_no)""").format(
+        CREATE VIEW {v} AS SELECT c.* FROM {t} c, (SELECT index_version FROM {s} WHERE space_no = {no}) p
+        WHERE c.rel_from <= p.index_version AND (c.rel_to IS NULL OR c.rel_to > p.index_version)""").format(
         v=ident(n.live_view), t=ident(table), s=ident(n.spaces), no=sql.Literal(int(space_no))))

@@ -23,11 +23,12 @@ def text(summary: dict) -> str:
                 f"release {s.get('index_version') or '(none yet)'}"
     else:
         rel = s.get("release") or {}
+        candidate = rel.get("index_version", rel.get("no"))  # "no": a summary recorded before the one name
         served = f"serving release {s.get('index_version') or '(none)'}"
         if rel.get("published"):
-            served = f"published release {rel.get('no')}"
-        elif rel.get("no") and s.get("status") == "failed":
-            served += f"; candidate release {rel.get('no')} NOT published"
+            served = f"published release {candidate}"
+        elif candidate and s.get("status") == "failed":
+            served += f"; candidate release {candidate} NOT published"
         head += f"{s.get('status', '?').upper()} - {served} ({s.get('mode')})"
     lines = [head,
              "  documents: " + " . ".join(f"{k} {s.get(k, 0)}" for k in

@@ -76,7 +76,7 @@ def check(settings: Settings, *, progress: bool = False, sources=None) -> dict:
         finally:
             diff.drop_staging(conn)
         report = {
-            "index": n.index, "release": release, "index_version": str(release), "space": space.space_no,
+            "index": n.index, "index_version": release, "space": space.space_no,
             "ok": not any(findings[k]["count"] for k in KINDS),
             "sources": [f"{s.name}={s.root}" for s in source_list], "sources_from": sources_from,
             "scanned": scanned, **totals, "drift": findings, "drifted_documents": _drifted_docs(findings),
@@ -186,8 +186,8 @@ def _drifted_docs(findings: dict) -> list[str]:
 def _record(conn, n, report: dict, started_at) -> None:
     with conn.transaction():
         row = conn.execute(sql.SQL("""
-            INSERT INTO {c} (release_no, ok, report, started_at) VALUES (%s, %s, %s, %s) RETURNING check_id""")
-            .format(c=ident(n.checks)), (report["release"], report["ok"], json.dumps(report, default=str),
+            INSERT INTO {c} (index_version, ok, report, started_at) VALUES (%s, %s, %s, %s) RETURNING check_id""")
+            .format(c=ident(n.checks)), (report["index_version"], report["ok"], json.dumps(report, default=str),
                                          started_at)).fetchone()
     report["check_id"] = row[0]
 
@@ -217,8 +217,8 @@ def _repair(settings: Settings, report: dict, *, progress: bool, sources=None) -
     if summary is not None:
         with db.connection(settings.db_url) as conn:
             with conn.transaction():
-                conn.execute(sql.SQL("UPDATE {c} SET repair_release = %s WHERE check_id = %s")
-                             .format(c=ident(n.checks)), (summary["release"]["no"], report["check_id"]))
+                conn.execute(sql.SQL("UPDATE {c} SET repair_index_version = %s WHERE check_id = %s")
+                             .format(c=ident(n.checks)), (summary["release"]["index_version"], report["check_id"]))
     return {**after, "repaired": {"before": {k: report["drift"][k]["count"] for k in KINDS},
                                   "documents": docs, "actions": actions, "run": summary}}
 
@@ -228,14 +228,14 @@ def last_check(conn, n) -> dict | None:
     if not store.exists(conn, n.checks):
         return None
     row = conn.execute(sql.SQL("""
-        SELECT check_id, release_no, ok, report, repair_release, started_at, finished_at FROM {c}
+        SELECT check_id, index_version, ok, report, repair_index_version, started_at, finished_at FROM {c}
         ORDER BY check_id DESC LIMIT 1""").format(c=ident(n.checks))).fetchone()
     if row is None:
         return None
-    check_id, release, ok, rep, repair_release, started, finished = row
-    return {"check_id": check_id, "release": release, "ok": ok, "finished_at": str(finished),
+    check_id, release, ok, rep, repair_index_version, started, finished = row
+    return {"check_id": check_id, "index_version": release, "ok": ok, "finished_at": str(finished),
             "seconds": rep.get("seconds"), "drift": {k: rep["drift"][k]["count"] for k in KINDS if k in rep["drift"]},
-            "failing": len(rep.get("failing") or []), "repair_release": repair_release}
+            "failing": len(rep.get("failing") or []), "repair_index_version": repair_index_version}
 
 
 _FROM = {"given": "named by you", "configured": "TANDEM_SOURCES", "index": "the index's last published run",
@@ -244,7 +244,7 @@ _FROM = {"given": "named by you", "configured": "TANDEM_SOURCES", "index": "the 
 
 def text(report: dict) -> str:
     """The report for a terminal."""
-    head = (f"knowledge index {report['index']!r} release {report['release']}: "
+    head = (f"knowledge index {report['index']!r} release {report['index_version']}: "
             + ("CONSISTENT with its sources" if report["ok"] else "DRIFT found"))
     lines = [head, f"  scanned {report['scanned']} documents . indexed {report['indexed_documents']} . "
                    f"published chunks {report['published_chunks']} . {report['seconds']}s",

@@ -53,7 +53,7 @@ class Answer:
     contract: dict[str, Any]  # {"answer": str, "citations": [doc_id], "confidence": "high"|"medium"|"low"}
     sources: list[dict[str, Any]]  # the cited documents: doc_id, title, uri, locations (in citation order)
     adapter: str  # "base" or "v<version>"
-    index_version: str | None
+    index_version: int | None
     refused: bool  # answered with the spec's refusal without generating (similarity under the threshold)
     best_similarity: float | None
     threshold: float
@@ -284,7 +284,7 @@ def _retrieve(settings: Settings, question: str, k: int) -> tuple[str, list]:
 
         raise ServiceUnavailable(f"the knowledge index {settings.index_name!r} is empty: there is nothing to answer from",
                                  fix="run `tandem reindex` (or trigger the knowledge_reindex DAG) first")
-    return pinned.version, knowledge_search.search(settings, question, k=k, at=pinned)
+    return pinned.index_version, knowledge_search.search(settings, question, k=k, at=pinned)
 
 
 def _generate(cache: AdapterCache, key: str, messages: list, spec, timings: dict, step,

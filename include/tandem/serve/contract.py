@@ -87,7 +87,7 @@ class AskResponse(BaseModel):
     sources: list[Source] = Field(description="The cited documents with title and URI, in citation order.")
     timings: dict[str, float] = Field(description="retrieval_ms, generation_ms, adapter_load_ms, total_ms")
     adapter: str = Field(description="The adapter that answered: 'base' or 'v<version>'.")
-    index_version: str | None
+    index_version: int | None
     refused: bool = Field(description="True: refused without generating (best similarity under the threshold).")
     best_similarity: float | None
     threshold: float

@@ -39,7 +39,7 @@ def failed_verdicts(ans) -> list[str]:
 
 def trace_tags(ans, *, requested: str | None, source: str) -> dict[str, str]:
     """The tags a reviewer filters on in the MLflow UI (and the traffic eval scores: ``tandem.failed``)."""
-    values = {"index_release": ans.index_version, "adapter": ans.adapter, "adapter_ref": requested,
+    values = {"index_version": ans.index_version, "adapter": ans.adapter, "adapter_ref": requested,
               "spec_version": ans.spec_version, "latency_ms": ans.timings.get("total_ms"),
               "valid": str(ans.valid).lower(), "refused": str(ans.refused).lower(), "source": source,
               "failed": ",".join(failed_verdicts(ans)) or "none"}
@@ -52,7 +52,7 @@ def _stages(settings: Settings, ans) -> list[tuple[str, str, str, dict, dict, di
     stages = [("retrieval", "retrieval", "RETRIEVER", {"k": len(ans.retrieved)},
                {"chunks": [{k: r[k] for k in ("chunk_id", "doc_id", "score", "vector_similarity")}
                            for r in ans.retrieved]},
-               {"tandem.index_release": ans.index_version, "best_similarity": ans.best_similarity,
+               {"tandem.index_version": ans.index_version, "best_similarity": ans.best_similarity,
                 "refusal_threshold": ans.threshold})]
     if ans.refused:
         return stages
