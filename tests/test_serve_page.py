@@ -49,10 +49,47 @@ def small_run(serve_settings, serve_index, base_model_path, tmp_path_factory):
     spec = yaml.safe_load(Path(serve_settings.spec_path).read_text())
     spec["generation"]["max_new_tokens"] = 12  # a real eval, kept short: the page needs its records, not quality
     (root / "spec.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
-    settings = serve_settings.replace(eval_set_path=str(eval_set), spec_path=str(root / "spec.yaml"))
+    import uuid
+
+    settings = serve_settings.replace(eval_set_path=str(eval_set), spec_path=str(root / "spec.yaml"),
+                                      trace_experiment=f"tandem-serving-page-{uuid.uuid4().hex[:8]}")
     summary = run_eval(settings, adapter="champion", source="test")
     decision = decide_and_record(settings, summary)
-    return {"v1": v1, "v2": v2, "eval": summary, "decision": decision, "settings": settings}
+    traced = _trace_two_answers(settings)
+    return {"v1": v1, "v2": v2, "eval": summary, "decision": decision, "settings": settings, "traced": traced}
+
+
+CITING = "Which ports does the router forward by default?"
+REFUSED = "Who founded Acme?"
+
+
+def _trace_two_answers(settings) -> list[str]:
+    """Two answers as `tandem serve` traces them, into the page's own experiment: one citing two pages of a
+    PDF and a Markdown file, one refused."""
+    import time
+
+    from tandem.serve import tracing
+    from tandem.serve.answer import Answer
+
+    def answer(question, *, refused):
+        now = time.perf_counter()
+        sources = [] if refused else [
+            {"doc_id": "acme/manuals/router.pdf", "title": "Router", "uri": "file:///kb/manuals/router.pdf",
+             "locations": ["p. 12", "p. 14"]},
+            {"doc_id": "acme/support/sla.md", "title": "SLA", "uri": "file:///kb/support/sla.md", "locations": []}]
+        return Answer(question=question, contract={"answer": "...", "citations": [s["doc_id"] for s in sources],
+                                                   "confidence": "low" if refused else "high"},
+                      sources=sources, adapter="v1", index_version=1, refused=refused, best_similarity=0.8,
+                      threshold=0.3, valid=True, violations=[], retrieved=[],
+                      timings={"retrieval_ms": 1.0, "generation_ms": 0.0, "adapter_load_ms": 0.0, "total_ms": 2.0},
+                      raw_output="{}", spec_version="t", output_tokens=1, marks={"start": now})
+
+    tracer = tracing.tracer_for(settings)
+    ids = [tracer.record(answer(q, refused=r), started_ns=time.time_ns() + i * 1_000_000, requested="champion",
+                         source="test", wait=True) for i, (q, r) in enumerate([(REFUSED, True), (CITING, False)])]
+    tracer.flush()
+    assert all(ids), tracer.state()
+    return ids
 
 
 @pytest.fixture(scope="module")
@@ -92,6 +129,11 @@ def test_status_page_shows_both_cadences(page_html, serve_index, small_run):
     assert "Diagnosis mix of the last eval" in html and "Retrain pending" in html
     assert "if the next eval fails on behavior" in html  # the anti-flap state
     assert "Airflow DAG runs" in html and "knowledge_reindex" in html and "lora_retrain" in html
+    # recent answers from the traces: newest first, what each cited with its page, the refused one said
+    recent = html[html.index('id="answers"'):]
+    assert recent.index(CITING) < recent.index(REFUSED)
+    assert "<code>router.pdf p. 12, p. 14</code>, <code>acme/support/sla.md</code>" in recent
+    assert re.search(re.escape(REFUSED) + r".*?refused", recent, re.S)
     # server-rendered, nothing fetched from anywhere: no scripts, no external stylesheets or images
     assert "<script" not in html
     assert not re.search(r"""(src|href)=["']https?://(?!testserver)[^"']*\.(css|js|png|svg|woff2?)""", html)
@@ -113,6 +155,11 @@ def test_status_json_matches_the_page(page_app, small_run):
     if small_run["decision"].behavior_failing:  # the eval just recorded counts toward the streak
         assert b["anti_flap"]["consecutive_failures"] == 2
     assert body["knowledge"]["canary_history"][0]["hit_at_k"] is not None
+    answers = body["answers"]["items"]
+    assert [a["trace_id"] for a in answers] == small_run["traced"][::-1]  # newest first
+    assert answers[0]["cited"] == ["router.pdf p. 12, p. 14", "acme/support/sla.md"]
+    assert answers[0]["index_version"] == 1 and answers[0]["adapter"] == "v1" and answers[0]["valid"]
+    assert answers[1]["question"] == REFUSED and answers[1]["refused"] and answers[1]["cited"] == []
 
 
 @pytest.mark.chromium

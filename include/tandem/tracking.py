@@ -31,6 +31,13 @@ def tags(**values: Any) -> dict[str, str]:
     return {tag(k): str(v) for k, v in values.items() if v is not None}
 
 
+def index_version_of(tags: dict[str, str]) -> int | None:
+    """The index version a run or trace was tagged with, as the integer it is everywhere else (MLflow tags
+    are strings); ``tandem.index_release`` on answer traces recorded before the one name; None when absent."""
+    value = tags.get(tag("index_version"), tags.get(tag("index_release")))
+    return int(value) if value is not None and str(value).isdigit() else None
+
+
 def use(settings: Settings, experiment: str):
     """Point MLflow at the configured server and experiment; returns the experiment."""
     import mlflow

@@ -80,13 +80,6 @@ def _rating(info) -> bool | None:
     return bool(latest.value)
 
 
-def _index_version(tags: dict) -> int | None:
-    """The release an answer was served from (``tandem.index_version``; ``tandem.index_release`` on traces
-    recorded before the one name); None when a trace has none."""
-    value = tags.get("tandem.index_version", tags.get("tandem.index_release"))
-    return int(value) if value is not None and str(value).isdigit() else None
-
-
 def fetch(settings: Settings, adapter_version: str, *, since: dt.datetime) -> list[Row]:
     """The traces answered by ``adapter_version`` since ``since`` (newest first, at most MAX_FETCH)."""
     client = tracking.client(settings)
@@ -105,7 +98,7 @@ def fetch(settings: Settings, adapter_version: str, *, since: dt.datetime) -> li
             tags = trace.info.tags
             failed = [v for v in tags.get("tandem.failed", "").split(",") if v in REFERENCE_FREE]
             rows.append(Row(trace.info.trace_id, tags.get("tandem.refused") == "true", failed, _rating(trace.info),
-                            _index_version(tags)))
+                            tracking.index_version_of(tags)))
         token = page.token
         if not token:
             break

@@ -10,6 +10,8 @@ It answers an operator's morning questions:
   (``tandem-behavior-eval``): primary metric trend, the last eval's diagnosis mix and decision.
 - **Is a retrain pending, and why?** ``behavior.retrain``: the last eval's decision, the anti-flap state
   ("retrain allowed after ..."), and the latest ``lora_retrain`` DAG run.
+- **What did users get?** ``answers``: the newest traced answers (question, adapter, index version, the
+  cited documents with their page, slide or sheet, valid or refused), from the answer traces in MLflow.
 - Links to the MLflow runs and the Airflow DAG runs (``links``, and a ``url`` on every run).
 
 Each section is collected on its own: a section whose service is down carries ``error`` and ``fix``, the
@@ -122,7 +124,7 @@ def _eval_runs(settings: Settings, cl) -> tuple[str | None, list[dict[str, Any]]
             "metrics": dict(sorted(run.data.metrics.items())),
             "tags": dict(sorted(tags.items())),
             "adapter": _adapter_label(tags.get(tracking.tag("adapter_version"))),
-            "index_version": tags.get(tracking.tag("index_version")),
+            "index_version": tracking.index_version_of(tags),
             "decision": tags.get(tracking.tag("decision")),
             "decision_reason": tags.get(tracking.tag("decision_reason")),
             "decision_kind": tags.get(tracking.tag("decision_kind")),
@@ -292,6 +294,40 @@ def links(settings: Settings) -> dict[str, Any]:
     }
 
 
+RECENT_ANSWERS = 8
+
+
+def recent_answers(settings: Settings, limit: int = RECENT_ANSWERS) -> dict[str, Any]:
+    """The newest traced answers, newest first: when, the question, the adapter and index version, what
+    they cited with its location (``router.pdf p. 2``), valid or refused, and the trace's id."""
+    client = tracking.client(settings)
+    experiment = client.get_experiment_by_name(settings.trace_experiment)
+    if experiment is None:
+        return {"experiment": settings.trace_experiment, "items": []}
+    traces = client.search_traces(locations=[experiment.experiment_id], max_results=limit, include_spans=False,
+                                  order_by=["timestamp_ms DESC"])
+    items = []
+    for trace in traces:
+        tags = trace.info.tags
+        items.append({"trace_id": trace.info.trace_id, "at": _iso_ms(trace.info.timestamp_ms),
+                      "question": _question(trace.info.request_preview), "adapter": tags.get("tandem.adapter"),
+                      "index_version": tracking.index_version_of(tags),
+                      "cited": [c for c in tags.get("tandem.cited", "").split("; ") if c],
+                      "refused": tags.get("tandem.refused") == "true", "valid": tags.get("tandem.valid") == "true",
+                      "source": tags.get("tandem.source")})
+    return {"experiment": settings.trace_experiment, "items": items,
+            "experiment_url": _experiment_url(settings, experiment.experiment_id)}
+
+
+def _question(preview: str | None) -> str:
+    """The question of a trace's request preview (``{"question": ...}``; the preview itself otherwise)."""
+    try:
+        value = json.loads(preview or "")
+    except ValueError:
+        return preview or ""
+    return str(value.get("question", preview)) if isinstance(value, dict) else str(value)
+
+
 def serving_state(settings: Settings, cache=None) -> dict[str, Any]:
     """The adapter cache that answers: the `tandem serve` process's (TANDEM_SERVE_URL), else this process's."""
     if not settings.serve_url:
@@ -323,6 +359,7 @@ def collect(settings: Settings, *, cache=None, dag_runs: Callable[[Settings], di
         "serving": {"refusal_min_similarity": settings.refusal_min_similarity,
                     "champion_check_seconds": settings.champion_check_seconds,
                     **serving_state(settings, cache)},
+        "answers": _guard("answers", lambda: recent_answers(settings)),
         "links": links(settings),
     }
     return out

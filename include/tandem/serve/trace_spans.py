@@ -8,6 +8,9 @@ from typing import Any
 
 from tandem.behavior.metrics import REFERENCE_FREE
 from tandem.config import Settings
+from tandem.serve.answer import cited_as
+
+CITED_MAX_CHARS = 500  # the tag a status page and a reviewer read: "manual.pdf p. 12, p. 14; sla.md"
 
 TRACE_NAME = "tandem.answer"
 
@@ -42,7 +45,8 @@ def trace_tags(ans, *, requested: str | None, source: str) -> dict[str, str]:
     values = {"index_version": ans.index_version, "adapter": ans.adapter, "adapter_ref": requested,
               "spec_version": ans.spec_version, "latency_ms": ans.timings.get("total_ms"),
               "valid": str(ans.valid).lower(), "refused": str(ans.refused).lower(), "source": source,
-              "failed": ",".join(failed_verdicts(ans)) or "none"}
+              "failed": ",".join(failed_verdicts(ans)) or "none",
+              "cited": "; ".join(cited_as(s) for s in ans.sources)[:CITED_MAX_CHARS] or None}
     return {f"tandem.{k}": str(v) for k, v in values.items() if v is not None}
 
 

@@ -10,7 +10,7 @@ One trace per answer, built when the answer is ready from the stages' measured s
       generation (LLM)          adapter, output tokens, seconds, batch size, the raw output
       validation (EVALUATOR)    valid, violations, values_grounded, refused, confidence
 
-Tags: ``tandem.index_version``, ``tandem.adapter`` (``v3`` or ``base``), ``tandem.adapter_ref`` (what was
+Tags: ``tandem.index_version``, ``tandem.cited``, ``tandem.adapter`` (``v3`` or ``base``), ``tandem.adapter_ref`` (what was
 asked for: ``champion``, ``base``, ``7``), ``tandem.spec_version``, ``tandem.latency_ms``, ``tandem.valid``,
 ``tandem.refused``, ``tandem.source`` (``serve``, ``plugin``, ``cli``).
 
