@@ -98,7 +98,9 @@ def test_each_hostile_file_fails_with_its_reason_and_what_to_do(name):
 
 
 def test_the_bounded_worker_stops_a_slow_file_and_goes_on():
-    big = pdf([f"Page {i}: " + "many words on this page " * 40 for i in range(300)])
+    # ~1.5 s of work: a loaded 2-core machine can delay the pool's timeout check, never by that much (with 300
+    # pages, ~0.4 s, a CI run once finished the file before the check fired)
+    big = pdf([f"Page {i}: " + "many words on this page " * 40 for i in range(1200)])
     with BoundedExtractor(timeout_s=0.05, max_memory_mb=1024, max_unzipped=MAX_UNZIPPED) as ex:
         ex.extract("pdf", "warm-up.pdf", MANUAL)  # the worker is started, the library imported
         with pytest.raises(ExtractError, match="longer than 0.05 s"):

@@ -15,10 +15,17 @@ import json
 import logging
 import os
 import shutil
+import threading
 import time
 from pathlib import Path
 
 from tandem.errors import UserError
+
+# Held while a thread imports transformers/peft and loads a model from them. transformers imports its
+# classes lazily, and two threads doing that at once (serve's warm-up thread loading the champion while a
+# request loads the embedding model) can make one of them raise "ImportError: cannot import name
+# 'AutoModelForCausalLM' from 'transformers'" (seen in CI). Loads are rare; generation does not hold it.
+MODEL_LOAD_LOCK = threading.RLock()
 
 log = logging.getLogger(__name__)
 

@@ -33,6 +33,18 @@ class Generator:
         if adapter_path is not None and not (Path(adapter_path).expanduser() / "adapter_config.json").is_file():
             raise UserError(f"adapter folder {adapter_path} has no adapter_config.json",
                             fix="point at a PEFT adapter folder (as saved by lora_retrain)")
+        from tandem.models import MODEL_LOAD_LOCK
+
+        with MODEL_LOAD_LOCK:  # transformers' lazy imports are not safe from two threads at once
+            started = self._load(source, adapter_path, device, threads, merge_adapter)
+        self.base_model = source
+        self.adapter_path = adapter_path
+        self.last_stats: dict = {}
+        log.info("loaded %s%s on %s (%s) in %.1fs", source, f" + adapter {adapter_path}" if adapter_path else "",
+                 self.device, str(self.model.dtype).replace("torch.", ""), time.monotonic() - started)
+
+    def _load(self, source, adapter_path, device, threads, merge_adapter) -> float:
+        """Tokenizer and model (with the adapter merged or attached) onto the device; returns when it began."""
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -57,11 +69,7 @@ class Generator:
             if merge_adapter:
                 model = model.merge_and_unload()  # same greedy outputs up to float rounding, faster on CPU
         self.model = model.to(self.device).eval()
-        self.base_model = source
-        self.adapter_path = adapter_path
-        self.last_stats: dict = {}
-        log.info("loaded %s%s on %s (%s) in %.1fs", source, f" + adapter {adapter_path}" if adapter_path else "",
-                 self.device, str(dtype).replace("torch.", ""), time.monotonic() - started)
+        return started
 
     def render(self, messages: Sequence[dict]) -> str:
         """The prompt text for one conversation (chat template, assistant turn opened)."""

@@ -121,6 +121,18 @@ _EMBEDDERS: dict[tuple[str, str], object] = {}
 _EMBEDDERS_LOCK = threading.Lock()
 
 
+def _load_embedder(ref: str, threads: int, backend: str, models_dir: Path | None):
+    if backend == "torch":
+        return Embedder(ref, threads)
+    from tandem.knowledge import onnx_backend
+
+    if models_dir is None:
+        raise ValueError("the ONNX backends need models_dir")
+    info = model_info(ref)
+    path = onnx_backend.ensure_exported(ref, info.weights_sha256, models_dir, backend)
+    return onnx_backend.OnnxEmbedder(ref, path, info.dim, info.max_seq_length, threads)
+
+
 def get_embedder(ref: str, threads: int = 0, backend: str = "torch", models_dir: Path | None = None):
     """A process-wide cached embedder for ``ref`` on ``backend`` (``torch``, ``onnx``, ``onnx-int8``; the ONNX
     ones are exported under ``models_dir`` on first use, see ``onnx_backend``)."""
@@ -128,16 +140,10 @@ def get_embedder(ref: str, threads: int = 0, backend: str = "torch", models_dir:
         key = (ref, backend)
         if key not in _EMBEDDERS:
             log.info("loading embedding model %s (%s)", ref, backend)
-            if backend == "torch":
-                _EMBEDDERS[key] = Embedder(ref, threads)
-            else:
-                from tandem.knowledge import onnx_backend
+            from tandem.models import MODEL_LOAD_LOCK
 
-                if models_dir is None:
-                    raise ValueError("the ONNX backends need models_dir")
-                info = model_info(ref)
-                path = onnx_backend.ensure_exported(ref, info.weights_sha256, models_dir, backend)
-                _EMBEDDERS[key] = onnx_backend.OnnxEmbedder(ref, path, info.dim, info.max_seq_length, threads)
+            with MODEL_LOAD_LOCK:  # transformers' lazy imports are not safe from two threads at once
+                _EMBEDDERS[key] = _load_embedder(ref, threads, backend, models_dir)
         return _EMBEDDERS[key]
 
 
