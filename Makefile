@@ -10,7 +10,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: help setup models redis up down status logs test bench-knowledge bench-behavior bench-serve bench-stack demo screenshots clean-state
+.PHONY: help setup models redis up down status logs test bench-knowledge bench-behavior bench-serve bench-batching bench-stack demo screenshots clean-state
 
 help:
 	@echo "make setup            create .venv, install exact pins, prepare the models (idempotent)"
@@ -19,7 +19,7 @@ help:
 	@echo "make test             the test suite (real Postgres, MLflow, Airflow and models)"
 	@echo "make demo             the whole story on real DAG runs (DEMO_ARGS=--fast: the CI slice; --reset)"
 	@echo "make screenshots      README screenshots of the running stack (headless Chromium)"
-	@echo "make bench-knowledge | bench-behavior | bench-serve | bench-stack   benchmarks (print figures)"
+	@echo "make bench-knowledge | bench-behavior | bench-serve | bench-batching | bench-stack   benchmarks (print figures)"
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -73,6 +73,9 @@ bench-behavior: setup
 
 bench-serve: setup
 	$(BIN)/python benchmarks/bench_serve.py $(BENCH_ARGS)
+
+bench-batching: setup
+	$(BIN)/python benchmarks/bench_batching.py $(BENCH_ARGS)
 
 bench-stack: setup redis
 	$(BIN)/python benchmarks/bench_stack.py $(BENCH_ARGS)
