@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import sys
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "include"))
 
 
 def main(argv=None) -> int:
@@ -43,7 +43,8 @@ def main(argv=None) -> int:
                 for j in range(3)]
 
     convs = [build_messages(questions[i % len(questions)], chunks(i), spec) for i in range(8)]
-    gen = Generator(str(REPO / ".tandem/models/SmolLM2-135M-Instruct"), threads=args.threads)
+    base = os.environ.get("TANDEM_BASE_MODEL") or str(REPO / ".tandem/models/SmolLM2-135M-Instruct")  # as bench-serve
+    gen = Generator(base, threads=args.threads)
     tokens = [len(gen.tokenizer(gen.render(c))["input_ids"]) for c in convs]
     print(f"bench-batching: {args.threads} torch threads, prompt tokens {tokens}")
     gen.generate(convs[:1], max_new_tokens=4, batch_size=1)  # warm-up
