@@ -6,6 +6,9 @@
 3. End-to-end `tandem ask` latency (retrieval + prompt + generation + validation).
 4. The first request after a champion change: the alias is re-checked, the new adapter downloaded and
    loaded (base + LoRA, merged), then the answer generated; against a steady request.
+5. ``--load``: `tandem serve` under 8 clients for 60 s while the champion flips every 5 s, in three arms of
+   one run: one answer at a time (batch 1, no prefix cache: serving as before batching), continuous
+   batching without the prefix cache (``--skip-no-prefix`` leaves it out), and the defaults.
 
 Every figure is the median (p50) and p95 of at least ``--runs`` (>= 3) repetitions.
 
@@ -22,6 +25,7 @@ cached under ``benchmarks/.cache/serve/`` and the loaded index is kept in the be
 
 Usage: python benchmarks/bench_serve.py [--chunks 100000] [--corpus auto|knowledge|synthetic] [--runs 3] [--gen-questions 3]
        [--max-new-tokens N] [--skip-generation] [--skip-swap] [--exact-embeddings] [--json]
+       [--load [--load-clients 8] [--load-seconds 60] [--skip-no-prefix]] [--tracing]
 """
 
 from __future__ import annotations
@@ -409,11 +413,12 @@ def _serve_rss(pid: int) -> int:
 
 def bench_load(settings, questions: list[str], work: Path, *, clients: int = 8, seconds: float = 60,
                flip_every: float = 5, batch_max: int | None = None, window_ms: int | None = None,
-               versions: list[str] | None = None) -> dict:
+               prefix_cache_mb: int | None = None, versions: list[str] | None = None) -> dict:
     """`tandem serve` under load: ``clients`` concurrent askers for ``seconds`` while the champion alias flips
     between two real adapters every ``flip_every`` s. Every answer must be 2xx and name a version that was
-    champion at some moment of its request. ``batch_max`` / ``window_ms``: the serve process's batching
-    (``batch_max=1, window_ms=0``: one answer at a time, as before batching). Also measured before the load:
+    champion at some moment of its request. ``batch_max`` / ``window_ms`` / ``prefix_cache_mb``: the serve
+    process's batching (``batch_max=1, window_ms=0, prefix_cache_mb=0``: one answer at a time, as before
+    batching). Also measured before the load:
     a request alone (median of 3) and the time to the first streamed token."""
     import subprocess
     import threading
@@ -424,8 +429,8 @@ def bench_load(settings, questions: list[str], work: Path, *, clients: int = 8, 
     from tandem.stack import process
 
     versions = versions or register_two_adapters(settings, work)
-    batching = {k: v for k, v in {"serve_batch_max": batch_max, "serve_batch_window_ms": window_ms}.items()
-                if v is not None}
+    batching = {k: v for k, v in {"serve_batch_max": batch_max, "serve_batch_window_ms": window_ms,
+                                  "serve_prefix_cache_mb": prefix_cache_mb}.items() if v is not None}
     forced = settings.replace(refusal_min_similarity=0.0, champion_check_seconds=0, serve_port=process.free_port(),
                               serve_token="bench-" + os.urandom(6).hex(), serve_queue_max=max(32, 4 * clients),
                               **batching)
@@ -526,7 +531,9 @@ def bench_load(settings, questions: list[str], work: Path, *, clients: int = 8, 
         "misattributed": sum(1 for r in ok if not champion_during(r["adapter"], r["t0"], r["t1"])),
         "serve_peak_rss_mb": round(rss_peak[0] / 2**20, 1),
         "batch_max": forced.serve_batch_max, "batch_window_ms": forced.serve_batch_window_ms,
+        "prefix_cache_mb": forced.serve_prefix_cache_mb, "prefix_cache": queue.get("prefix_cache"),
         "batch_sizes": queue.get("batch_sizes"), "mean_batch_size": queue.get("mean_batch_size"),
+        "mean_rows_per_step": queue.get("mean_rows_per_step"),
         "alone_ms": summary(alone), "first_token_ms": summary(first_token) if first_token else None,
         "versions": versions,
     }
@@ -542,6 +549,8 @@ def main(argv=None) -> int:
     p.add_argument("--max-new-tokens", type=int, default=None, help="override the spec's generation budget")
     p.add_argument("--skip-generation", action="store_true")
     p.add_argument("--skip-swap", action="store_true")
+    p.add_argument("--skip-no-prefix", action="store_true",
+                   help="--load: leave out the arm batched without the prefix cache")
     p.add_argument("--tracing", action="store_true",
                    help="also answers with tracing off and on, interleaved, against a real MLflow server")
     p.add_argument("--load", action="store_true",
@@ -629,12 +638,17 @@ def main(argv=None) -> int:
             log(f"tracing: {len(questions)} questions x {args.runs} runs, off and on (base model, CPU)")
             results["tracing"] = bench_tracing(settings, questions, args.runs)
         if args.load:
-            # before and after in one run: one answer at a time (batch 1, as before batching), then batched
-            before = bench_load(settings, golden, home, clients=args.load_clients, seconds=args.load_seconds,
-                                batch_max=1, window_ms=0)
-            after = bench_load(settings, golden, home, clients=args.load_clients, seconds=args.load_seconds,
-                               versions=before["versions"])
-            results["load"] = {"one_at_a_time": before, "batched": after}
+            # before and after in one run: one answer at a time (batch 1, no prefix cache, as before
+            # batching), continuous batching without the prefix cache, then the defaults (both)
+            before = bench_load(settings, golden, home, clients=args.load_clients,
+                                seconds=args.load_seconds, batch_max=1, window_ms=0, prefix_cache_mb=0)
+            results["load"] = {"one_at_a_time": before}
+            if not args.skip_no_prefix:
+                results["load"]["batched_no_prefix_cache"] = bench_load(
+                    settings, golden, home, clients=args.load_clients, seconds=args.load_seconds,
+                    prefix_cache_mb=0, versions=before["versions"])
+            results["load"]["batched"] = bench_load(settings, golden, home, clients=args.load_clients,
+                                                    seconds=args.load_seconds, versions=before["versions"])
     finally:
         if mlflow_service is not None:
             process.stop(mlflow_service, settings.run_dir)
@@ -687,7 +701,8 @@ def report(r: dict) -> str:
                      f"{t['off']['answers_per_s']} off, {t['on']['answers_per_s']} on; traces recorded "
                      f"{t['traces']['recorded']}, dropped {t['traces']['dropped']}")
     for name, ld in (r.get("load") or {}).items():
-        lines.append(f"load, {name} (batch max {ld['batch_max']}, window {ld['batch_window_ms']} ms): "
+        lines.append(f"load, {name} (batch max {ld['batch_max']}, window {ld['batch_window_ms']} ms, "
+                     f"prefix cache {ld.get('prefix_cache_mb')} MB): "
                      f"{ld['clients']} clients for {ld['seconds']} s, champion flipped {ld['flips']} times "
                      f"(tandem serve, peak RSS {ld['serve_peak_rss_mb']} MB)")
         if ld["latency_ms"]:
@@ -697,11 +712,17 @@ def report(r: dict) -> str:
             row("  time to the first streamed token (no load)", ld["first_token_ms"])
         lines.append(f"  answers {ld['answers_2xx']} ({ld['answers_per_s']}/s), 5xx {ld['responses_5xx']}, "
                      f"misattributed {ld['misattributed']}, by version {ld['by_version']}, "
-                     f"batch sizes {ld['batch_sizes']} (mean {ld['mean_batch_size']})")
-    if {"one_at_a_time", "batched"} <= set(r.get("load") or {}):
-        b, a = r["load"]["one_at_a_time"], r["load"]["batched"]
-        if b["answers_per_s"] and b["latency_ms"] and a["latency_ms"]:
-            lines.append(f"  batched vs one at a time: answers/s x{a['answers_per_s'] / b['answers_per_s']:.2f}, "
+                     f"batch sizes {ld['batch_sizes']} (mean {ld['mean_batch_size']}, "
+                     f"{ld.get('mean_rows_per_step')} rows per decode step)")
+        if ld.get("prefix_cache"):
+            pc = ld["prefix_cache"]
+            lines.append(f"  prefix cache: {pc['entries']} prompts, {pc['mb']} MB, {pc['hits']} hits, "
+                         f"reused share of prompt tokens {pc['reused_share']}")
+    b = (r.get("load") or {}).get("one_at_a_time")
+    for name in ("batched_no_prefix_cache", "batched"):
+        a = (r.get("load") or {}).get(name)
+        if b and a and b["answers_per_s"] and b["latency_ms"] and a["latency_ms"]:
+            lines.append(f"  {name} vs one at a time: answers/s x{a['answers_per_s'] / b['answers_per_s']:.2f}, "
                          f"p95 x{a['latency_ms']['p95'] / b['latency_ms']['p95']:.2f}, "
                          f"alone x{a['alone_ms']['p50'] / b['alone_ms']['p50']:.2f}")
     return "\n".join(lines)

@@ -1,19 +1,23 @@
 """The generation queue of the answer path (tandem.serve.batcher) on the real base model: concurrent questions
-form batches, each answer equals the same question's answer alone, and past the queue limit a request is
-refused at once with 429."""
+decode in one batch, a question arriving mid-answer joins it, each answer equals the same question's answer
+alone (budgets, streaming and the prefix cache included), other models never share a batch, and past the
+queue limit a request is refused at once with 429."""
 
 from __future__ import annotations
 
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from serve_fixtures import ANSWERABLE  # noqa: F401 - the session's serve fixtures
+from tandem.behavior.decoding import PrefixCache, Sequence
 from tandem.serve.batcher import Batcher, Overloaded
 
 QUESTIONS = ["What does the Pro plan cost?", "How many seats does the Team plan include?",
              "Is there a free trial?", "How do I reset my password?", "What is the refund window?"]
+BUDGETS = [16, 12, 16, 12, 16]
 
 
 @pytest.fixture(scope="module")
@@ -27,52 +31,113 @@ def _messages(question: str) -> list[dict]:
     return [{"role": "system", "content": "Answer in one short sentence."}, {"role": "user", "content": question}]
 
 
+def _alone(generator, question: str, budget: int) -> str:
+    return generator.generate([_messages(question)], max_new_tokens=budget, batch_size=1)[0]
+
+
 def test_concurrent_questions_share_batches_and_answer_as_alone(generator):
-    alone = {q: generator.generate([_messages(q)], max_new_tokens=16, batch_size=1)[0] for q in QUESTIONS}
+    alone = {q: _alone(generator, q, b) for q, b in zip(QUESTIONS, BUDGETS)}
     batcher = Batcher(window_ms=300, max_batch=4, max_queue=16)
     start = threading.Barrier(len(QUESTIONS))
 
-    def ask(question):
+    def ask(question, budget):
         start.wait()
-        return question, batcher.generate("base", generator, _messages(question), max_new_tokens=16)
+        return question, batcher.generate("base", generator, _messages(question), max_new_tokens=budget)
 
     with ThreadPoolExecutor(len(QUESTIONS)) as pool:
-        results = list(pool.map(ask, QUESTIONS))
+        results = list(pool.map(ask, QUESTIONS, BUDGETS))
     for question, (text, size) in results:
         assert text == alone[question], question
-    sizes = batcher.state()["batch_sizes"]
-    assert max(sizes) > 1 and max(sizes) <= 4, sizes  # they shared batches, never past the cap
-    assert sum(size * count for size, count in sizes.items()) == len(QUESTIONS)
+    state = batcher.state()
+    sizes = state["batch_sizes"]
+    assert sum(sizes.values()) == len(QUESTIONS), sizes  # one entry per answer
+    assert 1 < max(sizes) <= 4, sizes  # they decoded together, never past the cap
+    assert 1 < state["mean_rows_per_step"] <= 4, state
 
 
-def test_other_versions_and_budgets_never_share_a_batch(generator):
+def test_a_question_arriving_mid_answer_joins_the_running_batch(generator):
+    late = QUESTIONS[2]
+    expected = _alone(generator, late, 16)
+    batcher = Batcher(window_ms=0, max_batch=8, max_queue=16)
+    with ThreadPoolExecutor(3) as pool:
+        running = [pool.submit(batcher.generate, "base", generator, _messages(q), max_new_tokens=48)
+                   for q in QUESTIONS[:2]]
+        _wait_for(lambda: batcher.state()["decode_steps"] >= 3)  # the first two are decoding
+        assert batcher.state()["generating"] == 2
+        text, size = batcher.generate("base", generator, _messages(late), max_new_tokens=16)
+        assert [f.result(120)[1] for f in running] == [3, 3]  # the late one decoded beside both
+    assert text == expected and size == 3
+
+
+def test_the_prefix_cache_reuses_stored_prompts_and_answers_the_same(generator):
+    batcher = Batcher(window_ms=0, max_batch=8, max_queue=16, prefix_cache_mb=64)
+    expected = {q: _alone(generator, q, 16) for q in QUESTIONS[:2]}
+    first = batcher.generate("base", generator, _messages(QUESTIONS[0]), max_new_tokens=16)[0]
+    cache = batcher.state()["prefix_cache"]
+    assert cache["hits"] == 0 and cache["entries"] == 1, cache
+    other = batcher.generate("base", generator, _messages(QUESTIONS[1]), max_new_tokens=16)[0]
+    cache = batcher.state()["prefix_cache"]
+    assert cache["hits"] == 1 and cache["reused_tokens"] > 0, cache  # the shared system prompt
+    shared = cache["reused_tokens"]
+    again = batcher.generate("base", generator, _messages(QUESTIONS[0]), max_new_tokens=16)[0]
+    cache = batcher.state()["prefix_cache"]
+    prompt = len(generator.tokenizer(generator.render(_messages(QUESTIONS[0])), add_special_tokens=False)["input_ids"])
+    assert cache["reused_tokens"] - shared == prompt - 1, cache  # a repeated question runs its last token only
+    assert (first, other, again) == (expected[QUESTIONS[0]], expected[QUESTIONS[1]], expected[QUESTIONS[0]])
+
+
+def test_a_stream_inside_a_batch_gives_the_text_of_the_answer_alone(generator):
+    expected = _alone(generator, QUESTIONS[3], 24)
+    batcher = Batcher(window_ms=300, max_batch=8, max_queue=16)
+    pieces: list[str] = []
+    with ThreadPoolExecutor(1) as pool:
+        beside = pool.submit(batcher.generate, "base", generator, _messages(QUESTIONS[4]), max_new_tokens=24)
+        text, size = batcher.generate("base", generator, _messages(QUESTIONS[3]), max_new_tokens=24,
+                                      on_token=pieces.append)
+        beside.result(120)
+    assert size == 2 and text == expected
+    assert len(pieces) > 1 and "".join(pieces).strip() == expected
+
+
+def test_other_models_never_share_a_batch(generator, base_model_path):
+    from tandem.behavior.generate import Generator
+
+    other = Generator(str(base_model_path), threads=2)  # another loaded version, as the adapter cache holds it
     batcher = Batcher(window_ms=300, max_batch=8, max_queue=16)
     start = threading.Barrier(3)
 
-    def ask(key, budget):
+    def ask(key, model):
         start.wait()
-        return batcher.generate(key, generator, _messages(QUESTIONS[0]), max_new_tokens=budget)[1]
+        return batcher.generate(key, model, _messages(QUESTIONS[0]), max_new_tokens=8)[1]
 
     with ThreadPoolExecutor(3) as pool:
-        sizes = list(pool.map(ask, ["base", "7", "base"], [8, 8, 12]))
-    assert sizes == [1, 1, 1]
+        sizes = list(pool.map(ask, ["base", "7", "base"], [generator, other, generator]))
+    assert sizes == [2, 1, 2]
 
 
-class _Held:
+class _HeldDecoder:
     """Stands in for the model only to hold the worker busy for as long as the test needs (a real model
     finishes at its own pace, so "the queue is full now" could not be arranged); the refusal under test is
-    the batcher's own."""
+    the batcher's own. ``fail`` makes its prefill raise, as a model error would."""
 
-    def __init__(self):
+    def __init__(self, fail: bool = False):
         self.release = threading.Event()
+        self.fail = fail
+        self.prefix = PrefixCache(0)
+        self.rows: list = []
 
-    def generate(self, conversations, max_new_tokens, batch_size):
+    def decoder(self, _prefix_cache_mb):
+        return self
+
+    def begin(self, messages, *, max_new_tokens, on_token=None):
         self.release.wait(30)
-        return ["held"] * len(conversations)
+        if self.fail:
+            raise RuntimeError("the model broke")
+        return Sequence([1], max_new_tokens, done=True, text="held", largest_batch=1)
 
 
 def test_past_the_queue_limit_a_request_is_refused_at_once():
-    held = _Held()
+    held = _HeldDecoder()
     batcher = Batcher(window_ms=0, max_batch=1, max_queue=2)
     pool = ThreadPoolExecutor(3)
     running = pool.submit(batcher.generate, "base", held, [], max_new_tokens=4)
@@ -88,8 +153,18 @@ def test_past_the_queue_limit_a_request_is_refused_at_once():
     pool.shutdown()
 
 
+def test_a_failing_model_fails_its_own_request_and_the_worker_goes_on():
+    broken, fine = _HeldDecoder(fail=True), _HeldDecoder()
+    broken.release.set(), fine.release.set()
+    batcher = Batcher(window_ms=0, max_batch=4, max_queue=4)
+    with pytest.raises(RuntimeError, match="the model broke"):
+        batcher.generate("7", broken, [], max_new_tokens=4)
+    assert batcher.generate("base", fine, [], max_new_tokens=4) == ("held", 1)
+    assert batcher.state()["generating"] == 0
+
+
 def test_the_api_answers_429_with_retry_after_when_the_queue_is_full(airflow_app, serve_index, serve_cache):
-    held = _Held()
+    held = _HeldDecoder()
     full = Batcher(window_ms=0, max_batch=1, max_queue=1)
     pool = ThreadPoolExecutor(2)
     first = pool.submit(full.generate, "base", held, [], max_new_tokens=4)
@@ -109,11 +184,9 @@ def test_the_api_answers_429_with_retry_after_when_the_queue_is_full(airflow_app
         pool.shutdown()
 
 
-def _wait_for(condition, timeout: float = 10.0) -> None:
-    import time
-
+def _wait_for(condition, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:
             raise AssertionError("the batcher never reached the expected state")
-        time.sleep(0.01)
+        time.sleep(0.005)

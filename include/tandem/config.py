@@ -260,9 +260,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("ask_max_k", 20, _pos_int, "Largest k (chunks retrieved) `tandem ask` and the API accept."),
     Setting("serve_port", 8090, _port, "`tandem serve` (the answer API process) port."),
     Setting("serve_batch_window_ms", 25, _nonneg_int,
-            "How long a question waits for others to share its batch when the model is free (0: no waiting; "
-            "questions that arrive while a batch is generating join the next one anyway)."),
-    Setting("serve_batch_max", 8, _pos_int, "Most questions answered in one batched generation."),
+            "How long a question waits for others to share its batch when the model is idle (0: no waiting; "
+            "questions that arrive while the model is answering join its batch between two tokens anyway)."),
+    Setting("serve_batch_max", 8, _pos_int, "Most questions one model decodes at once (rows of its running batch)."),
+    Setting("serve_prefix_cache_mb", 256, _nonneg_int,
+            "Memory per loaded model for the key/values of recent prompts: a new prompt reuses the longest stored "
+            "prefix (the spec's system prompt; a repeated question) and prefills only the rest (0: off)."),
     Setting("serve_queue_max", 32, _pos_int,
             "Most questions waiting for the model in one process; past it the answer API says 429 with "
             "Retry-After at once."),

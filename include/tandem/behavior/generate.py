@@ -40,6 +40,7 @@ class Generator:
         self.base_model = source
         self.adapter_path = adapter_path
         self.last_stats: dict = {}
+        self._decoder = None
         log.info("loaded %s%s on %s (%s) in %.1fs", source, f" + adapter {adapter_path}" if adapter_path else "",
                  self.device, str(self.model.dtype).replace("torch.", ""), time.monotonic() - started)
 
@@ -114,29 +115,20 @@ class Generator:
                            "examples_per_s": len(texts) / seconds if seconds else 0.0}
         return outputs
 
+    def decoder(self, prefix_cache_mb: int = 0):
+        """This model's continuous batch (``tandem.behavior.decoding.Decoder``), made on first use and kept
+        with the model, its prefix cache bounded by ``prefix_cache_mb`` (0: no cache). One thread drives it."""
+        if self._decoder is None:
+            from tandem.behavior.decoding import Decoder
+
+            self._decoder = Decoder(self, int(prefix_cache_mb) * 2**20)
+        elif self._decoder.prefix.max_bytes != int(prefix_cache_mb) * 2**20:
+            self._decoder.prefix.resize(int(prefix_cache_mb) * 2**20)
+        return self._decoder
+
     def _decode(self, ids: list[int]) -> tuple[str, int]:
         """(the answer text, its token count): the new tokens up to the first end-of-sequence."""
         eos = self.tokenizer.eos_token_id
         if eos in ids:
             ids = ids[:ids.index(eos)]
         return self.tokenizer.decode(ids, skip_special_tokens=True).strip(), len(ids)
-
-    def stream(self, messages: Sequence[dict], *, max_new_tokens: int = 96,
-               on_token: Callable[[str], None]) -> str:
-        """The greedy answer to one conversation, as ``generate`` gives it; ``on_token(text)`` gets each piece
-        of text as soon as it is decoded (pieces end at word boundaries, as transformers' streamers cut them)."""
-        import torch
-        from transformers import TextStreamer
-
-        class _Pieces(TextStreamer):
-            def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
-                if text:
-                    on_token(text)
-
-        enc = self.tokenizer([self.render(messages)], return_tensors="pt", add_special_tokens=False).to(self.device)
-        torch.manual_seed(SEED)
-        with torch.inference_mode():
-            out = self.model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
-                                      pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.tokenizer.eos_token_id,
-                                      streamer=_Pieces(self.tokenizer, skip_prompt=True, skip_special_tokens=True))
-        return self._decode(out[0, enc["input_ids"].shape[1]:].tolist())[0]

@@ -109,9 +109,9 @@ class AdapterCache:
         self.swaps = 0  # how many times an alias moved to another version while serving
         self.last_load_seconds: float | None = None
         self.peak_alive = 0  # the most merged models alive at once (loaded + loading + retired)
-        # the process's generation queue: concurrent questions to one version share a batched generate
+        # the process's generation queue: concurrent questions to one version decode in one batch
         self.batcher = Batcher(window_ms=settings.serve_batch_window_ms, max_batch=settings.serve_batch_max,
-                               max_queue=settings.serve_queue_max)
+                               max_queue=settings.serve_queue_max, prefix_cache_mb=settings.serve_prefix_cache_mb)
 
     @property
     def max_alive(self) -> int:

@@ -1,16 +1,20 @@
-"""Batched generation for the answer path: questions that arrive while the model is busy share the next batch.
+"""Continuous batching for the answer path: every question being answered by a model decodes in one batch.
 
-One worker thread per process runs the model. A request waits in a queue with its prompt and the loaded
-adapter version that must answer it. The worker takes the oldest request, waits at most
-``TANDEM_SERVE_BATCH_WINDOW_MS`` for others of the same version (and token budget), up to
-``TANDEM_SERVE_BATCH_MAX`` of them, and answers them with one batched ``generate`` (the evals' batched
-greedy decoding: left padding, sorted by length; the same prompt gives the same answer alone or in a
-batch). Requests of another version wait for their own batch: an answer is always produced by the version
-its request resolved.
+One worker thread per process runs the models. A request waits in a queue with its prompt and the loaded
+generator (adapter version) that must answer it. When the model is idle, the worker waits at most
+``TANDEM_SERVE_BATCH_WINDOW_MS`` for companions of the first request; then it admits waiting requests in
+arrival order while their model's batch has fewer than ``TANDEM_SERVE_BATCH_MAX`` rows. Each admitted
+prompt is prefilled alone, reusing the key/values of a stored prefix (``TANDEM_SERVE_PREFIX_CACHE_MB``),
+and joins its model's running batch, which takes one token per row per step
+(``tandem.behavior.decoding``). A row leaves at its end-of-sequence or budget, and a question that arrives
+mid-answer is admitted between two steps: nobody waits for a whole batch to end.
+
+Rows of one batch are always answered by one generator, so an answer is produced by the version its request
+resolved. Greedy decoding gives the same answer alone or in a batch (tested). A streaming request (one that
+passes ``on_token``) decodes in the batch like any other, its text handed out as it comes.
 
 Past ``TANDEM_SERVE_QUEUE_MAX`` waiting requests, a new one is refused at once with ``Overloaded`` (429 with
-``Retry-After``): a client retries later instead of piling up behind timeouts. A streaming request (one that
-passes ``on_token``) is generated alone, its tokens handed out as they come.
+``Retry-After``): a client retries later instead of piling up behind timeouts.
 """
 
 from __future__ import annotations
@@ -20,13 +24,14 @@ import dataclasses
 import logging
 import threading
 import time
+import weakref
 from typing import Any, Callable
 
 from tandem.errors import TandemError
 
 log = logging.getLogger(__name__)
 
-_SIZES_KEPT = 200  # batch sizes remembered for /health
+_SIZES_KEPT = 200  # answers whose batch size /health reports
 
 
 class Overloaded(TandemError):
@@ -49,25 +54,25 @@ class _Request:
     error: BaseException | None = None
     batch_size: int = 0
     queued_at: float = dataclasses.field(default_factory=time.monotonic)
-
-    def joins(self, other: "_Request") -> bool:
-        """Whether ``other`` may share this request's batch: same version, same budget, not streaming."""
-        return (other.key == self.key and other.max_new_tokens == self.max_new_tokens
-                and other.on_token is None and self.on_token is None)
+    seq: Any = None  # its decoding.Sequence once admitted
 
 
 class Batcher:
-    """The process's generation queue (see the module docstring)."""
+    """The process's generation queue and running batches (see the module docstring)."""
 
-    def __init__(self, *, window_ms: float, max_batch: int, max_queue: int):
+    def __init__(self, *, window_ms: float, max_batch: int, max_queue: int, prefix_cache_mb: int = 0):
         self.window_s = max(0.0, float(window_ms) / 1000)
         self.max_batch = max(1, int(max_batch))
         self.max_queue = max(1, int(max_queue))
+        self.prefix_cache_mb = max(0, int(prefix_cache_mb))
         self._cond = threading.Condition()
         self._queue: collections.deque[_Request] = collections.deque()
-        self._running = 0  # requests in the batch the model is generating now
+        self._rows: dict[int, list[_Request]] = {}  # id(decoder) -> its admitted requests
+        self._decoders: dict[int, Any] = {}  # id(decoder) -> the decoder, while it has rows
+        self._seen: "weakref.WeakSet[Any]" = weakref.WeakSet()  # decoders of models still loaded (/health)
         self._sizes: collections.deque[int] = collections.deque(maxlen=_SIZES_KEPT)
-        self.batches = 0
+        self.steps = 0
+        self.step_rows = 0  # rows summed over the steps: mean rows per decode step
         self.refused = 0
         self._worker: threading.Thread | None = None
 
@@ -75,7 +80,8 @@ class Batcher:
 
     def generate(self, key: str, generator, messages: list, *, max_new_tokens: int,
                  on_token: Callable[[str], None] | None = None) -> tuple[str, int]:
-        """(the greedy answer to ``messages`` by ``generator``, the size of the batch it was part of)."""
+        """(the greedy answer to ``messages`` by ``generator``, the most rows it decoded beside, itself
+        included)."""
         req = _Request(key, generator, list(messages), int(max_new_tokens), on_token)
         with self._cond:
             if len(self._queue) >= self.max_queue:
@@ -93,14 +99,18 @@ class Batcher:
         return req.output or "", req.batch_size
 
     def state(self) -> dict[str, Any]:
-        """What /health reports: the queue, the batch sizes seen, the settings."""
+        """What /health reports: the queue, the rows being answered, the batch sizes seen, the settings."""
         with self._cond:
             sizes = list(self._sizes)
-            return {"queue_depth": len(self._queue), "generating": self._running, "queue_max": self.max_queue,
-                    "batch_max": self.max_batch, "batch_window_ms": round(self.window_s * 1000, 1),
-                    "batches": self.batches, "refused": self.refused,
+            prefix = [d.prefix.state() for d in list(self._seen)]
+            return {"queue_depth": len(self._queue), "generating": sum(len(r) for r in self._rows.values()),
+                    "queue_max": self.max_queue, "batch_max": self.max_batch,
+                    "batch_window_ms": round(self.window_s * 1000, 1), "refused": self.refused,
+                    "answers": len(sizes), "batches": self.steps, "decode_steps": self.steps,
+                    "mean_rows_per_step": round(self.step_rows / self.steps, 2) if self.steps else None,
                     "batch_sizes": dict(sorted(collections.Counter(sizes).items())),
-                    "mean_batch_size": round(sum(sizes) / len(sizes), 2) if sizes else None}
+                    "mean_batch_size": round(sum(sizes) / len(sizes), 2) if sizes else None,
+                    "prefix_cache": _prefix_totals(prefix, self.prefix_cache_mb)}
 
     # --- the worker side
 
@@ -111,54 +121,107 @@ class Batcher:
 
     def _work(self) -> None:
         while True:
-            batch = self._next_batch()
-            self._run(batch)
+            for req in self._admit():
+                self._begin(req)
+            for ident in list(self._rows):
+                self._step(ident)
 
-    def _next_batch(self) -> list[_Request]:
-        """The oldest request and those that may join it, after the collection window (caller runs them)."""
+    def _admit(self) -> list[_Request]:
+        """Waiting requests whose model's batch has room, in arrival order (after the collection window when
+        every model is idle); blocks while there is nothing to do."""
         with self._cond:
-            while not self._queue:
+            while not self._queue and not self._rows:
                 self._cond.wait()
-            first = self._queue[0]
-            deadline = first.queued_at + self.window_s
-            while first.on_token is None and self._joining(first) < self.max_batch:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    break
-                self._cond.wait(left)
-            batch = [first]
-            for req in list(self._queue)[1:]:
-                if len(batch) >= self.max_batch:
-                    break
-                if first.joins(req):
-                    batch.append(req)
-            for req in batch:
-                self._queue.remove(req)
-            self._running = len(batch)
-            return batch
+            if not self._rows and self._queue:
+                first = self._queue[0]
+                deadline = first.queued_at + self.window_s
+                while self._companions(first) < self.max_batch and (left := deadline - time.monotonic()) > 0:
+                    self._cond.wait(left)
+            admitted = []
+            for req in list(self._queue):
+                try:
+                    decoder = req.generator.decoder(self.prefix_cache_mb)
+                except BaseException as exc:  # noqa: BLE001 - this request fails, the others go on
+                    self._queue.remove(req)
+                    self._finish(req, error=exc)
+                    continue
+                rows = self._rows.setdefault(id(decoder), [])
+                if len(rows) < self.max_batch:
+                    self._decoders[id(decoder)] = decoder
+                    self._seen.add(decoder)
+                    self._queue.remove(req)
+                    rows.append(req)
+                    admitted.append(req)
+            for ident in [i for i, rows in self._rows.items() if not rows]:
+                del self._rows[ident]
+                self._decoders.pop(ident, None)
+            return admitted
 
-    def _joining(self, first: _Request) -> int:
-        return 1 + sum(1 for req in list(self._queue)[1:] if first.joins(req))
+    def _companions(self, first: _Request) -> int:
+        return sum(1 for req in self._queue if req.generator is first.generator)
 
-    def _run(self, batch: list[_Request]) -> None:
-        first = batch[0]
+    def _begin(self, req: _Request) -> None:
+        """Prefill one admitted request and put it in its model's batch (or answer it, when its first token
+        ends it)."""
+        decoder = req.generator.decoder(self.prefix_cache_mb)
         try:
-            if first.on_token is not None:
-                outputs = [first.generator.stream(first.messages, max_new_tokens=first.max_new_tokens,
-                                                  on_token=first.on_token)]
-            else:
-                outputs = first.generator.generate([r.messages for r in batch], max_new_tokens=first.max_new_tokens,
-                                                   batch_size=len(batch))
-            for req, out in zip(batch, outputs):
-                req.output, req.batch_size = out, len(batch)
-        except BaseException as exc:  # noqa: BLE001 - each waiting request gets the error, the worker goes on
-            log.warning("a batch of %d failed: %s", len(batch), exc)
-            for req in batch:
-                req.error = exc
-        finally:
+            req.seq = decoder.begin(req.messages, max_new_tokens=req.max_new_tokens, on_token=req.on_token)
+            if not req.seq.done:
+                decoder.join(req.seq)
+        except BaseException as exc:  # noqa: BLE001 - this request gets the error, the worker goes on
+            log.warning("generating an answer failed: %s", exc)
+            self._leave(id(decoder), [req], error=exc)
+            return
+        if req.seq.done:
+            self._leave(id(decoder), [req])
+
+    def _step(self, ident: int) -> None:
+        """One decode step of one model's batch; answers the rows that ended."""
+        with self._cond:
+            decoder, rows = self._decoders.get(ident), list(self._rows.get(ident, []))
+        if decoder is None or not decoder.rows:
+            return
+        try:
+            size = len(decoder.rows)
+            ended = decoder.step()
+        except BaseException as exc:  # noqa: BLE001 - the batch's requests get the error, the worker goes on
+            log.warning("a batch of %d failed: %s", len(decoder.rows), exc)
+            failed = {id(seq) for seq in decoder.fail()}
+            self._leave(ident, [r for r in rows if r.seq is not None and id(r.seq) in failed], error=exc)
+            return
+        with self._cond:
+            self.steps += 1
+            self.step_rows += size
+        ids = {id(seq) for seq in ended}
+        self._leave(ident, [r for r in rows if r.seq is not None and id(r.seq) in ids])
+
+    def _leave(self, ident: int, reqs: list[_Request], error: BaseException | None = None) -> None:
+        with self._cond:
+            rows = self._rows.get(ident, [])
+            for req in reqs:
+                if req in rows:
+                    rows.remove(req)
+            if not rows:
+                self._rows.pop(ident, None)
+                self._decoders.pop(ident, None)
+        for req in reqs:
+            self._finish(req, error=error)
+
+    def _finish(self, req: _Request, error: BaseException | None = None) -> None:
+        if error is not None:
+            req.error = error
+        else:
+            req.output, req.batch_size = req.seq.text, req.seq.largest_batch
             with self._cond:
-                self._running = 0
-                self.batches += 1
-                self._sizes.append(len(batch))
-            for req in batch:
-                req.done.set()
+                self._sizes.append(req.batch_size)
+        req.seq, req.generator = None, None  # the model may be freed once its answers are out
+        req.done.set()
+
+
+def _prefix_totals(states: list[dict], limit_mb: int) -> dict[str, Any]:
+    """The prefix caches of the loaded models, summed (what /health shows)."""
+    total: dict[str, Any] = {"limit_mb_per_model": limit_mb, "mb": round(sum(s["mb"] for s in states), 1)}
+    for key in ("entries", "hits", "reused_tokens", "prompt_tokens"):
+        total[key] = sum(s[key] for s in states)
+    total["reused_share"] = round(total["reused_tokens"] / total["prompt_tokens"], 3) if total["prompt_tokens"] else None
+    return total

@@ -1,0 +1,269 @@
+"""Continuous batched greedy decoding for one loaded model: each prompt is prefilled alone, then decodes in a
+batch with every other sequence of the same model, joining and leaving it between steps.
+
+Prefill is compute-bound: a batch of left-padded prompts costs at least as much per prompt as each prompt
+alone (``make bench-batching``), so a prompt is prefilled on its own, right when it arrives. Decoding one
+token is memory-bound, so the rows of a ``Decoder`` take their next token in one forward pass. A sequence
+joins the running batch as soon as its prefill is done and leaves it at its end-of-sequence or budget, so
+nobody waits for the longest answer of a batch, and a question that arrives mid-answer does not wait for the
+batch to end.
+
+The rows' key/value caches sit right-aligned in one tensor per layer, with left padding masked out, the
+layout transformers' batched ``generate`` uses; a joining row is padded to the batch's length (or the batch
+to the row's). The greedy answer is the one ``Generator.generate`` gives for the prompt alone (checked in
+tests), up to float rounding between batch shapes.
+
+The ``PrefixCache`` keeps the key/values of recent prompts (least recently used first out, bounded in
+megabytes): a new prompt reuses the longest stored prefix it shares (the spec's system prompt for every
+question; the whole prompt for a repeated question over the same index release) and prefills only the rest.
+A prefix's keys and values depend only on its own tokens (causal attention), so reuse gives the same answer.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import logging
+import threading
+from typing import Any, Callable, Sequence as Seq
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(eq=False)
+class Sequence:
+    """One prompt's generation: its tokens, the new tokens so far, and where it stands."""
+
+    prompt_ids: list[int]
+    budget: int
+    on_token: Callable[[str], None] | None = None
+    new_ids: list[int] = dataclasses.field(default_factory=list)
+    kv: list | None = None  # the prompt's key/values per layer, until the sequence joins a batch
+    cached: int = 0  # its tokens in the key/value cache
+    reused: int = 0  # prompt tokens taken from the prefix cache
+    done: bool = False
+    text: str | None = None
+    largest_batch: int = 0  # the most rows it decoded beside (itself included)
+    streamer: Any = None
+
+
+class PrefixCache:
+    """The key/values of recent prompts of one model, bounded by ``max_bytes`` (see the module docstring)."""
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes = max(0, int(max_bytes))
+        self._entries: "collections.OrderedDict[tuple[int, ...], list]" = collections.OrderedDict()
+        self._bytes: dict[tuple[int, ...], int] = {}
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.reused_tokens = 0
+        self.prompt_tokens = 0
+
+    def longest(self, ids: list[int]) -> tuple[int, list | None]:
+        """(n, per-layer key/values of the first n tokens) of the longest stored prefix of ``ids``, at most
+        ``len(ids) - 1`` tokens (the last one is always run, for its logits); (0, None) when none."""
+        best, best_kv = 0, None
+        with self._lock:
+            self.prompt_tokens += len(ids)
+            for key, kv in self._entries.items():
+                n = _common_prefix(key, ids, len(ids) - 1)
+                if n > best:
+                    best, best_kv, best_key = n, kv, key
+            if best_kv is None:
+                return 0, None
+            self._entries.move_to_end(best_key)
+            self.hits += 1
+            self.reused_tokens += best
+        return best, [(k[:, :, :best], v[:, :, :best]) for k, v in best_kv]
+
+    def put(self, ids: list[int], kv: list) -> None:
+        size = sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in kv)
+        if not self.max_bytes or size > self.max_bytes:
+            return
+        key = tuple(ids)
+        with self._lock:
+            if key in self._entries:
+                self._entries.move_to_end(key)
+                return
+            self._entries[key], self._bytes[key] = kv, size
+            self._evict()
+
+    def resize(self, max_bytes: int) -> None:
+        """A new bound; the least recently used prompts leave until the cache fits it."""
+        with self._lock:
+            self.max_bytes = max(0, int(max_bytes))
+            self._evict()
+
+    def _evict(self) -> None:
+        while self._entries and sum(self._bytes.values()) > self.max_bytes:
+            old, _ = self._entries.popitem(last=False)
+            del self._bytes[old]
+
+    def state(self) -> dict[str, Any]:
+        with self._lock:
+            return {"entries": len(self._entries), "mb": round(sum(self._bytes.values()) / 2**20, 1),
+                    "hits": self.hits, "reused_tokens": self.reused_tokens, "prompt_tokens": self.prompt_tokens}
+
+
+def _common_prefix(a: Seq[int], b: Seq[int], limit: int) -> int:
+    n = min(len(a), len(b), limit)
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+class Decoder:
+    """The running batch of one model (see the module docstring). Not thread-safe: one worker drives it."""
+
+    def __init__(self, generator, prefix_cache_bytes: int = 0):
+        self.generator = generator
+        self.prefix = PrefixCache(prefix_cache_bytes)
+        self.rows: list[Sequence] = []
+        self._layers: list[list] = []  # per layer [keys, values], batch first, right-aligned
+        self._mask = None  # [rows, length] 1 where a row has a token
+        self.steps = 0
+
+    # --- one prompt
+
+    def begin(self, messages: Seq[dict], *, max_new_tokens: int,
+              on_token: Callable[[str], None] | None = None) -> Sequence:
+        """Prefill ``messages`` alone (reusing a stored prefix) and choose its first token; the sequence is
+        ``done`` already when that token ends it, otherwise it goes to ``join``."""
+        import torch
+        from transformers import DynamicCache
+
+        gen = self.generator
+        ids = gen.tokenizer(gen.render(messages), add_special_tokens=False)["input_ids"]
+        seq = Sequence(list(ids), int(max_new_tokens), on_token)
+        if on_token is not None:
+            seq.streamer = _streamer(gen.tokenizer, on_token)
+        reused, prefix_kv = self.prefix.longest(seq.prompt_ids)
+        cache = DynamicCache(config=gen.model.config)
+        if prefix_kv is not None:
+            for layer, (k, v) in enumerate(prefix_kv):
+                cache.update(k, v, layer)
+        rest = torch.tensor([seq.prompt_ids[reused:]], device=gen.device)
+        with torch.inference_mode():
+            out = gen.model(input_ids=rest, past_key_values=cache, use_cache=True,
+                            cache_position=torch.arange(reused, len(seq.prompt_ids), device=gen.device))
+        seq.kv = [(layer.keys, layer.values) for layer in cache.layers]
+        seq.cached, seq.reused = len(seq.prompt_ids), reused
+        self.prefix.put(seq.prompt_ids, seq.kv)
+        self._take(seq, int(out.logits[0, -1].argmax()))
+        return seq
+
+    def join(self, seq: Sequence) -> None:
+        """Add a prefilled sequence to the running batch."""
+        import torch
+
+        kv, seq.kv = seq.kv, None
+        if not self.rows:
+            self._layers = [[k, v] for k, v in kv]
+            self._mask = torch.ones(1, seq.cached, dtype=torch.long, device=self.generator.device)
+        else:
+            length = max(self._mask.shape[1], seq.cached)
+            grow, pad = length - self._mask.shape[1], length - seq.cached
+            for layer, (k, v) in zip(self._layers, kv):
+                layer[0] = torch.cat([_pad_left(layer[0], grow), _pad_left(k, pad)])
+                layer[1] = torch.cat([_pad_left(layer[1], grow), _pad_left(v, pad)])
+            row = torch.zeros(1, length, dtype=torch.long, device=self._mask.device)
+            row[0, pad:] = 1
+            self._mask = torch.cat([torch.nn.functional.pad(self._mask, (grow, 0)), row])
+        self.rows.append(seq)
+
+    # --- the batch
+
+    def step(self) -> list[Sequence]:
+        """One new token for every row; returns the rows that ended (they leave the batch)."""
+        import torch
+        from transformers import DynamicCache
+
+        if not self.rows:
+            return []
+        gen = self.generator
+        size = len(self.rows)
+        cache = DynamicCache(config=gen.model.config)
+        for i, (k, v) in enumerate(self._layers):
+            _set_layer(cache, i, k, v)
+        device = self._mask.device
+        self._mask = torch.cat([self._mask, torch.ones(size, 1, dtype=torch.long, device=device)], dim=1)
+        inputs = torch.tensor([[s.new_ids[-1]] for s in self.rows], device=device)
+        positions = torch.tensor([[s.cached] for s in self.rows], device=device)
+        with torch.inference_mode():
+            out = gen.model(input_ids=inputs, attention_mask=self._mask, position_ids=positions,
+                            past_key_values=cache, use_cache=True)
+        self._layers = [[layer.keys, layer.values] for layer in cache.layers]
+        self.steps += 1
+        chosen = out.logits[:, -1].argmax(-1).tolist()
+        for seq, token in zip(self.rows, chosen):
+            seq.cached += 1
+            seq.largest_batch = max(seq.largest_batch, size)
+            self._take(seq, token)
+        ended = [s for s in self.rows if s.done]
+        if ended:
+            self._drop(ended)
+        return ended
+
+    def fail(self) -> list[Sequence]:
+        """Empty the batch after an error; returns the rows that were in it."""
+        rows, self.rows, self._layers, self._mask = self.rows, [], [], None
+        return rows
+
+    def _take(self, seq: Sequence, token: int) -> None:
+        """Record ``token`` as the sequence's next one; it ends at end-of-sequence or at its budget."""
+        seq.new_ids.append(token)
+        if seq.streamer is not None:
+            seq.streamer.put(_tensor([token]))
+        if token == self.generator.tokenizer.eos_token_id or len(seq.new_ids) >= seq.budget:
+            seq.done = True
+            seq.largest_batch = max(seq.largest_batch, 1)
+            seq.text = self.generator._decode(seq.new_ids)[0]
+            if seq.streamer is not None:
+                seq.streamer.end()
+
+    def _drop(self, ended: list[Sequence]) -> None:
+        import torch
+
+        keep = [i for i, s in enumerate(self.rows) if not s.done]
+        self.rows = [self.rows[i] for i in keep]
+        if not keep:
+            self._layers, self._mask = [], None
+            return
+        index = torch.tensor(keep, device=self._mask.device)
+        mask = self._mask.index_select(0, index)
+        trim = mask.shape[1] - int(mask.sum(dim=1).max())  # columns that are padding in every row
+        self._mask = mask[:, trim:]
+        self._layers = [[k.index_select(0, index)[:, :, trim:], v.index_select(0, index)[:, :, trim:]]
+                        for k, v in self._layers]
+
+
+def _pad_left(t, n: int):
+    import torch
+
+    return torch.nn.functional.pad(t, (0, 0, n, 0)) if n else t
+
+
+def _set_layer(cache, index: int, keys, values) -> None:
+    """Put a layer's batched keys/values into a fresh DynamicCache without copying them."""
+    cache.update(keys[:, :, :0], values[:, :, :0], index)  # creates the layer with the right shape and device
+    layer = cache.layers[index]
+    layer.keys, layer.values = keys, values
+
+
+def _tensor(ids: list[int]):
+    import torch
+
+    return torch.tensor(ids)
+
+
+def _streamer(tokenizer, on_token: Callable[[str], None]):
+    """transformers' TextStreamer cutting at word boundaries; it is fed the new tokens only."""
+    from transformers import TextStreamer
+
+    class _Pieces(TextStreamer):
+        def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
+            if text:
+                on_token(text)
+
+    return _Pieces(tokenizer, skip_prompt=False, skip_special_tokens=True)
