@@ -114,7 +114,8 @@ def _common_prefix(a: Seq[int], b: Seq[int], limit: int) -> int:
 
 
 class Decoder:
-    """The running batch of one model (see the module docstring). Not thread-safe: one worker drives it."""
+    """The running batch of one model (see the module docstring). One thread drives ``join``, ``step`` and
+    ``fail``; ``begin`` may run in another thread at the same time (a prefill beside the batch's steps)."""
 
     def __init__(self, generator, prefix_cache_bytes: int = 0):
         self.generator = generator
@@ -122,6 +123,7 @@ class Decoder:
         self.rows: list[Sequence] = []
         self._cache = None  # a DynamicCache whose layers are Columns, batch first, right-aligned
         self._mask = None  # [rows, length] 1 where a row has a token
+        self._tokenizer_lock = threading.Lock()  # begin (the prefill thread) and step may use it at once
         self.steps = 0
 
     # --- one prompt
@@ -134,7 +136,8 @@ class Decoder:
         from transformers import DynamicCache
 
         gen = self.generator
-        ids = gen.tokenizer(gen.render(messages), add_special_tokens=False)["input_ids"]
+        with self._tokenizer_lock:
+            ids = gen.tokenizer(gen.render(messages), add_special_tokens=False)["input_ids"]
         seq = Sequence(list(ids), int(max_new_tokens), on_token)
         if on_token is not None:
             seq.streamer = _streamer(gen.tokenizer, on_token)
@@ -145,12 +148,12 @@ class Decoder:
                 cache.update(k, v, layer)
         rest = torch.tensor([seq.prompt_ids[reused:]], device=gen.device)
         with torch.inference_mode():
-            out = gen.model(input_ids=rest, past_key_values=cache, use_cache=True,
+            out = gen.model(input_ids=rest, past_key_values=cache, use_cache=True, logits_to_keep=1,
                             cache_position=torch.arange(reused, len(seq.prompt_ids), device=gen.device))
         seq.kv = [(layer.keys, layer.values) for layer in cache.layers]
         seq.cached, seq.reused = len(seq.prompt_ids), reused
         self.prefix.put(seq.prompt_ids, seq.kv)
-        self._take(seq, int(out.logits[0, -1].argmax()))
+        self._take(seq, int(out.logits[0, -1].argmax()))  # logits of the last position only, as generate keeps
         return seq
 
     def join(self, seq: Sequence) -> None:
@@ -209,14 +212,15 @@ class Decoder:
     def _take(self, seq: Sequence, token: int) -> None:
         """Record ``token`` as the sequence's next one; it ends at end-of-sequence or at its budget."""
         seq.new_ids.append(token)
-        if seq.streamer is not None:
-            seq.streamer.put(_tensor([token]))
-        if token == self.generator.tokenizer.eos_token_id or len(seq.new_ids) >= seq.budget:
-            seq.done = True
-            seq.largest_batch = max(seq.largest_batch, 1)
-            seq.text = self.generator._decode(seq.new_ids)[0]
+        with self._tokenizer_lock:
             if seq.streamer is not None:
-                seq.streamer.end()
+                seq.streamer.put(_tensor([token]))
+            if token == self.generator.tokenizer.eos_token_id or len(seq.new_ids) >= seq.budget:
+                seq.done = True
+                seq.largest_batch = max(seq.largest_batch, 1)
+                seq.text = self.generator._decode(seq.new_ids)[0]
+                if seq.streamer is not None:
+                    seq.streamer.end()
 
     def _drop(self) -> None:
         """Remove the ended rows, and the columns that are padding in every row left."""

@@ -4,10 +4,12 @@ One worker thread per process runs the models. A request waits in a queue with i
 generator (adapter version) that must answer it. When the model is idle, the worker waits at most
 ``TANDEM_SERVE_BATCH_WINDOW_MS`` for companions of the first request; then it admits waiting requests in
 arrival order while their model's batch has fewer than ``TANDEM_SERVE_BATCH_MAX`` rows. Each admitted
-prompt is prefilled alone, reusing the key/values of a stored prefix (``TANDEM_SERVE_PREFIX_CACHE_MB``),
-and joins its model's running batch, which takes one token per row per step
-(``tandem.behavior.decoding``). A row leaves at its end-of-sequence or budget, and a question that arrives
-mid-answer is admitted between two steps: nobody waits for a whole batch to end.
+prompt is prefilled alone, reusing the key/values of a stored prefix (``TANDEM_SERVE_PREFIX_CACHE_MB``), in a
+prefill thread of its own, so the running batch keeps decoding meanwhile (prefill is compute-bound, a
+decode step mostly bound by memory: on a CPU the two use different cores). Once prefilled, the prompt joins
+its model's running batch, which takes one token per row per step (``tandem.behavior.decoding``). A row
+leaves at its end-of-sequence or budget, and a question that arrives mid-answer is admitted at once: nobody
+waits for a whole batch to end.
 
 Rows of one batch are always answered by one generator, so an answer is produced by the version its request
 resolved. Greedy decoding gives the same answer alone or in a batch (tested). A streaming request (one that
@@ -25,6 +27,7 @@ import logging
 import threading
 import time
 import weakref
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable
 
 from tandem.errors import TandemError
@@ -54,7 +57,9 @@ class _Request:
     error: BaseException | None = None
     batch_size: int = 0
     queued_at: float = dataclasses.field(default_factory=time.monotonic)
-    seq: Any = None  # its decoding.Sequence once admitted
+    decoder: Any = None  # its model's decoding.Decoder, once admitted
+    prefill: Future | None = None  # its prefill (decoder.begin), running in the prefill thread
+    seq: Any = None  # its decoding.Sequence once prefilled
 
 
 class Batcher:
@@ -74,6 +79,8 @@ class Batcher:
         self.steps = 0
         self.step_rows = 0  # rows summed over the steps: mean rows per decode step
         self.refused = 0
+        self._pending: list[_Request] = []  # admitted, prefilling (in admission order)
+        self._prefill_pool: ThreadPoolExecutor | None = None
         self._worker: threading.Thread | None = None
 
     # --- the request side
@@ -121,51 +128,74 @@ class Batcher:
 
     def _work(self) -> None:
         while True:
-            for req in self._admit():
-                self._begin(req)
-            for ident in list(self._rows):
+            ready = self._wait_for_work()
+            for req in ready:
+                self._join(req)
+            for ident in list(self._decoders):
                 self._step(ident)
 
-    def _admit(self) -> list[_Request]:
-        """Waiting requests whose model's batch has room, in arrival order (after the collection window when
-        every model is idle); blocks while there is nothing to do."""
+    def _wait_for_work(self) -> list[_Request]:
+        """Admit what may start (its prefill goes to the prefill thread) and return the admitted requests
+        whose prefill is done, in admission order; blocks while there is nothing to join or decode."""
         with self._cond:
-            while not self._queue and not self._rows:
+            while True:
+                if self._queue and not self._rows:  # every model idle: wait for company a moment
+                    first = self._queue[0]
+                    deadline = first.queued_at + self.window_s
+                    while self._companions(first) < self.max_batch and (left := deadline - time.monotonic()) > 0:
+                        self._cond.wait(left)
+                self._admit()
+                ready = [req for req in self._pending if req.prefill.done()]
+                for req in ready:
+                    self._pending.remove(req)
+                if ready or any(d.rows for d in self._decoders.values()):
+                    return ready
                 self._cond.wait()
-            if not self._rows and self._queue:
-                first = self._queue[0]
-                deadline = first.queued_at + self.window_s
-                while self._companions(first) < self.max_batch and (left := deadline - time.monotonic()) > 0:
-                    self._cond.wait(left)
-            admitted = []
-            for req in list(self._queue):
-                try:
-                    decoder = req.generator.decoder(self.prefix_cache_mb)
-                except BaseException as exc:  # noqa: BLE001 - this request fails, the others go on
-                    self._queue.remove(req)
-                    self._finish(req, error=exc)
-                    continue
-                rows = self._rows.setdefault(id(decoder), [])
-                if len(rows) < self.max_batch:
-                    self._decoders[id(decoder)] = decoder
-                    self._seen.add(decoder)
-                    self._queue.remove(req)
-                    rows.append(req)
-                    admitted.append(req)
-            for ident in [i for i, rows in self._rows.items() if not rows]:
-                del self._rows[ident]
-                self._decoders.pop(ident, None)
-            return admitted
+
+    def _admit(self) -> None:
+        """Start the prefill of each waiting request whose model's batch has room, in arrival order (the
+        caller holds the lock)."""
+        for req in list(self._queue):
+            try:
+                decoder = req.generator.decoder(self.prefix_cache_mb)
+            except BaseException as exc:  # noqa: BLE001 - this request fails, the others go on
+                self._queue.remove(req)
+                self._finish(req, error=exc)
+                continue
+            rows = self._rows.setdefault(id(decoder), [])
+            if len(rows) >= self.max_batch:
+                continue
+            self._decoders[id(decoder)] = decoder
+            self._seen.add(decoder)
+            self._queue.remove(req)
+            rows.append(req)
+            req.decoder = decoder
+            req.prefill = self._prefiller().submit(decoder.begin, req.messages, max_new_tokens=req.max_new_tokens,
+                                                   on_token=req.on_token)
+            self._pending.append(req)
+            req.prefill.add_done_callback(self._wake)
+        for ident in [i for i, rows in self._rows.items() if not rows]:
+            del self._rows[ident]
+            self._decoders.pop(ident, None)
+
+    def _prefiller(self) -> ThreadPoolExecutor:
+        if self._prefill_pool is None:
+            self._prefill_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tandem-prefill")
+        return self._prefill_pool
+
+    def _wake(self, _future=None) -> None:
+        with self._cond:
+            self._cond.notify_all()
 
     def _companions(self, first: _Request) -> int:
         return sum(1 for req in self._queue if req.generator is first.generator)
 
-    def _begin(self, req: _Request) -> None:
-        """Prefill one admitted request and put it in its model's batch (or answer it, when its first token
-        ends it)."""
-        decoder = req.generator.decoder(self.prefix_cache_mb)
+    def _join(self, req: _Request) -> None:
+        """Put a prefilled request in its model's running batch (or answer it, when its first token ended
+        it)."""
+        decoder = req.decoder
         try:
-            req.seq = decoder.begin(req.messages, max_new_tokens=req.max_new_tokens, on_token=req.on_token)
+            req.seq = req.prefill.result()
             if not req.seq.done:
                 decoder.join(req.seq)
         except BaseException as exc:  # noqa: BLE001 - this request gets the error, the worker goes on
@@ -214,7 +244,7 @@ class Batcher:
             req.output, req.batch_size = req.seq.text, req.seq.largest_batch
             with self._cond:
                 self._sizes.append(req.batch_size)
-        req.seq, req.generator = None, None  # the model may be freed once its answers are out
+        req.seq = req.generator = req.decoder = req.prefill = None  # the model may go once its answers are out
         req.done.set()
 
 
