@@ -413,12 +413,14 @@ def _serve_rss(pid: int) -> int:
 
 def bench_load(settings, questions: list[str], work: Path, *, clients: int = 8, seconds: float = 60,
                flip_every: float = 5, batch_max: int | None = None, window_ms: int | None = None,
-               prefix_cache_mb: int | None = None, versions: list[str] | None = None) -> dict:
+               prefix_cache_mb: int | None = None, versions: list[str] | None = None,
+               code: Path | None = None) -> dict:
     """`tandem serve` under load: ``clients`` concurrent askers for ``seconds`` while the champion alias flips
     between two real adapters every ``flip_every`` s. Every answer must be 2xx and name a version that was
     champion at some moment of its request. ``batch_max`` / ``window_ms`` / ``prefix_cache_mb``: the serve
     process's batching (``batch_max=1, window_ms=0, prefix_cache_mb=0``: one answer at a time, as before
-    batching). Also measured before the load:
+    batching). ``code``: a folder holding another revision's ``include/`` (``code_at``), whose `tandem serve`
+    runs instead of this tree's (the same venv, models and stack). Also measured before the load:
     a request alone (median of 3) and the time to the first streamed token."""
     import subprocess
     import threading
@@ -437,6 +439,8 @@ def bench_load(settings, questions: list[str], work: Path, *, clients: int = 8, 
     registry.promote(forced, versions[0], reason="bench-serve load")
     env = {k: v for k, v in os.environ.items() if not k.startswith("TANDEM_")}
     env.update(forced.as_env())
+    if code is not None:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(code / "include"), env.get("PYTHONPATH")]))
     serve = subprocess.Popen([str(Path(sys.executable).parent / "tandem"), "serve"], env=env,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{forced.serve_port}"
@@ -535,8 +539,25 @@ def bench_load(settings, questions: list[str], work: Path, *, clients: int = 8, 
         "batch_sizes": queue.get("batch_sizes"), "mean_batch_size": queue.get("mean_batch_size"),
         "mean_rows_per_step": queue.get("mean_rows_per_step"),
         "alone_ms": summary(alone), "first_token_ms": summary(first_token) if first_token else None,
-        "versions": versions,
+        "versions": versions, "code": str(code) if code else "this tree",
     }
+
+
+def code_at(rev: str) -> Path:
+    """``include/`` of git revision ``rev`` of this repository, unpacked once under the bench cache."""
+    import io
+    import subprocess
+    import tarfile
+
+    sha = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--verify", f"{rev}^{{commit}}"], check=True,
+                         capture_output=True, text=True).stdout.strip()
+    dest = CACHE / f"code-{sha[:12]}"
+    if not (dest / "include" / "tandem").is_dir():
+        archive = subprocess.run(["git", "-C", str(REPO), "archive", sha, "include"], check=True,
+                                 capture_output=True).stdout
+        with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+            tar.extractall(dest, filter="data")
+    return dest
 
 
 def main(argv=None) -> int:
@@ -549,6 +570,9 @@ def main(argv=None) -> int:
     p.add_argument("--max-new-tokens", type=int, default=None, help="override the spec's generation budget")
     p.add_argument("--skip-generation", action="store_true")
     p.add_argument("--skip-swap", action="store_true")
+    p.add_argument("--before", metavar="REV",
+                   help="--load: also serve one answer at a time with the code of git revision REV (say, the "
+                        "commit before continuous batching), first, in the same run")
     p.add_argument("--skip-no-prefix", action="store_true",
                    help="--load: leave out the arm batched without the prefix cache")
     p.add_argument("--tracing", action="store_true",
@@ -640,9 +664,14 @@ def main(argv=None) -> int:
         if args.load:
             # before and after in one run: one answer at a time (batch 1, no prefix cache, as before
             # batching), continuous batching without the prefix cache, then the defaults (both)
+            if args.before:
+                # serving as it was at that revision, one answer at a time (its own code, same machine)
+                results["load"] = {f"one_at_a_time_at_{args.before}": bench_load(
+                    settings, golden, home, clients=args.load_clients, seconds=args.load_seconds,
+                    batch_max=1, window_ms=0, code=code_at(args.before))}
             before = bench_load(settings, golden, home, clients=args.load_clients,
                                 seconds=args.load_seconds, batch_max=1, window_ms=0, prefix_cache_mb=0)
-            results["load"] = {"one_at_a_time": before}
+            results.setdefault("load", {})["one_at_a_time"] = before
             if not args.skip_no_prefix:
                 results["load"]["batched_no_prefix_cache"] = bench_load(
                     settings, golden, home, clients=args.load_clients, seconds=args.load_seconds,
@@ -718,13 +747,15 @@ def report(r: dict) -> str:
             pc = ld["prefix_cache"]
             lines.append(f"  prefix cache: {pc['entries']} prompts, {pc['mb']} MB, {pc['hits']} hits, "
                          f"reused share of prompt tokens {pc['reused_share']}")
-    b = (r.get("load") or {}).get("one_at_a_time")
-    for name in ("batched_no_prefix_cache", "batched"):
-        a = (r.get("load") or {}).get(name)
-        if b and a and b["answers_per_s"] and b["latency_ms"] and a["latency_ms"]:
-            lines.append(f"  {name} vs one at a time: answers/s x{a['answers_per_s'] / b['answers_per_s']:.2f}, "
-                         f"p95 x{a['latency_ms']['p95'] / b['latency_ms']['p95']:.2f}, "
-                         f"alone x{a['alone_ms']['p50'] / b['alone_ms']['p50']:.2f}")
+    arms = r.get("load") or {}
+    for base in [n for n in arms if n.startswith("one_at_a_time")]:
+        b = arms[base]
+        for name in ("batched_no_prefix_cache", "batched"):
+            a = arms.get(name)
+            if b and a and b["answers_per_s"] and b["latency_ms"] and a["latency_ms"]:
+                lines.append(f"  {name} vs {base}: answers/s x{a['answers_per_s'] / b['answers_per_s']:.2f}, "
+                             f"p95 x{a['latency_ms']['p95'] / b['latency_ms']['p95']:.2f}, "
+                             f"alone x{a['alone_ms']['p50'] / b['alone_ms']['p50']:.2f}")
     return "\n".join(lines)
 
 
