@@ -99,20 +99,56 @@ def test_a_stream_inside_a_batch_gives_the_text_of_the_answer_alone(generator):
     assert len(pieces) > 1 and "".join(pieces).strip() == expected
 
 
+class _Gated:
+    """A loaded model whose real decoder's steps wait until every prompt of the test is prefilled: on a
+    loaded machine the first answer could otherwise end before the last prompt is in, and "who shared a
+    batch" would be down to timing. Prefill, decoding and the answers are the real model's."""
+
+    def __init__(self, generator, begun: list, expected: int):
+        self._decoder, self._begun, self._expected = generator.decoder(0), begun, expected
+        self.all_in = threading.Event()
+
+    def decoder(self, _prefix_cache_mb):
+        return self
+
+    def __getattr__(self, name):  # rows, prefix, join, fail: the real decoder's
+        return getattr(self._decoder, name)
+
+    def begin(self, messages, **kwargs):
+        seq = self._decoder.begin(messages, **kwargs)
+        self._begun.append(seq)  # one prefill thread appends, so no lock is needed
+        if len(self._begun) >= self._expected:
+            for gated in _GATED:
+                gated.all_in.set()
+        return seq
+
+    def step(self):
+        assert self.all_in.wait(120), "the prompts were never all prefilled"
+        return self._decoder.step()
+
+
+_GATED: list[_Gated] = []
+
+
 def test_other_models_never_share_a_batch(generator, base_model_path):
     from tandem.behavior.generate import Generator
 
     other = Generator(str(base_model_path), threads=2)  # another loaded version, as the adapter cache holds it
+    begun: list = []
+    _GATED[:] = [_Gated(generator, begun, 3), _Gated(other, begun, 3)]
+    base, version_7 = _GATED
+    expected = _alone(generator, QUESTIONS[0], 8)
     batcher = Batcher(window_ms=300, max_batch=8, max_queue=16)
     start = threading.Barrier(3)
 
     def ask(key, model):
         start.wait()
-        return batcher.generate(key, model, _messages(QUESTIONS[0]), max_new_tokens=8)[1]
+        return batcher.generate(key, model, _messages(QUESTIONS[0]), max_new_tokens=8)
 
     with ThreadPoolExecutor(3) as pool:
-        sizes = list(pool.map(ask, ["base", "7", "base"], [generator, other, generator]))
-    assert sizes == [2, 1, 2]
+        answers = list(pool.map(ask, ["base", "7", "base"], [base, version_7, base]))
+    assert [size for _, size in answers] == [2, 1, 2]  # the two base questions together, version 7 alone
+    assert {text for text, _ in answers} == {expected}
 
 
 class _HeldDecoder:
