@@ -25,7 +25,8 @@ cached under ``benchmarks/.cache/serve/`` and the loaded index is kept in the be
 
 Usage: python benchmarks/bench_serve.py [--chunks 100000] [--corpus auto|knowledge|synthetic] [--runs 3] [--gen-questions 3]
        [--max-new-tokens N] [--skip-generation] [--skip-swap] [--exact-embeddings] [--json]
-       [--load [--load-clients 8] [--load-seconds 60] [--skip-no-prefix]] [--tracing]
+       [--load [--load-clients 8] [--load-seconds 60] [--before REV] [--skip-no-prefix]] [--tracing]
+       --medians benchmarks/results/serve-*.json   (medians of several --load runs, and their ratios)
 """
 
 from __future__ import annotations
@@ -491,10 +492,13 @@ def bench_load(settings, questions: list[str], work: Path, *, clients: int = 8, 
                     t0 = time.monotonic()
                     try:
                         resp = http.post(f"{url}/api/ask", json={"question": q}, headers=headers)
-                        status, adapter = resp.status_code, resp.json().get("adapter")
+                        body = resp.json()
+                        status, adapter = resp.status_code, body.get("adapter")
+                        said = body.get("raw_output", body.get("answer"))  # the model's own text
                     except httpx.HTTPError as exc:
-                        status, adapter = 599, type(exc).__name__
-                    records.append({"t0": t0, "t1": time.monotonic(), "status": status, "adapter": adapter})
+                        status, adapter, said = 599, type(exc).__name__, None
+                    records.append({"t0": t0, "t1": time.monotonic(), "status": status, "adapter": adapter,
+                                    "question": q, "answer": said})
 
         def sampler() -> None:
             while not stop.wait(0.5):
@@ -540,7 +544,82 @@ def bench_load(settings, questions: list[str], work: Path, *, clients: int = 8, 
         "mean_rows_per_step": queue.get("mean_rows_per_step"),
         "alone_ms": summary(alone), "first_token_ms": summary(first_token) if first_token else None,
         "versions": versions, "code": str(code) if code else "this tree",
+        "answer_digests": _answer_digests(ok, versions),
     }
+
+
+def _answer_digests(ok: list[dict], versions: list[str]) -> list[list[str]]:
+    """[which adapter (0 or 1, by its place in ``versions``), question, sha256 of the model's output] of every
+    answer: arms register their own versions of the same two adapters, so the place names the weights."""
+    out = []
+    for r in ok:
+        place = versions.index(r["adapter"][1:]) if str(r["adapter"])[1:] in versions else -1
+        text = json.dumps(r["answer"], sort_keys=True, ensure_ascii=False)
+        out.append([str(place), r["question"], hashlib.sha256(text.encode()).hexdigest()[:16]])
+    return out
+
+
+def compare_answers(arms: dict) -> None:
+    """Greedy decoding answers a question the same whichever way it is served: for every arm, count the
+    answers whose text differs from the first arm's answer to the same question by the same adapter
+    (``answers_unlike_first_arm``, of ``answers_compared``), and the questions one arm answered two ways
+    (``questions_answered_two_ways``). Written into each arm's figures."""
+    names = list(arms)
+    reference: dict[tuple[str, str], set[str]] = {}
+    for place, question, digest in arms[names[0]].get("answer_digests", []):
+        reference.setdefault((place, question), set()).add(digest)
+    for name in names:
+        seen: dict[tuple[str, str], set[str]] = {}
+        compared = unlike = 0
+        for place, question, digest in arms[name].get("answer_digests", []):
+            seen.setdefault((place, question), set()).add(digest)
+            if (place, question) in reference:
+                compared += 1
+                unlike += digest not in reference[(place, question)]
+        arms[name]["answers_compared"], arms[name]["answers_unlike_first_arm"] = compared, unlike
+        arms[name]["questions_answered_two_ways"] = sum(1 for d in seen.values() if len(d) > 1)
+
+
+LOAD_FIGURES = [("answers/s", "answers_per_s"), ("p50 ms", "latency_ms.p50"), ("p95 ms", "latency_ms.p95"),
+                ("alone ms", "alone_ms.p50"), ("first token ms", "first_token_ms.p50"),
+                ("peak RSS MB", "serve_peak_rss_mb"), ("answers", "answers_2xx"), ("5xx", "responses_5xx"),
+                ("misattributed", "misattributed"), ("unlike 1st arm", "answers_unlike_first_arm"),
+                ("mean batch", "mean_batch_size"), ("rows/step", "mean_rows_per_step"),
+                ("prefix reused", "prefix_cache.reused_share")]
+
+
+def _figure(arm: dict, path: str):
+    for part in path.split("."):
+        arm = arm.get(part) if isinstance(arm, dict) else None
+    return arm
+
+
+def load_medians(paths: list[Path]) -> str:
+    """The medians of the --load figures of several result files, arm by arm, and the ratio of each batched
+    arm to each one-at-a-time arm (median of the runs' ratios, and each run's)."""
+    import statistics
+
+    runs = [json.loads(Path(p).read_text()).get("load") or {} for p in paths]
+    runs = [r for r in runs if r]
+    if not runs:
+        raise SystemExit(f"--medians: none of {', '.join(map(str, paths))} holds --load figures")
+    arms = [name for name in runs[0] if all(name in r for r in runs)]
+    lines = [f"--load medians of {len(runs)} runs ({', '.join(Path(p).name for p in paths)})",
+             f"{'arm':<36}" + "".join(f"{label:>14}" for label, _ in LOAD_FIGURES)]
+    for name in arms:
+        cells = []
+        for _, key in LOAD_FIGURES:
+            values = [v for v in (_figure(r[name], key) for r in runs) if v is not None]
+            cells.append(f"{statistics.median(values):>14g}" if values else f"{'-':>14}")
+        lines.append(f"{name:<36}" + "".join(cells))
+    for base in [n for n in arms if n.startswith("one_at_a_time")]:
+        for name in [n for n in arms if n.startswith("batched")]:
+            for label, key in (("answers/s", "answers_per_s"), ("p50", "latency_ms.p50"), ("p95", "latency_ms.p95"),
+                               ("alone", "alone_ms.p50")):
+                ratios = [_figure(r[name], key) / _figure(r[base], key) for r in runs]
+                lines.append(f"  {name} vs {base}, {label}: x{statistics.median(ratios):.2f} "
+                             f"(runs {', '.join(f'x{x:.2f}' for x in ratios)})")
+    return "\n".join(lines)
 
 
 def code_at(rev: str) -> Path:
@@ -586,7 +665,13 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads (1 by default: on a busy 2-core machine 2 threads were ~7x slower, see the report)")
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
+    p.add_argument("--medians", nargs="+", type=Path, metavar="RESULT",
+                   help="print the medians of the --load figures of these result files (benchmarks/results/"
+                        "serve-*.json) and the before/after ratios, and measure nothing")
     args = p.parse_args(argv)
+    if args.medians:
+        print(load_medians(args.medians))
+        return 0
     if args.runs < 3:
         p.error("--runs must be >= 3 (figures are medians of at least 3 runs)")
 
@@ -678,6 +763,7 @@ def main(argv=None) -> int:
                     prefix_cache_mb=0, versions=before["versions"])
             results["load"]["batched"] = bench_load(settings, golden, home, clients=args.load_clients,
                                                     seconds=args.load_seconds, versions=before["versions"])
+            compare_answers(results["load"])
     finally:
         if mlflow_service is not None:
             process.stop(mlflow_service, settings.run_dir)
@@ -743,6 +829,10 @@ def report(r: dict) -> str:
                      f"misattributed {ld['misattributed']}, by version {ld['by_version']}, "
                      f"batch sizes {ld['batch_sizes']} (mean {ld['mean_batch_size']}, "
                      f"{ld.get('mean_rows_per_step')} rows per decode step)")
+        if "answers_compared" in ld:
+            lines.append(f"  answers unlike the first arm's to the same question and adapter: "
+                         f"{ld['answers_unlike_first_arm']} of {ld['answers_compared']} compared; "
+                         f"questions answered two ways in this arm: {ld['questions_answered_two_ways']}")
         if ld.get("prefix_cache"):
             pc = ld["prefix_cache"]
             lines.append(f"  prefix cache: {pc['entries']} prompts, {pc['mb']} MB, {pc['hits']} hits, "
