@@ -323,15 +323,13 @@ class Settings:
         resolved: dict[str, Any] = {}
         for setting in SETTINGS:
             if setting.name in overrides:
-                resolved[setting.name] = overrides[setting.name]
+                value = overrides[setting.name]
+                # a string override is read as the environment variable would be (home="/x" becomes a Path)
+                resolved[setting.name] = _parse(setting, value, setting.name) if isinstance(value, str) else value
                 continue
             raw = env.get(setting.env)
             if raw is not None and raw != "":
-                try:
-                    resolved[setting.name] = setting.parse(raw)
-                except (ValueError, TypeError) as exc:
-                    raise ConfigError(f"{setting.env}={raw!r} is invalid: {exc}",
-                                      fix=f"set {setting.env} to a valid value ({setting.help})") from None
+                resolved[setting.name] = _parse(setting, raw, setting.env)
             else:
                 resolved[setting.name] = _default_value(setting, resolved)
         unknown = set(overrides) - set(_BY_NAME)
@@ -421,6 +419,15 @@ def markdown_table() -> str:
             shown = f"`{default}`"
         rows.append(f"| `{setting.env}` | {shown} | {setting.help} |")
     return "\n".join(rows)
+
+
+def _parse(setting: Setting, raw: str, named: str) -> Any:
+    """``raw`` read by ``setting``'s parser; a ConfigError naming ``named`` (the variable or keyword) if bad."""
+    try:
+        return setting.parse(raw)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"{named}={raw!r} is invalid: {exc}",
+                          fix=f"set {named} to a valid value ({setting.help})") from None
 
 
 def load() -> Settings:
