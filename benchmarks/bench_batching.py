@@ -8,7 +8,7 @@ from what padded batched prefill costs.
 ``--engines`` instead puts the three ways to answer the eight prompts submitted at once side by side, each
 ``--runs`` times (medians): serve's decoder (``tandem.behavior.decoding``: each prompt prefilled alone, decode
 steps batched, no prefix cache), transformers' own continuous batching (``generate_batch``, paged attention)
-and one padded ``generate`` call of batch 8. Every engine's new tokens are compared with the decoder's.
+and one padded ``generate`` call of batch 8. Every engine's answer texts are compared with the decoder's.
 
 Usage: python benchmarks/bench_batching.py [--threads 1] [--engines [--runs 3]]
 """
@@ -72,7 +72,7 @@ def main(argv=None) -> int:
 
 
 def _engines(gen, convs: list, budget: int, runs: int) -> int:
-    """The eight prompts at once through each engine, ``runs`` times; prints medians and token agreement."""
+    """The eight prompts at once through each engine, ``runs`` times; prints medians and answer agreement."""
     import statistics
 
     from transformers import GenerationConfig
