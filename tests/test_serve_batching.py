@@ -1,6 +1,7 @@
 """The generation queue of the answer path (tandem.serve.batcher) on the real base model: concurrent questions
 decode in one batch, a question arriving mid-answer joins it, each answer equals the same question's answer
-alone (budgets, streaming and the prefix cache included), other models never share a batch, and past the
+alone (budgets, streaming and the prefix cache included), models that cannot mix never share a batch, rows of
+several adapter versions decode in one mixed step and still answer as their version alone, and past the
 queue limit a request is refused at once with 429."""
 
 from __future__ import annotations
@@ -130,7 +131,7 @@ class _Gated:
 _GATED: list[_Gated] = []
 
 
-def test_other_models_never_share_a_batch(generator, base_model_path):
+def test_models_that_cannot_mix_never_share_a_batch(generator, base_model_path):
     from tandem.behavior.generate import Generator
 
     other = Generator(str(base_model_path), threads=2)  # another loaded version, as the adapter cache holds it
@@ -149,6 +150,84 @@ def test_other_models_never_share_a_batch(generator, base_model_path):
         answers = list(pool.map(ask, ["base", "7", "base"], [base, version_7, base]))
     assert [size for _, size in answers] == [2, 1, 2]  # the two base questions together, version 7 alone
     assert {text for text, _ in answers} == {expected}
+
+
+def _adapter(folder, base_model_path, seed: int) -> str:
+    """A LoRA adapter of random weights (seeded; B scaled so answers change but stay words), saved as
+    lora_retrain saves one."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base_model_path),
+                           LoraConfig(r=8, lora_alpha=16, init_lora_weights=False,
+                                      target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]))
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.mul_(0.3)
+    model.save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="module")
+def versions(generator, base_model_path, tmp_path_factory):
+    """base, version 1 and version 2 (merged, as the adapter cache loads them)."""
+    from tandem.behavior.generate import Generator
+
+    root = tmp_path_factory.mktemp("adapters")
+    return {"base": generator,
+            **{key: Generator(str(base_model_path), _adapter(root / f"v{key}", base_model_path, int(key)), threads=2)
+               for key in ("1", "2")}}
+
+
+def _ask_all(batcher, versions: dict, jobs: list) -> list[str]:
+    start = threading.Barrier(len(jobs))
+
+    def ask(job):
+        key, question = job
+        start.wait()
+        return batcher.generate(key, versions[key], _messages(question), max_new_tokens=32)[0]
+
+    with ThreadPoolExecutor(len(jobs)) as pool:
+        return list(pool.map(ask, jobs))
+
+
+def test_rows_of_several_versions_decode_in_one_step_and_answer_as_their_version_alone(versions):
+    jobs = [(key, q) for key in versions for q in QUESTIONS[:3]]
+    alone = {(key, q): versions[key].generate([_messages(q)], max_new_tokens=32, batch_size=1)[0] for key, q in jobs}
+    for q in QUESTIONS[:3]:  # the versions answer differently, so a row answered by another would show
+        assert len({alone[(key, q)] for key in versions}) >= 2, q
+    batcher = Batcher(window_ms=300, max_batch=8, max_queue=16, mix=True)
+    first = _ask_all(batcher, versions, jobs)  # the mixer loads its model and attaches both adapters meanwhile
+    steps = batcher.state()["mixed_steps"]
+    second = _ask_all(batcher, versions, jobs)
+    state = batcher.state()
+    assert first == second == [alone[job] for job in jobs]
+    assert state["mixed_steps"] > steps and state["row_moves"] > 0, state
+    assert state["mixers"] == [{"attached": 2, "failed": None}], state
+    assert state["generating"] == 0 and max(state["batch_sizes"]) > 3, state  # versions shared steps
+
+    unmixed = Batcher(window_ms=300, max_batch=8, max_queue=16, mix=False)
+    assert _ask_all(unmixed, versions, jobs) == first
+    assert unmixed.state()["mixed_steps"] == 0 and max(unmixed.state()["batch_sizes"]) <= 3
+
+
+def test_an_adapter_that_cannot_be_attached_turns_mixing_off_and_the_answers_stay_right(versions, base_model_path,
+                                                                                        tmp_path):
+    from tandem.behavior.generate import Generator
+
+    broken = Generator(str(base_model_path), threads=2)  # answers as the base model ...
+    broken.adapter_path = str(tmp_path / "gone")  # ... but names an adapter folder the mixer cannot read
+    batcher = Batcher(window_ms=300, max_batch=8, max_queue=16, mix=True)
+    jobs = [("base", QUESTIONS[0]), ("1", QUESTIONS[0]), ("9", QUESTIONS[1])]
+    models = {**versions, "9": broken}
+    expected = [models[key].generate([_messages(q)], max_new_tokens=32, batch_size=1)[0] for key, q in jobs]
+    assert _ask_all(batcher, models, jobs) == expected
+    _wait_for(lambda: batcher.state()["mixers"][0]["failed"] is not None)
+    assert _ask_all(batcher, models, jobs) == expected  # mixing is off now: each version in its own batch
+    assert "gone" in batcher.state()["mixers"][0]["failed"]
 
 
 class _HeldDecoder:

@@ -266,6 +266,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("serve_prefix_cache_mb", 256, _nonneg_int,
             "Memory per loaded model for the key/values of recent prompts: a new prompt reuses the longest stored "
             "prefix (the spec's system prompt; a repeated question) and prefills only the rest (0: off)."),
+    Setting("serve_mix_adapters", True, _bool,
+            "While several adapter versions have questions in flight (the champion just flipped), decode their "
+            "rows in one step of the base model with the adapters attached unmerged, instead of one batch per "
+            "version taking turns (false: one batch per version). Holds one more copy of the base model."),
     Setting("serve_queue_max", 32, _pos_int,
             "Most questions waiting for the model in one process; past it the answer API says 429 with "
             "Retry-After at once."),

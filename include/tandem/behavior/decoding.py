@@ -22,6 +22,7 @@ A prefix's keys and values depend only on its own tokens (causal attention), so 
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import logging
 import threading
@@ -45,6 +46,7 @@ class Sequence:
     text: str | None = None
     largest_batch: int = 0  # the most rows it decoded beside (itself included)
     streamer: Any = None
+    adapter: str | None = None  # its adapter's name in a mixed batch (``tandem.behavior.mixing``)
 
 
 class PrefixCache:
@@ -114,12 +116,20 @@ def _common_prefix(a: Seq[int], b: Seq[int], limit: int) -> int:
 
 
 class Decoder:
-    """The running batch of one model (see the module docstring). One thread drives ``join``, ``step`` and
-    ``fail``; ``begin`` may run in another thread at the same time (a prefill beside the batch's steps)."""
+    """The running batch of one model (see the module docstring). One thread drives ``join``, ``step``,
+    ``release`` and ``fail``; ``begin`` may run in another thread at the same time (a prefill beside the
+    batch's steps).
 
-    def __init__(self, generator, prefix_cache_bytes: int = 0):
+    A ``mixed`` decoder runs a peft model holding several LoRA adapters unmerged: each step passes every
+    row's ``adapter`` (``adapter_names``), so rows of different versions decode in one step
+    (``tandem.behavior.mixing``); ``lock`` is held around each step, so adapters can be attached beside it.
+    """
+
+    def __init__(self, generator, prefix_cache_bytes: int = 0, *, mixed: bool = False, lock=None):
         self.generator = generator
         self.prefix = PrefixCache(prefix_cache_bytes)
+        self.mixed = mixed
+        self._lock = lock if lock is not None else contextlib.nullcontext()
         self.rows: list[Sequence] = []
         self._cache = None  # a DynamicCache whose layers are Columns, batch first, right-aligned
         self._mask = None  # [rows, length] 1 where a row has a token
@@ -190,9 +200,10 @@ class Decoder:
         self._mask = torch.cat([self._mask, torch.ones(size, 1, dtype=torch.long, device=device)], dim=1)
         inputs = torch.tensor([[s.new_ids[-1]] for s in self.rows], device=device)
         positions = torch.tensor([[s.cached] for s in self.rows], device=device)
-        with torch.inference_mode():
+        extra = {"adapter_names": [s.adapter for s in self.rows]} if self.mixed else {}
+        with self._lock, torch.inference_mode():
             out = gen.model(input_ids=inputs, attention_mask=self._mask, position_ids=positions,
-                            past_key_values=self._cache, use_cache=True)
+                            past_key_values=self._cache, use_cache=True, **extra)
         self.steps += 1
         chosen = out.logits[:, -1].argmax(-1).tolist()
         for seq, token in zip(self.rows, chosen):
@@ -201,8 +212,20 @@ class Decoder:
             self._take(seq, token)
         ended = [s for s in self.rows if s.done]
         if ended:
-            self._drop()
+            self._keep([i for i, s in enumerate(self.rows) if not s.done])
         return ended
+
+    def release(self, seqs: Seq[Sequence]) -> None:
+        """Take ``seqs`` out of the running batch, each with its own keys/values (``kv``), to ``join``
+        another decoder: the batch of a model that gives the same key/values (the same weights, merged
+        or not)."""
+        leaving = {id(s) for s in seqs}
+        for i, seq in enumerate(self.rows):
+            if id(seq) in leaving:
+                pad = self._mask.shape[1] - seq.cached
+                seq.kv = [(layer.keys[i:i + 1, :, pad:].clone(), layer.values[i:i + 1, :, pad:].clone())
+                          for layer in self._cache.layers]
+        self._keep([i for i, s in enumerate(self.rows) if id(s) not in leaving])
 
     def fail(self) -> list[Sequence]:
         """Empty the batch after an error; returns the rows that were in it."""
@@ -222,11 +245,10 @@ class Decoder:
                 if seq.streamer is not None:
                     seq.streamer.end()
 
-    def _drop(self) -> None:
-        """Remove the ended rows, and the columns that are padding in every row left."""
+    def _keep(self, keep: list[int]) -> None:
+        """Keep the rows at ``keep`` only, without the columns that are padding in every row left."""
         import torch
 
-        keep = [i for i, s in enumerate(self.rows) if not s.done]
         self.rows = [self.rows[i] for i in keep]
         if not keep:
             self._cache, self._mask = None, None

@@ -111,7 +111,8 @@ class AdapterCache:
         self.peak_alive = 0  # the most merged models alive at once (loaded + loading + retired)
         # the process's generation queue: concurrent questions to one version decode in one batch
         self.batcher = Batcher(window_ms=settings.serve_batch_window_ms, max_batch=settings.serve_batch_max,
-                               max_queue=settings.serve_queue_max, prefix_cache_mb=settings.serve_prefix_cache_mb)
+                               max_queue=settings.serve_queue_max, prefix_cache_mb=settings.serve_prefix_cache_mb,
+                               mix=settings.serve_mix_adapters)
 
     @property
     def max_alive(self) -> int:

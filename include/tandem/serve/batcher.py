@@ -11,8 +11,11 @@ its model's running batch, which takes one token per row per step (``tandem.beha
 leaves at its end-of-sequence or budget, and a question that arrives mid-answer is admitted at once: nobody
 waits for a whole batch to end.
 
-Rows of one batch are always answered by one generator, so an answer is produced by the version its request
-resolved. Greedy decoding gives the same answer alone or in a batch (tested). A streaming request (one that
+Each row is answered by the version its request resolved. While the rows of one model's batch come from one
+version, that version's merged model decodes them; while several versions of one base model have rows (the
+champion just flipped, a challenger is asked), their rows move into one mixed batch whose step passes each
+row's adapter (``tandem.behavior.mixing``; ``TANDEM_SERVE_MIX_ADAPTERS``), and back once one version is left.
+Greedy decoding gives the same answer alone, in a batch and in a mixed batch (tested). A streaming request (one that
 passes ``on_token``) decodes in the batch like any other, its text handed out as it comes.
 
 Past ``TANDEM_SERVE_QUEUE_MAX`` waiting requests, a new one is refused at once with ``Overloaded`` (429 with
@@ -30,6 +33,7 @@ import weakref
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable
 
+from tandem.behavior.mixing import Mixer, can_mix
 from tandem.errors import TandemError
 
 log = logging.getLogger(__name__)
@@ -65,8 +69,11 @@ class _Request:
 class Batcher:
     """The process's generation queue and running batches (see the module docstring)."""
 
-    def __init__(self, *, window_ms: float, max_batch: int, max_queue: int, prefix_cache_mb: int = 0):
+    def __init__(self, *, window_ms: float, max_batch: int, max_queue: int, prefix_cache_mb: int = 0,
+                 mix: bool = False):
         self.window_s = max(0.0, float(window_ms) / 1000)
+        self.mix = bool(mix)
+        self._mixers: dict[str, Mixer] = {}  # base model -> its mixed batch
         self.max_batch = max(1, int(max_batch))
         self.max_queue = max(1, int(max_queue))
         self.prefix_cache_mb = max(0, int(prefix_cache_mb))
@@ -79,6 +86,8 @@ class Batcher:
         self.steps = 0
         self.step_rows = 0  # rows summed over the steps: mean rows per decode step
         self.refused = 0
+        self.mixed_steps = 0  # decode steps of a mixed batch (rows of several versions)
+        self.moves = 0  # rows moved between a version's batch and a mixed one
         self._pending: list[_Request] = []  # admitted, prefilling (in admission order)
         self._prefill_pool: ThreadPoolExecutor | None = None
         self._worker: threading.Thread | None = None
@@ -117,6 +126,8 @@ class Batcher:
                     "mean_rows_per_step": round(self.step_rows / self.steps, 2) if self.steps else None,
                     "batch_sizes": dict(sorted(collections.Counter(sizes).items())),
                     "mean_batch_size": round(sum(sizes) / len(sizes), 2) if sizes else None,
+                    "mix_adapters": self.mix, "mixed_steps": self.mixed_steps, "row_moves": self.moves,
+                    "mixers": [m.state() for m in self._mixers.values()],
                     "prefix_cache": _prefix_totals(prefix, self.prefix_cache_mb)}
 
     # --- the worker side
@@ -131,6 +142,7 @@ class Batcher:
             ready = self._wait_for_work()
             for req in ready:
                 self._join(req)
+            self._mix()
             for ident in list(self._decoders):
                 self._step(ident)
 
@@ -162,13 +174,12 @@ class Batcher:
                 self._queue.remove(req)
                 self._finish(req, error=exc)
                 continue
-            rows = self._rows.setdefault(id(decoder), [])
-            if len(rows) >= self.max_batch:
+            if self._in_flight(req.generator) >= self.max_batch:
                 continue
             self._decoders[id(decoder)] = decoder
             self._seen.add(decoder)
             self._queue.remove(req)
-            rows.append(req)
+            self._rows.setdefault(id(decoder), []).append(req)
             req.decoder = decoder
             req.prefill = self._prefiller().submit(decoder.begin, req.messages, max_new_tokens=req.max_new_tokens,
                                                    on_token=req.on_token)
@@ -177,6 +188,10 @@ class Batcher:
         for ident in [i for i, rows in self._rows.items() if not rows]:
             del self._rows[ident]
             self._decoders.pop(ident, None)
+
+    def _in_flight(self, generator) -> int:
+        """The admitted requests of ``generator`` (one version), in its own batch or a mixed one."""
+        return sum(1 for rows in self._rows.values() for req in rows if req.generator is generator)
 
     def _prefiller(self) -> ThreadPoolExecutor:
         if self._prefill_pool is None:
@@ -205,6 +220,54 @@ class Batcher:
         if req.seq.done:
             self._leave(id(decoder), [req])
 
+    def _mix(self) -> None:
+        """While rows of several versions of one base model decode, move them all into that base model's
+        mixed batch (one step for all of them); once one version is left there, back to its own model."""
+        if not self.mix:
+            return
+        with self._cond:
+            groups: dict[str, list[_Request]] = {}
+            for rows in self._rows.values():
+                for req in rows:
+                    if req.seq is not None and not req.seq.done and can_mix(req.generator):
+                        groups.setdefault(req.generator.base_model, []).append(req)
+        for base, reqs in groups.items():
+            mixer = self._mixers.get(base)
+            mixed = mixer.decoder() if mixer is not None else None
+            if len({id(req.generator) for req in reqs}) >= 2:
+                if mixer is None:
+                    mixer = self._mixers[base] = Mixer(base)
+                names = {id(req.generator): mixer.name(req.generator) for req in reqs}
+                if None in names.values():  # an adapter is still being attached (or cannot be)
+                    continue
+                mixer.hold(set(names.values()))
+                self._move([req for req in reqs if req.decoder is not mixer.decoder()], mixer.decoder(), names)
+            elif mixed is not None:
+                back = [req for req in reqs if req.decoder is mixed]
+                if back:
+                    self._move(back, back[0].generator.decoder(self.prefix_cache_mb), None)
+
+    def _move(self, reqs: list[_Request], target, names: dict[int, str] | None) -> None:
+        """Move the rows of ``reqs`` (keys/values included) into ``target``'s batch."""
+        sources: dict[int, list[_Request]] = {}
+        for req in reqs:
+            sources.setdefault(id(req.decoder), []).append(req)
+        for group in sources.values():
+            group[0].decoder.release([req.seq for req in group])
+        for req in reqs:
+            req.seq.adapter = names[id(req.generator)] if names is not None else None
+            target.join(req.seq)
+        with self._cond:
+            for req in reqs:
+                self._rows[id(req.decoder)].remove(req)
+                req.decoder = target
+            self._rows.setdefault(id(target), []).extend(reqs)
+            self._decoders[id(target)] = target
+            for ident in [i for i, rows in self._rows.items() if not rows]:
+                del self._rows[ident]
+                self._decoders.pop(ident, None)
+            self.moves += len(reqs)
+
     def _step(self, ident: int) -> None:
         """One decode step of one model's batch; answers the rows that ended."""
         with self._cond:
@@ -222,6 +285,7 @@ class Batcher:
         with self._cond:
             self.steps += 1
             self.step_rows += size
+            self.mixed_steps += 1 if getattr(decoder, "mixed", False) else 0
         ids = {id(seq) for seq in ended}
         self._leave(ident, [r for r in rows if r.seq is not None and id(r.seq) in ids])
 
