@@ -8,7 +8,8 @@
    loaded (base + LoRA, merged), then the answer generated; against a steady request.
 5. ``--load``: `tandem serve` under 8 clients for 60 s while the champion flips every 5 s, in three arms of
    one run: one answer at a time (batch 1, no prefix cache: serving as before batching), continuous
-   batching without the prefix cache (``--skip-no-prefix`` leaves it out), and the defaults.
+   batching without the prefix cache (``--skip-no-prefix`` leaves it out), optionally batching with one batch
+   per version (``--unmixed``: no mixed-adapter steps), and the defaults.
 
 Every figure is the median (p50) and p95 of at least ``--runs`` (>= 3) repetitions.
 
@@ -25,7 +26,7 @@ cached under ``benchmarks/.cache/serve/`` and the loaded index is kept in the be
 
 Usage: python benchmarks/bench_serve.py [--chunks 100000] [--corpus auto|knowledge|synthetic] [--runs 3] [--gen-questions 3]
        [--max-new-tokens N] [--skip-generation] [--skip-swap] [--exact-embeddings] [--json]
-       [--load [--load-clients 8] [--load-seconds 60] [--before REV] [--skip-no-prefix]] [--tracing]
+       [--load [--load-clients 8] [--load-seconds 60] [--before REV] [--skip-no-prefix] [--unmixed]] [--tracing]
        --medians benchmarks/results/serve-*.json   (medians of several --load runs, and their ratios)
 """
 
@@ -414,7 +415,7 @@ def _serve_rss(pid: int) -> int:
 
 def bench_load(settings, questions: list[str], work: Path, *, clients: int = 8, seconds: float = 60,
                flip_every: float = 5, batch_max: int | None = None, window_ms: int | None = None,
-               prefix_cache_mb: int | None = None, versions: list[str] | None = None,
+               prefix_cache_mb: int | None = None, mix: bool | None = None, versions: list[str] | None = None,
                code: Path | None = None) -> dict:
     """`tandem serve` under load: ``clients`` concurrent askers for ``seconds`` while the champion alias flips
     between two real adapters every ``flip_every`` s. Every answer must be 2xx and name a version that was
@@ -433,7 +434,8 @@ def bench_load(settings, questions: list[str], work: Path, *, clients: int = 8, 
 
     versions = versions or register_two_adapters(settings, work)
     batching = {k: v for k, v in {"serve_batch_max": batch_max, "serve_batch_window_ms": window_ms,
-                                  "serve_prefix_cache_mb": prefix_cache_mb}.items() if v is not None}
+                                  "serve_prefix_cache_mb": prefix_cache_mb,
+                                  "serve_mix_adapters": mix}.items() if v is not None}
     forced = settings.replace(refusal_min_similarity=0.0, champion_check_seconds=0, serve_port=process.free_port(),
                               serve_token="bench-" + os.urandom(6).hex(), serve_queue_max=max(32, 4 * clients),
                               **batching)
@@ -542,6 +544,8 @@ def bench_load(settings, questions: list[str], work: Path, *, clients: int = 8, 
         "prefix_cache_mb": forced.serve_prefix_cache_mb, "prefix_cache": queue.get("prefix_cache"),
         "batch_sizes": queue.get("batch_sizes"), "mean_batch_size": queue.get("mean_batch_size"),
         "mean_rows_per_step": queue.get("mean_rows_per_step"),
+        "mix_adapters": forced.serve_mix_adapters, "mixed_steps": queue.get("mixed_steps"),
+        "decode_steps": queue.get("decode_steps"),
         "alone_ms": summary(alone), "first_token_ms": summary(first_token) if first_token else None,
         "versions": versions, "code": str(code) if code else "this tree",
         "answer_digests": _answer_digests(ok, versions),
@@ -585,6 +589,7 @@ LOAD_FIGURES = [("answers/s", "answers_per_s"), ("p50 ms", "latency_ms.p50"), ("
                 ("peak RSS MB", "serve_peak_rss_mb"), ("answers", "answers_2xx"), ("5xx", "responses_5xx"),
                 ("misattributed", "misattributed"), ("unlike 1st arm", "answers_unlike_first_arm"),
                 ("mean batch", "mean_batch_size"), ("rows/step", "mean_rows_per_step"),
+                ("mixed steps", "mixed_steps"),
                 ("prefix reused", "prefix_cache.reused_share")]
 
 
@@ -654,6 +659,8 @@ def main(argv=None) -> int:
                         "commit before continuous batching), first, in the same run")
     p.add_argument("--skip-no-prefix", action="store_true",
                    help="--load: leave out the arm batched without the prefix cache")
+    p.add_argument("--unmixed", action="store_true",
+                   help="--load: add the arm batched with one batch per version (TANDEM_SERVE_MIX_ADAPTERS=false)")
     p.add_argument("--tracing", action="store_true",
                    help="also answers with tracing off and on, interleaved, against a real MLflow server")
     p.add_argument("--load", action="store_true",
@@ -755,12 +762,16 @@ def main(argv=None) -> int:
                     settings, golden, home, clients=args.load_clients, seconds=args.load_seconds,
                     batch_max=1, window_ms=0, code=code_at(args.before))}
             before = bench_load(settings, golden, home, clients=args.load_clients,
-                                seconds=args.load_seconds, batch_max=1, window_ms=0, prefix_cache_mb=0)
+                                seconds=args.load_seconds, batch_max=1, window_ms=0, prefix_cache_mb=0, mix=False)
             results.setdefault("load", {})["one_at_a_time"] = before
             if not args.skip_no_prefix:
                 results["load"]["batched_no_prefix_cache"] = bench_load(
                     settings, golden, home, clients=args.load_clients, seconds=args.load_seconds,
                     prefix_cache_mb=0, versions=before["versions"])
+            if args.unmixed:
+                results["load"]["batched_unmixed"] = bench_load(
+                    settings, golden, home, clients=args.load_clients, seconds=args.load_seconds, mix=False,
+                    versions=before["versions"])
             results["load"]["batched"] = bench_load(settings, golden, home, clients=args.load_clients,
                                                     seconds=args.load_seconds, versions=before["versions"])
             compare_answers(results["load"])
@@ -817,7 +828,7 @@ def report(r: dict) -> str:
                      f"{t['traces']['recorded']}, dropped {t['traces']['dropped']}")
     for name, ld in (r.get("load") or {}).items():
         lines.append(f"load, {name} (batch max {ld['batch_max']}, window {ld['batch_window_ms']} ms, "
-                     f"prefix cache {ld.get('prefix_cache_mb')} MB): "
+                     f"prefix cache {ld.get('prefix_cache_mb')} MB, mixed batches {ld.get('mix_adapters', 'n/a')}): "
                      f"{ld['clients']} clients for {ld['seconds']} s, champion flipped {ld['flips']} times "
                      f"(tandem serve, peak RSS {ld['serve_peak_rss_mb']} MB)")
         if ld["latency_ms"]:
@@ -828,7 +839,8 @@ def report(r: dict) -> str:
         lines.append(f"  answers {ld['answers_2xx']} ({ld['answers_per_s']}/s), 5xx {ld['responses_5xx']}, "
                      f"misattributed {ld['misattributed']}, by version {ld['by_version']}, "
                      f"batch sizes {ld['batch_sizes']} (mean {ld['mean_batch_size']}, "
-                     f"{ld.get('mean_rows_per_step')} rows per decode step)")
+                     f"{ld.get('mean_rows_per_step')} rows per decode step, {ld.get('mixed_steps')} of "
+                     f"{ld.get('decode_steps')} steps mixed)")
         if "answers_compared" in ld:
             lines.append(f"  answers unlike the first arm's to the same question and adapter: "
                          f"{ld['answers_unlike_first_arm']} of {ld['answers_compared']} compared; "
@@ -840,7 +852,7 @@ def report(r: dict) -> str:
     arms = r.get("load") or {}
     for base in [n for n in arms if n.startswith("one_at_a_time")]:
         b = arms[base]
-        for name in ("batched_no_prefix_cache", "batched"):
+        for name in ("batched_no_prefix_cache", "batched_unmixed", "batched"):
             a = arms.get(name)
             if b and a and b["answers_per_s"] and b["latency_ms"] and a["latency_ms"]:
                 lines.append(f"  {name} vs {base}: answers/s x{a['answers_per_s'] / b['answers_per_s']:.2f}, "
