@@ -342,7 +342,11 @@ def bench_tracing(settings, questions: list[str], runs: int) -> dict:
 
 
 def register_two_adapters(settings, work: Path) -> list[str]:
-    """Two real LoRA adapters (random init, so they change the logits), registered as MLflow pyfunc versions."""
+    """Two real LoRA adapters (random init, so they change the logits), registered as MLflow pyfunc versions.
+
+    Their B matrices are scaled by 0.3: each version then answers in words, as a trained adapter does, and
+    the two answer differently. (At full scale, random B made version 2's first token end-of-sequence: empty
+    answers that cost one prefill each and counted as answers, so they inflated every answers/s figure.)"""
     import mlflow
     import torch
     from peft import LoraConfig, get_peft_model
@@ -355,12 +359,16 @@ def register_two_adapters(settings, work: Path) -> list[str]:
 
     versions = []
     for seed in (1, 2):
-        folder = work / f"adapter-{seed}"
+        folder = work / f"adapter-{seed}-b0.3"
         if not (folder / "adapter_config.json").exists():
             torch.manual_seed(seed)
             model = AutoModelForCausalLM.from_pretrained(settings.base_model, dtype=torch.float32)
             peft = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
                                                     init_lora_weights=False, task_type="CAUSAL_LM"))
+            with torch.no_grad():
+                for name, param in peft.named_parameters():
+                    if "lora_B" in name:
+                        param.mul_(0.3)
             peft.save_pretrained(folder)
         base_sha = base_model_sha256(settings.base_model)
         tracking.use(settings, tracking.EXPERIMENT_TRAINING)
@@ -536,6 +544,7 @@ def bench_load(settings, questions: list[str], work: Path, *, clients: int = 8, 
         "answers_2xx": len(ok), "responses_5xx": sum(1 for r in records if r["status"] >= 500),
         "other_status": sorted({r["status"] for r in records if not (200 <= r["status"] < 300 or r["status"] >= 500)}),
         "answers_per_s": round(len(ok) / wall, 3),
+        "empty_answers": sum(1 for r in ok if not str(r["answer"] or "").strip()),  # the model said nothing
         "latency_ms": summary([(r["t1"] - r["t0"]) * 1000 for r in ok]) if ok else None,
         "by_version": {v: sum(1 for r in ok if r["adapter"] == f"v{v}") for v in versions},
         "misattributed": sum(1 for r in ok if not champion_during(r["adapter"], r["t0"], r["t1"])),
@@ -546,6 +555,7 @@ def bench_load(settings, questions: list[str], work: Path, *, clients: int = 8, 
         "mean_rows_per_step": queue.get("mean_rows_per_step"),
         "mix_adapters": forced.serve_mix_adapters, "mixed_steps": queue.get("mixed_steps"),
         "decode_steps": queue.get("decode_steps"),
+        "decode_seconds": queue.get("decode_seconds"), "prefill_seconds": queue.get("prefill_seconds"),
         "alone_ms": summary(alone), "first_token_ms": summary(first_token) if first_token else None,
         "versions": versions, "code": str(code) if code else "this tree",
         "answer_digests": _answer_digests(ok, versions),
@@ -589,7 +599,7 @@ LOAD_FIGURES = [("answers/s", "answers_per_s"), ("p50 ms", "latency_ms.p50"), ("
                 ("peak RSS MB", "serve_peak_rss_mb"), ("answers", "answers_2xx"), ("5xx", "responses_5xx"),
                 ("misattributed", "misattributed"), ("unlike 1st arm", "answers_unlike_first_arm"),
                 ("mean batch", "mean_batch_size"), ("rows/step", "mean_rows_per_step"),
-                ("mixed steps", "mixed_steps"),
+                ("mixed steps", "mixed_steps"), ("empty answers", "empty_answers"),
                 ("prefix reused", "prefix_cache.reused_share")]
 
 
@@ -836,11 +846,13 @@ def report(r: dict) -> str:
         row("  a request alone (no load)", ld["alone_ms"])
         if ld.get("first_token_ms"):
             row("  time to the first streamed token (no load)", ld["first_token_ms"])
-        lines.append(f"  answers {ld['answers_2xx']} ({ld['answers_per_s']}/s), 5xx {ld['responses_5xx']}, "
+        lines.append(f"  answers {ld['answers_2xx']} ({ld['answers_per_s']}/s; {ld.get('empty_answers')} empty), "
+                     f"5xx {ld['responses_5xx']}, "
                      f"misattributed {ld['misattributed']}, by version {ld['by_version']}, "
                      f"batch sizes {ld['batch_sizes']} (mean {ld['mean_batch_size']}, "
                      f"{ld.get('mean_rows_per_step')} rows per decode step, {ld.get('mixed_steps')} of "
-                     f"{ld.get('decode_steps')} steps mixed)")
+                     f"{ld.get('decode_steps')} steps mixed; {ld.get('decode_seconds')} s decoding, "
+                     f"{ld.get('prefill_seconds')} s prefilling)")
         if "answers_compared" in ld:
             lines.append(f"  answers unlike the first arm's to the same question and adapter: "
                          f"{ld['answers_unlike_first_arm']} of {ld['answers_compared']} compared; "

@@ -262,7 +262,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("serve_batch_window_ms", 25, _nonneg_int,
             "How long a question waits for others to share its batch when the model is idle (0: no waiting; "
             "questions that arrive while the model is answering join its batch between two tokens anyway)."),
-    Setting("serve_batch_max", 8, _pos_int, "Most questions one model decodes at once (rows of its running batch)."),
+    Setting("serve_batch_max", 8, _pos_int, "Most questions of one adapter version decoding at once (rows of its running batch)."),
     Setting("serve_prefix_cache_mb", 256, _nonneg_int,
             "Memory per loaded model for the key/values of recent prompts: a new prompt reuses the longest stored "
             "prefix (the spec's system prompt; a repeated question) and prefills only the rest (0: off)."),

@@ -88,6 +88,8 @@ class Batcher:
         self.refused = 0
         self.mixed_steps = 0  # decode steps of a mixed batch (rows of several versions)
         self.moves = 0  # rows moved between a version's batch and a mixed one
+        self.decode_seconds = 0.0  # time in decode steps (the worker thread)
+        self.prefill_seconds = 0.0  # time in prefills (the prefill thread)
         self._pending: list[_Request] = []  # admitted, prefilling (in admission order)
         self._prefill_pool: ThreadPoolExecutor | None = None
         self._worker: threading.Thread | None = None
@@ -126,6 +128,8 @@ class Batcher:
                     "mean_rows_per_step": round(self.step_rows / self.steps, 2) if self.steps else None,
                     "batch_sizes": dict(sorted(collections.Counter(sizes).items())),
                     "mean_batch_size": round(sum(sizes) / len(sizes), 2) if sizes else None,
+                    "decode_seconds": round(self.decode_seconds, 1),
+                    "prefill_seconds": round(self.prefill_seconds, 1),
                     "mix_adapters": self.mix, "mixed_steps": self.mixed_steps, "row_moves": self.moves,
                     "mixers": [m.state() for m in self._mixers.values()],
                     "prefix_cache": _prefix_totals(prefix, self.prefix_cache_mb)}
@@ -181,8 +185,7 @@ class Batcher:
             self._queue.remove(req)
             self._rows.setdefault(id(decoder), []).append(req)
             req.decoder = decoder
-            req.prefill = self._prefiller().submit(decoder.begin, req.messages, max_new_tokens=req.max_new_tokens,
-                                                   on_token=req.on_token)
+            req.prefill = self._prefiller().submit(self._prefill, decoder, req)
             self._pending.append(req)
             req.prefill.add_done_callback(self._wake)
         for ident in [i for i, rows in self._rows.items() if not rows]:
@@ -192,6 +195,13 @@ class Batcher:
     def _in_flight(self, generator) -> int:
         """The admitted requests of ``generator`` (one version), in its own batch or a mixed one."""
         return sum(1 for rows in self._rows.values() for req in rows if req.generator is generator)
+
+    def _prefill(self, decoder, req: _Request):
+        started = time.perf_counter()
+        try:
+            return decoder.begin(req.messages, max_new_tokens=req.max_new_tokens, on_token=req.on_token)
+        finally:
+            self.prefill_seconds += time.perf_counter() - started
 
     def _prefiller(self) -> ThreadPoolExecutor:
         if self._prefill_pool is None:
@@ -274,6 +284,7 @@ class Batcher:
             decoder, rows = self._decoders.get(ident), list(self._rows.get(ident, []))
         if decoder is None or not decoder.rows:
             return
+        started = time.perf_counter()
         try:
             size = len(decoder.rows)
             ended = decoder.step()
@@ -283,6 +294,7 @@ class Batcher:
             self._leave(ident, [r for r in rows if r.seq is not None and id(r.seq) in failed], error=exc)
             return
         with self._cond:
+            self.decode_seconds += time.perf_counter() - started
             self.steps += 1
             self.step_rows += size
             self.mixed_steps += 1 if getattr(decoder, "mixed", False) else 0
