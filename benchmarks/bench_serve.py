@@ -516,6 +516,7 @@ def bench_load(settings, questions: list[str], work: Path, *, clients: int = 8, 
 
         threads = [threading.Thread(target=flipper), threading.Thread(target=sampler),
                    *[threading.Thread(target=client, args=(n,)) for n in range(clients)]]
+        before = _health_queue(url)  # the counters so far hold the warm-up and the requests alone
         started = time.monotonic()
         for t in threads:
             t.start()
@@ -524,7 +525,7 @@ def bench_load(settings, questions: list[str], work: Path, *, clients: int = 8, 
         for t in threads:
             t.join(timeout=900)
         wall = time.monotonic() - started
-        queue = httpx.get(f"{url}/health", timeout=10).json().get("queue", {})
+        queue = _health_queue(url)
     finally:
         serve.terminate()
         serve.wait(timeout=60)
@@ -556,10 +557,35 @@ def bench_load(settings, questions: list[str], work: Path, *, clients: int = 8, 
         "mix_adapters": forced.serve_mix_adapters, "mixed_steps": queue.get("mixed_steps"),
         "decode_steps": queue.get("decode_steps"),
         "decode_seconds": queue.get("decode_seconds"), "prefill_seconds": queue.get("prefill_seconds"),
+        "window": _window_figures(before, queue, ok, started, seconds),
         "alone_ms": summary(alone), "first_token_ms": summary(first_token) if first_token else None,
         "versions": versions, "code": str(code) if code else "this tree",
         "answer_digests": _answer_digests(ok, versions),
     }
+
+
+def _health_queue(url: str) -> dict:
+    import httpx
+
+    return httpx.get(f"{url}/health", timeout=10).json().get("queue", {})
+
+
+def _window_figures(before: dict, after: dict, ok: list[dict], started: float, seconds: float) -> dict:
+    """The load window alone: the serve counters' change from its start to the end (without the warm-up and
+    the requests alone, which decode one row per step), and the answers finished inside the window per second
+    (the headline ``answers_per_s`` also counts the drain after it, when fewer rows are left)."""
+    figures = {"answers_per_s": round(sum(1 for r in ok if r["t1"] <= started + seconds) / seconds, 3)}
+    steps = lambda q: q.get("decode_steps") or 0  # noqa: E731
+    n = steps(after) - steps(before)
+    if after.get("mean_rows_per_step") is None or n <= 0:
+        return figures  # a serve without these counters (the code before batching)
+    rows = lambda q: (q.get("mean_rows_per_step") or 0) * steps(q)  # noqa: E731
+    figures.update({
+        "decode_steps": n, "mixed_steps": (after.get("mixed_steps") or 0) - (before.get("mixed_steps") or 0),
+        "rows_per_step": round((rows(after) - rows(before)) / n, 2),
+        "decode_seconds": round((after.get("decode_seconds") or 0) - (before.get("decode_seconds") or 0), 1),
+        "prefill_seconds": round((after.get("prefill_seconds") or 0) - (before.get("prefill_seconds") or 0), 1)})
+    return figures
 
 
 def _answer_digests(ok: list[dict], versions: list[str]) -> list[list[str]]:
@@ -600,6 +626,8 @@ LOAD_FIGURES = [("answers/s", "answers_per_s"), ("p50 ms", "latency_ms.p50"), ("
                 ("misattributed", "misattributed"), ("unlike 1st arm", "answers_unlike_first_arm"),
                 ("mean batch", "mean_batch_size"), ("rows/step", "mean_rows_per_step"),
                 ("mixed steps", "mixed_steps"), ("empty answers", "empty_answers"),
+                ("window ans/s", "window.answers_per_s"), ("window rows/step", "window.rows_per_step"),
+                ("window mixed", "window.mixed_steps"), ("window steps", "window.decode_steps"),
                 ("prefix reused", "prefix_cache.reused_share")]
 
 
@@ -853,6 +881,12 @@ def report(r: dict) -> str:
                      f"{ld.get('mean_rows_per_step')} rows per decode step, {ld.get('mixed_steps')} of "
                      f"{ld.get('decode_steps')} steps mixed; {ld.get('decode_seconds')} s decoding, "
                      f"{ld.get('prefill_seconds')} s prefilling)")
+        if ld.get("window"):
+            w = ld["window"]
+            lines.append(f"  the {ld['clients']}-client window alone: {w['answers_per_s']} answers/s finished in it"
+                         + (f"; {w['rows_per_step']} rows per decode step, {w['mixed_steps']} of {w['decode_steps']} "
+                            f"steps mixed, {w['decode_seconds']} s decoding, {w['prefill_seconds']} s prefilling"
+                            if "decode_steps" in w else ""))
         if "answers_compared" in ld:
             lines.append(f"  answers unlike the first arm's to the same question and adapter: "
                          f"{ld['answers_unlike_first_arm']} of {ld['answers_compared']} compared; "
