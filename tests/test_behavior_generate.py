@@ -54,6 +54,27 @@ def test_grouped_query_attention_gives_the_same_logits(generator):
     assert torch.allclose(logits["0"][mask], logits["1"][mask], atol=1e-4)
 
 
+def test_linear_weights_are_stored_transposed_with_the_same_values(base_model_path, generator):
+    # Generator keeps each linear weight as a column-major view on CPU (faster multiplies at a few rows); the
+    # values, the tie between the output layer and the embeddings, and the logits stay those of the model
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    plain = AutoModelForCausalLM.from_pretrained(str(base_model_path), dtype=torch.float32).eval()
+    linears = {n: m for n, m in generator.model.named_modules() if isinstance(m, torch.nn.Linear)}
+    assert len(linears) > 100
+    for name, module in linears.items():
+        assert module.weight.t().is_contiguous() and not module.weight.is_contiguous(), name
+        assert torch.equal(module.weight, plain.get_submodule(name).weight), name
+    assert generator.model.lm_head.weight is generator.model.get_input_embeddings().weight
+    enc = generator.tokenizer([generator.render(p) for p in PROMPTS], return_tensors="pt", padding=True,
+                              add_special_tokens=False)
+    with torch.inference_mode():
+        ours, theirs = generator.model(**enc).logits, plain(**enc).logits
+    mask = enc["attention_mask"].bool()
+    assert torch.allclose(ours[mask], theirs[mask], atol=1e-4)
+
+
 def test_adapter_is_applied(base_model_path, generator, tmp_path):
     import torch
     from peft import LoraConfig, get_peft_model
