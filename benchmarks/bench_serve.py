@@ -575,16 +575,19 @@ def _window_figures(before: dict, after: dict, ok: list[dict], started: float, s
     the requests alone, which decode one row per step), and the answers finished inside the window per second
     (the headline ``answers_per_s`` also counts the drain after it, when fewer rows are left)."""
     figures = {"answers_per_s": round(sum(1 for r in ok if r["t1"] <= started + seconds) / seconds, 3)}
-    steps = lambda q: q.get("decode_steps") or 0  # noqa: E731
-    n = steps(after) - steps(before)
-    if after.get("mean_rows_per_step") is None or n <= 0:
+    if "decode_rows" not in after:
         return figures  # a serve without these counters (the code before batching)
-    rows = lambda q: (q.get("mean_rows_per_step") or 0) * steps(q)  # noqa: E731
-    figures.update({
-        "decode_steps": n, "mixed_steps": (after.get("mixed_steps") or 0) - (before.get("mixed_steps") or 0),
-        "rows_per_step": round((rows(after) - rows(before)) / n, 2),
-        "decode_seconds": round((after.get("decode_seconds") or 0) - (before.get("decode_seconds") or 0), 1),
-        "prefill_seconds": round((after.get("prefill_seconds") or 0) - (before.get("prefill_seconds") or 0), 1)})
+
+    def delta(key: str) -> float:
+        return (after.get(key) or 0) - (before.get(key) or 0)
+
+    steps = delta("decode_steps")
+    if steps <= 0:
+        return figures
+    figures.update({"decode_steps": steps, "mixed_steps": delta("mixed_steps"),
+                    "rows_per_step": round(delta("decode_rows") / steps, 2),
+                    "decode_seconds": round(delta("decode_seconds"), 1),
+                    "prefill_seconds": round(delta("prefill_seconds"), 1)})
     return figures
 
 

@@ -32,10 +32,9 @@ def _column_major(model) -> None:
 
     seen: set[int] = set()
     for module in model.modules():
-        weight = getattr(module, "weight", None)
-        if isinstance(module, torch.nn.Linear) and weight is not None and id(weight) not in seen:
-            seen.add(id(weight))
-            weight.data = weight.data.t().contiguous().t()
+        if isinstance(module, torch.nn.Linear) and id(module.weight) not in seen:
+            seen.add(id(module.weight))
+            module.weight.data = module.weight.data.t().contiguous().t()
 
 
 class Generator:

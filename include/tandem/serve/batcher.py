@@ -124,7 +124,7 @@ class Batcher:
             return {"queue_depth": len(self._queue), "generating": sum(len(r) for r in self._rows.values()),
                     "queue_max": self.max_queue, "batch_max": self.max_batch,
                     "batch_window_ms": round(self.window_s * 1000, 1), "refused": self.refused,
-                    "answers": len(sizes), "batches": self.steps, "decode_steps": self.steps,
+                    "answers": len(sizes), "batches": self.steps, "decode_steps": self.steps, "decode_rows": self.step_rows,
                     "mean_rows_per_step": round(self.step_rows / self.steps, 2) if self.steps else None,
                     "batch_sizes": dict(sorted(collections.Counter(sizes).items())),
                     "mean_batch_size": round(sum(sizes) / len(sizes), 2) if sizes else None,
