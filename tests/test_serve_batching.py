@@ -206,7 +206,8 @@ def test_rows_of_several_versions_decode_in_one_step_and_answer_as_their_version
     state = batcher.state()
     assert first == second == [alone[job] for job in jobs]
     assert state["mixed_steps"] > steps and state["row_moves"] > 0, state
-    assert state["mixers"] == [{"attached": 2, "failed": None}], state
+    assert [{k: m[k] for k in ("attached", "failed")} for m in state["mixers"]] == [{"attached": 2, "failed": None}]
+    assert state["mixers"][0]["fused_steps"] == state["mixed_steps"], state  # RowLora took every mixed step
     assert state["generating"] == 0 and max(state["batch_sizes"]) > 3, state  # versions shared steps
 
     unmixed = Batcher(window_ms=300, max_batch=8, max_queue=16, mix=False)

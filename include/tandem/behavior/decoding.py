@@ -125,8 +125,10 @@ class Decoder:
     (``tandem.behavior.mixing``); ``lock`` is held around each step, so adapters can be attached beside it.
     """
 
-    def __init__(self, generator, prefix_cache_bytes: int = 0, *, mixed: bool = False, lock=None):
+    def __init__(self, generator, prefix_cache_bytes: int = 0, *, mixed: bool = False, lock=None, lora=None):
         self.generator = generator
+        self.lora = lora  # a ``tandem.behavior.mixing.RowLora`` computing a mixed step's LoRA products at once
+        self.fused_steps = 0
         self.prefix = PrefixCache(prefix_cache_bytes)
         self.mixed = mixed
         self._lock = lock if lock is not None else contextlib.nullcontext()
@@ -200,8 +202,7 @@ class Decoder:
         self._mask = torch.cat([self._mask, torch.ones(size, 1, dtype=torch.long, device=device)], dim=1)
         inputs = torch.tensor([[s.new_ids[-1]] for s in self.rows], device=device)
         positions = torch.tensor([[s.cached] for s in self.rows], device=device)
-        extra = {"adapter_names": [s.adapter for s in self.rows]} if self.mixed else {}
-        with self._lock, torch.inference_mode():
+        with self._lock, torch.inference_mode(), self._adapters() as extra:
             out = gen.model(input_ids=inputs, attention_mask=self._mask, position_ids=positions,
                             past_key_values=self._cache, use_cache=True, **extra)
         self.steps += 1
@@ -214,6 +215,21 @@ class Decoder:
         if ended:
             self._keep([i for i, s in enumerate(self.rows) if not s.done])
         return ended
+
+    @contextlib.contextmanager
+    def _adapters(self):
+        """The extra arguments of a step's forward: none, or each row's adapter in a mixed step (computed at
+        once by ``lora`` where it can, else peft's ``adapter_names``)."""
+        if not self.mixed:
+            yield {}
+            return
+        names = [s.adapter for s in self.rows]
+        if self.lora is None or not self.lora.fusable(names):
+            yield {"adapter_names": names}
+            return
+        with self.lora.rows(names):
+            self.fused_steps += 1
+            yield {}
 
     def release(self, seqs: Seq[Sequence]) -> None:
         """Take ``seqs`` out of the running batch, each with its own keys/values (``kv``), to ``join``

@@ -9,6 +9,13 @@ adapter in the step (peft's ``adapter_names``: the base weights are read once, e
 product). The batcher moves rows into it while several versions of one base model decode, and back to their
 merged model when one is left (``tandem.serve.batcher``).
 
+peft's own mixed forward loops over the adapters in every LoRA layer, in Python, and registers hooks on every
+layer for every step: an 8-row mixed step cost about 1.5x a merged one. ``RowLora`` computes every row's LoRA
+product at once instead (each layer: the rows' A and B matrices gathered from a stack of the attached adapters,
+two batched matmuls), which brings a mixed step to about the cost of a merged one (measured: 8 rows at 735
+tokens of context, 152 -> 133 ms median, the same tokens). Adapters it cannot fuse (DoRA and other peft
+variants, a LoRA bias, LoRA on a layer that is not linear) keep peft's path.
+
 A row's keys/values move with it: the merged and the unmerged model compute the same ones (up to float
 rounding), so the answer stays the one its version gives alone (tested).
 
@@ -20,6 +27,7 @@ stay attached (least recently used out; a few MB each).
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -28,6 +36,81 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 BASE = "__base__"  # peft's name for "no adapter" in adapter_names
+
+
+class RowLora:
+    """Each row's LoRA product in one mixed step, for all rows at once (see the module docstring).
+
+    It takes over the ``forward`` of every LoRA layer of ``peft_model``: inside ``rows(names)`` a layer adds
+    ``x @ A[row].T @ B[row].T`` (scaling folded into B, zeros for a row of the base model) to its base layer's
+    output; outside it, the layer runs peft's own forward. The stacks are rebuilt after ``changed()`` (an
+    adapter attached or detached); the caller holds the mixer's lock around both."""
+
+    def __init__(self, peft_model):
+        from peft.tuners.lora import Linear, LoraLayer
+
+        self._layers = [m for m in peft_model.modules() if isinstance(m, LoraLayer)]
+        self.all_linear = all(type(m) is Linear for m in self._layers)
+        self._stacks: dict[int, tuple] = {}
+        self._order: dict[str, int] = {}  # adapter name -> its place in the stacks (0: the base model)
+        self._index = None
+        for layer in self._layers:
+            layer.forward = self._forward_of(layer, layer.forward)
+
+    def fusable(self, names) -> bool:
+        """Whether every adapter in ``names`` is plain LoRA on linear layers (what the stacks hold)."""
+        if not self.all_linear:
+            return False
+        for layer in self._layers:
+            for name in set(names) - {BASE}:
+                if name in layer.lora_variant or (name in layer.lora_B and layer.lora_B[name].bias is not None):
+                    return False
+        return True
+
+    def changed(self) -> None:
+        self._stacks, self._order = {}, {}
+
+    @contextlib.contextmanager
+    def rows(self, names: list[str]):
+        """Within: the LoRA layers give row ``i`` the adapter ``names[i]``."""
+        import torch
+
+        if any(name != BASE and name not in self._order for name in names):
+            self._build(sorted({name for name in names if name != BASE} | set(self._order)))
+        device = self._layers[0].base_layer.weight.device if self._layers else None
+        self._index = torch.tensor([self._order.get(name, 0) for name in names], device=device)
+        try:
+            yield
+        finally:
+            self._index = None
+
+    def _build(self, names: list[str]) -> None:
+        """Per layer: A stacked [adapters + 1, rank, in], B·scaling stacked [adapters + 1, out, rank]."""
+        self._order = {name: i + 1 for i, name in enumerate(names)}
+        for layer in self._layers:
+            weight = layer.base_layer.weight
+            ranks = [layer.lora_A[n].weight.shape[0] for n in names if n in layer.lora_A] or [1]
+            a = weight.new_zeros(len(names) + 1, max(ranks), layer.in_features)
+            b = weight.new_zeros(len(names) + 1, layer.out_features, max(ranks))
+            for i, name in enumerate(names, start=1):
+                if name in layer.lora_A:
+                    rank = layer.lora_A[name].weight.shape[0]
+                    a[i, :rank] = layer.lora_A[name].weight
+                    b[i, :, :rank] = layer.lora_B[name].weight * layer.scaling[name]
+            self._stacks[id(layer)] = (a, b)
+
+    def _forward_of(self, layer, peft_forward):
+        import torch
+
+        def forward(x, *args, **kwargs):
+            if self._index is None:
+                return peft_forward(x, *args, **kwargs)
+            result = layer.base_layer(x, *args, **kwargs)
+            a, b = self._stacks[id(layer)]
+            low = torch.bmm(x, a.index_select(0, self._index).transpose(1, 2))  # [rows, tokens, rank]
+            return result + torch.bmm(low, b.index_select(0, self._index).transpose(1, 2))
+
+        return forward
 
 
 def can_mix(generator) -> bool:
@@ -50,6 +133,7 @@ class Mixer:
         self._count = 0
         self._generator = None
         self._decoder = None
+        self.lora: RowLora | None = None
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tandem-mixer")
         self.failed: str | None = None  # why mixing is off for this base model, after an error
 
@@ -103,13 +187,15 @@ class Mixer:
             generator = Generator(self.base_model)  # its model becomes the peft model holding the adapters
             generator.model = PeftModel.from_pretrained(generator.model, path, adapter_name=name).eval()
             self._generator = generator
-            self._decoder = Decoder(generator, mixed=True, lock=self.lock)
+            self.lora = RowLora(generator.model)
+            self._decoder = Decoder(generator, mixed=True, lock=self.lock, lora=self.lora)
             with self._meta:
                 self._names[path] = name
         else:
             with self.lock:
                 self._generator.model.load_adapter(path, adapter_name=name)
                 self._generator.model.eval()
+                self.lora.changed()
                 with self._meta:
                     self._names[path] = name
                     self._detach_old()
@@ -124,8 +210,10 @@ class Mixer:
             name = self._names[path]
             if name not in self._busy:
                 self._generator.model.delete_adapter(name)
+                self.lora.changed()
                 del self._names[path]
 
     def state(self) -> dict[str, Any]:
         with self._meta:
-            return {"attached": len(self._names), "failed": self.failed}
+            fused = self._decoder.fused_steps if self._decoder is not None else 0
+            return {"attached": len(self._names), "failed": self.failed, "fused_steps": fused}
