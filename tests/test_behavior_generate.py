@@ -72,7 +72,30 @@ def test_linear_weights_are_stored_transposed_with_the_same_values(base_model_pa
     with torch.inference_mode():
         ours, theirs = generator.model(**enc).logits, plain(**enc).logits
     mask = enc["attention_mask"].bool()
-    assert torch.allclose(ours[mask], theirs[mask], atol=1e-4)
+    # several rows go through the packed oneDNN weights: float rounding differs a little over 30 layers
+    # (logits up to about 40; measured at most 2e-4 apart), the greedy choices do not
+    assert torch.allclose(ours[mask], theirs[mask], atol=1e-3)
+    assert torch.equal(ours[mask].argmax(-1), theirs[mask].argmax(-1))
+
+
+def test_linear_layers_multiply_several_rows_by_a_packed_copy(generator):
+    # every distinct linear weight (the output layer's is the embeddings') has a oneDNN copy; one row keeps the
+    # plain weight, several rows use the copy, and both give the layer's own product
+    import torch
+
+    linears = [m for m in generator.model.modules() if isinstance(m, torch.nn.Linear)]
+    assert generator.packed_layers == len({id(m.weight) for m in linears}) > 100
+    layer = generator.model.model.layers[0].mlp.down_proj
+    torch.manual_seed(0)
+    for x in (torch.randn(1, 1, 1536), torch.randn(2, 5, 1536), torch.randn(5, 2, 1536).transpose(0, 1)):
+        with torch.inference_mode():
+            ours, plain = layer(x), torch.nn.functional.linear(x, layer.weight)
+        assert ours.shape == plain.shape
+        assert torch.allclose(ours, plain, atol=1e-4)
+        assert torch.equal(ours, plain) == (x.shape[0] * x.shape[1] == 1)  # the copy is a different kernel
+    x = torch.randn(4, 1536, requires_grad=True)
+    layer(x).sum().backward()  # with gradients the layer is the plain one
+    assert torch.allclose(x.grad, layer.weight.sum(0).expand(4, -1))
 
 
 def test_adapter_is_applied(base_model_path, generator, tmp_path):

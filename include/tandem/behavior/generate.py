@@ -11,7 +11,7 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 from tandem.errors import UserError
 from tandem.models import resolve_base_model
@@ -35,6 +35,56 @@ def _column_major(model) -> None:
         if isinstance(module, torch.nn.Linear) and id(module.weight) not in seen:
             seen.add(id(module.weight))
             module.weight.data = module.weight.data.t().contiguous().t()
+
+
+PACKED_ROWS = 8  # the rows oneDNN lays packed weights out for: a full decode batch (serve's default batch cap)
+
+
+def _packed_linears(model) -> int:
+    """Give every linear layer a oneDNN copy of its weight, packed for its CPU kernels, used for inputs of two
+    rows or more once no gradient is needed: a decode step of several rows, a prompt's prefill. MKL's kernels
+    multiply a few rows by a weight at a fraction of a core's peak on this machine (AMD EPYC, one thread);
+    oneDNN's packed ones take, at 8 rows, 7.5 ms instead of 21 ms for the 49152-wide output layer and 0.15
+    instead of 0.25 ms for each of the MLP's layers, and are faster at 2 rows and at 600 (a prompt). One row
+    keeps the plain weight, where MKL is as fast or faster. The values are the same weights; only float
+    rounding inside the multiply differs (about 1e-6; the tests compare answers).
+
+    The copies double the linear weights' memory (about 540 MB for SmolLM2-135M). They are taken once, after
+    any adapter is merged: a model whose weights change afterwards would keep multiplying by the old ones, and
+    nothing in Tandem changes a loaded model's base weights (adapters mixed at serve time stay unmerged).
+    Returns how many layers were packed: 0 where this torch has no oneDNN."""
+    import torch
+
+    try:
+        reorder = torch.ops.mkldnn._reorder_linear_weight
+        linear = torch.ops.mkldnn._linear_pointwise
+    except (AttributeError, RuntimeError):
+        return 0
+    if not torch.backends.mkldnn.is_available():
+        return 0
+    packed: dict[int, Any] = {}
+    for module in model.modules():
+        if type(module) is not torch.nn.Linear or module.weight.dtype != torch.float32 or module.weight.is_cuda:
+            continue
+        key = id(module.weight)
+        if key not in packed:
+            packed[key] = reorder(module.weight.detach().contiguous(), PACKED_ROWS)
+        module.forward = _packed_forward(module, packed[key], linear)
+    return len(packed)
+
+
+def _packed_forward(module, weight, linear):
+    """``module``'s forward: the packed ``weight`` for two rows or more without gradients, else its own."""
+    import torch
+
+    plain = module.forward
+
+    def forward(x):
+        if x.numel() > x.shape[-1] and not torch.is_grad_enabled() and x.dtype == torch.float32:
+            return linear(x, weight, module.bias, "none", [], "")
+        return plain(x)
+
+    return forward
 
 
 class Generator:
@@ -68,6 +118,7 @@ class Generator:
         if threads and threads > 0:
             torch.set_num_threads(threads)
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.packed_layers = 0  # linear layers with a oneDNN copy of their weight (``_packed_linears``)
         if self.device == "cpu":
             # grouped-query attention inside torch's SDPA instead of repeating K/V per head: the same logits
             # (checked in tests), about half the time per decode step on a CPU
@@ -88,6 +139,7 @@ class Generator:
         self.model = model.to(self.device).eval()
         if self.device == "cpu":
             _column_major(self.model)
+            self.packed_layers = _packed_linears(self.model)
         return started
 
     def render(self, messages: Sequence[dict]) -> str:
