@@ -91,7 +91,7 @@ class Generator:
     """Loads the model once; ``generate`` answers many chat prompts in batches."""
 
     def __init__(self, base_model: str, adapter_path: str | None = None, *, device: str | None = None,
-                 threads: int = 0, merge_adapter: bool = True):
+                 threads: int = 0, merge_adapter: bool = True, packed: bool = True):
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -102,7 +102,7 @@ class Generator:
         from tandem.models import MODEL_LOAD_LOCK
 
         with MODEL_LOAD_LOCK:  # transformers' lazy imports are not safe from two threads at once
-            started = self._load(source, adapter_path, device, threads, merge_adapter)
+            started = self._load(source, adapter_path, device, threads, merge_adapter, packed)
         self.base_model = source
         self.adapter_path = adapter_path
         self.last_stats: dict = {}
@@ -110,7 +110,7 @@ class Generator:
         log.info("loaded %s%s on %s (%s) in %.1fs", source, f" + adapter {adapter_path}" if adapter_path else "",
                  self.device, str(self.model.dtype).replace("torch.", ""), time.monotonic() - started)
 
-    def _load(self, source, adapter_path, device, threads, merge_adapter) -> float:
+    def _load(self, source, adapter_path, device, threads, merge_adapter, packed) -> float:
         """Tokenizer and model (with the adapter merged or attached) onto the device; returns when it began."""
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -139,7 +139,8 @@ class Generator:
         self.model = model.to(self.device).eval()
         if self.device == "cpu":
             _column_major(self.model)
-            self.packed_layers = _packed_linears(self.model)
+            if packed:  # ``packed=False`` saves the copies' memory (``serve_packed_weights``)
+                self.packed_layers = _packed_linears(self.model)
         return started
 
     def render(self, messages: Sequence[dict]) -> str:

@@ -122,8 +122,9 @@ def can_mix(generator) -> bool:
 class Mixer:
     """The base model ``base_model`` with the adapters of the versions in flight (see the module docstring)."""
 
-    def __init__(self, base_model: str, *, max_adapters: int = 8):
+    def __init__(self, base_model: str, *, max_adapters: int = 8, packed: bool = True):
         self.base_model = base_model
+        self.packed = packed  # its base model's linear layers get packed weights (``Generator(packed=)``)
         self.max_adapters = max(2, int(max_adapters))
         self.lock = threading.Lock()  # a mixed step, or attaching/detaching an adapter
         self._meta = threading.Lock()  # the dicts below (the worker and the mixer's thread use them)
@@ -184,7 +185,7 @@ class Mixer:
             from tandem.behavior.decoding import Decoder
             from tandem.behavior.generate import Generator
 
-            generator = Generator(self.base_model)  # its model becomes the peft model holding the adapters
+            generator = Generator(self.base_model, packed=self.packed)  # its model becomes the peft model holding the adapters
             generator.model = PeftModel.from_pretrained(generator.model, path, adapter_name=name).eval()
             self._generator = generator
             self.lora = RowLora(generator.model)

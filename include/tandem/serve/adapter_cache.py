@@ -77,7 +77,7 @@ def default_loader(settings: Settings, resolved) -> Any:
 
         torch.set_num_threads(settings.torch_threads)
     adapter = str(resolved.path) if getattr(resolved, "path", None) else None
-    return Generator(ensure_base_model(settings), adapter)
+    return Generator(ensure_base_model(settings), adapter, packed=settings.serve_packed_weights)
 
 
 def default_resolver(settings: Settings, ref: str, download: bool):

@@ -246,7 +246,8 @@ class Batcher:
             mixed = mixer.decoder() if mixer is not None else None
             if len({id(req.generator) for req in reqs}) >= 2:
                 if mixer is None:
-                    mixer = self._mixers[base] = Mixer(base)
+                    packed = any(getattr(req.generator, "packed_layers", 0) for req in reqs)  # as its models
+                    mixer = self._mixers[base] = Mixer(base, packed=packed)
                 names = {id(req.generator): mixer.name(req.generator) for req in reqs}
                 if None in names.values():  # an adapter is still being attached (or cannot be)
                     continue
