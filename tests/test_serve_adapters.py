@@ -88,3 +88,23 @@ def test_mlflow_down_at_a_recheck_keeps_serving_the_last_champion(serve_settings
     cache.settings = serve_settings
     now[0] = 20.0
     assert cache.get("champion") is live and not cache.state()["aliases"]["champion"]["stale"]
+
+
+def test_serve_packed_weights_false_loads_plain_weights_only(base_model_path, tmp_path, monkeypatch):
+    # TANDEM_SERVE_PACKED_WEIGHTS=false reaches the model serve loads: no copies, several rows by the plain weight
+    import torch
+
+    from tandem.config import Settings
+    from tandem.serve.adapter_cache import default_loader
+
+    monkeypatch.setenv("TANDEM_SERVE_PACKED_WEIGHTS", "false")
+    settings = Settings.load(home=tmp_path, base_model=str(base_model_path))
+    assert settings.serve_packed_weights is False
+    plain = default_loader(settings, None)
+    assert plain.packed_layers == 0
+    layer = plain.model.model.layers[0].mlp.down_proj
+    x = torch.randn(2, 5, 1536)
+    with torch.inference_mode():
+        assert torch.equal(layer(x), torch.nn.functional.linear(x, layer.weight))
+    monkeypatch.setenv("TANDEM_SERVE_PACKED_WEIGHTS", "true")
+    assert default_loader(Settings.load(home=tmp_path, base_model=str(base_model_path)), None).packed_layers > 100

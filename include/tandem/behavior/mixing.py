@@ -185,7 +185,8 @@ class Mixer:
             from tandem.behavior.decoding import Decoder
             from tandem.behavior.generate import Generator
 
-            generator = Generator(self.base_model, packed=self.packed)  # its model becomes the peft model holding the adapters
+            # its model becomes the peft model holding the adapters
+            generator = Generator(self.base_model, packed=self.packed)
             generator.model = PeftModel.from_pretrained(generator.model, path, adapter_name=name).eval()
             self._generator = generator
             self.lora = RowLora(generator.model)
